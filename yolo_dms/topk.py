@@ -1,0 +1,62 @@
+"""The DMS operator: a differentiable top-k over importance scores (DESIGN.md section 2).
+
+The keep ratio `k` of a dimension is one learnable scalar. Scores are replaced by their rank fraction so
+that moving `k` by 1/N adds or removes exactly one element, which is what makes the soft mask smooth in `k`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def ranks(scores: torch.Tensor) -> torch.Tensor:
+    """Integer rank of each score, 1 for the lowest to N for the highest; ties are broken by position."""
+    if scores.ndim != 1:
+        raise ValueError(f"scores must be 1-D, got shape {tuple(scores.shape)}")
+    n = scores.numel()
+    order = torch.argsort(scores.detach(), stable=True)
+    result = torch.empty(n, dtype=torch.long, device=scores.device)
+    result[order] = torch.arange(1, n + 1, device=scores.device)
+    return result
+
+
+def rank_fraction(scores: torch.Tensor) -> torch.Tensor:
+    """Rank of each score divided by N, in (0, 1]: importance normalized to an even spread."""
+    return ranks(scores).double() / scores.numel()
+
+
+def kept_count(keep_ratio: float, n: int) -> int:
+    """Number of elements the hard mask keeps: ceil(keep_ratio * n), computed exactly for float32 ratios."""
+    return min(n, max(0, math.ceil(float(keep_ratio) * n)))
+
+
+def differentiable_topk(scores: torch.Tensor, keep_ratio: torch.Tensor, lam: float = 1.0) -> torch.Tensor:
+    """Soft top-k mask `sigmoid(lam * N * (rank_fraction - (1 - keep_ratio)))`, differentiable in `keep_ratio`.
+
+    The difference is taken in float64, where `N * keep_ratio` is exact for a float32 ratio, so the hard mask
+    (`mask > 0.5`) keeps exactly `ceil(keep_ratio * N)` of the highest-scoring elements.
+    """
+    keep_ratio = torch.as_tensor(keep_ratio, device=scores.device)
+    if keep_ratio.ndim != 0:
+        raise ValueError(f"keep_ratio must be a 0-d tensor, got shape {tuple(keep_ratio.shape)}")
+    value = float(keep_ratio)
+    if not 0.0 <= value <= 1.0 or math.isnan(value):
+        raise ValueError(f"keep_ratio must lie in [0, 1], got {value}")
+    n = scores.numel()
+    logits = lam * n * (rank_fraction(scores) - (1.0 - keep_ratio.double()))
+    return torch.sigmoid(logits).to(scores.dtype if scores.is_floating_point() else torch.float32)
+
+
+def hard_topk(scores: torch.Tensor, count: int) -> torch.Tensor:
+    """0/1 mask keeping the `count` highest-scoring elements (ties broken as in `rank_fraction`)."""
+    n = scores.numel()
+    if not 0 <= count <= n:
+        raise ValueError(f"count must lie in [0, {n}], got {count}")
+    return (ranks(scores) > n - count).to(torch.float32)
+
+
+def kept_indices(scores: torch.Tensor, count: int) -> torch.Tensor:
+    """Sorted indices of the `count` highest-scoring elements, the ones pruning keeps."""
+    return torch.nonzero(hard_topk(scores, count)).flatten()
