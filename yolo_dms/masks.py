@@ -39,7 +39,7 @@ class ImportanceMask(nn.Module):
         With `track`, in a grad-enabled pass, the task gradient reaching these masks updates importance; the
         resource model reads masks untracked so the FLOPs gradient never counts as importance.
         """
-        rows = [differentiable_topk(row, keep_ratio.clamp(0.0, 1.0), self.lam) for row in self.importance]
+        rows = [differentiable_topk(row, keep_ratio, self.lam) for row in self.importance]
         masks = torch.stack(rows).to(self.importance.dtype)
         if track and torch.is_grad_enabled():
             if not masks.requires_grad:

@@ -91,15 +91,14 @@ def format_model_yaml(cfg: dict, header: str = "") -> str:
         return yaml.safe_dump(value, default_flow_style=True, width=10**9, sort_keys=False).strip()
 
     lines = [f"# {line}" for line in header.splitlines()]
+    settings = {k: v for k, v in cfg.items() if k not in {"backbone", "head"}}
+    lines.append(yaml.safe_dump(settings, sort_keys=False, allow_unicode=True).strip())
     layer_index = 0
-    for key, value in cfg.items():
-        if key in {"backbone", "head"}:
-            lines.append(f"{key}:")
-            for row in value:
-                lines.append(f"  - {flow(row)} # {layer_index}")
-                layer_index += 1
-        else:
-            lines.append(f"{key}: {flow(value)}")
+    for key in ("backbone", "head"):
+        lines.append(f"{key}:")
+        for row in cfg[key]:
+            lines.append(f"  - {flow(row)} # {layer_index}")
+            layer_index += 1
     return "\n".join(lines) + "\n"
 
 

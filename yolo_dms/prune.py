@@ -14,13 +14,13 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from ultralytics.nn.modules import C2f, SPPF
+from ultralytics.nn.modules import C2, C2f, SPPF
 from ultralytics.nn.tasks import DetectionModel
 
-from yolo_dms.supernet import Channels, ConvSite, GatedConv, Space, Supernet, c2f_block_output_row
+from yolo_dms.supernet import Channels, ConvSite, GatedConv, Space, Supernet, csp_block_output_row, csp_chain_row
 
 
-def c2f_expansion(c2: int, hidden: int) -> float:
+def csp_expansion(c2: int, hidden: int) -> float:
     """A short `e` with `int(c2 * e) == hidden`, which is how C2f derives its hidden width."""
     for digits in range(2, 10):
         e = round(hidden / c2, digits)
@@ -42,11 +42,11 @@ def searched_yaml(supernet: Supernet) -> dict:
     for i, (layer, row) in enumerate(zip(supernet.model, cfg["backbone"] + cfg["head"])):
         if isinstance(layer, GatedConv | SPPF):
             row[3][0] = counts[f"l{i}"]
-        elif isinstance(layer, C2f):
+        elif isinstance(layer, C2f | C2):
             shortcut = bool(row[3][1]) if len(row[3]) > 1 else False
             c2, hidden = counts[f"l{i}"], counts[f"l{i}_hidden"]
             row[1] = len(blocks.get(f"l{i}_depth", []))
-            row[3] = [c2, shortcut, 1, c2f_expansion(c2, hidden)]
+            row[3] = [c2, shortcut, 1, csp_expansion(c2, hidden)]
     return cfg
 
 
@@ -92,8 +92,8 @@ def _transfers(supernet: Supernet) -> list[Transfer]:
     blocks = supernet.kept_blocks()
     for i, layer in enumerate(supernet.model):
         sites = [s for s in supernet.sites if s.path.startswith(f"model.{i}.")]
-        if isinstance(layer, C2f):
-            transfers += _c2f_transfers(i, layer, sites, blocks.get(f"l{i}_depth", []))
+        if isinstance(layer, C2f | C2):
+            transfers += _csp_transfers(i, layer, sites, blocks.get(f"l{i}_depth", []))
         else:
             transfers += [_plain_transfer(site) for site in sites]
     return transfers
@@ -104,23 +104,26 @@ def _plain_transfer(site: ConvSite, dst: str | None = None) -> Transfer:
     return Transfer(dst or site.path, site.path, site.outputs, segments, site.bn)
 
 
-def _c2f_transfers(i: int, layer: C2f, sites: list[ConvSite], kept_blocks: list[int]) -> list[Transfer]:
-    """C2f: renumber kept bottlenecks, feed each from the last kept output, and merge duplicated cv2 inputs."""
+def _csp_transfers(i: int, layer: C2f | C2, sites: list[ConvSite], kept_blocks: list[int]) -> list[Transfer]:
+    """C2f / C2: renumber kept bottlenecks, feed each from the last kept output, merge duplicated cv2 inputs."""
     by_path = {s.path: s for s in sites}
     n, shortcut = len(layer.m), bool(len(layer.m) and layer.m[0].add)
-    hidden = f"l{i}_hidden"
+    hidden, chain = f"l{i}_hidden", csp_chain_row(layer)
+    half_a, half_b = Space(hidden, 0), Space(hidden, 1)
     transfers = [_plain_transfer(by_path[f"model.{i}.cv1.conv"])]
-    source, source_slot = Space(hidden, 1), 1  # what the next block reads: the b half, then the last kept output
-    cv2_segments: list[tuple[Channels, int]] = [(Space(hidden, 0), 0), (source, source_slot)]
+    source, source_slot = Space(hidden, chain), chain  # what the next block reads: its chain half, then the last kept output
+    cv2_segments: list[tuple[Channels, int]] = [(half_a, 0), (half_b, 1)]
     for j in range(n):
         if j in kept_blocks:
             t = kept_blocks.index(j)
-            inner, out = Space(hidden, 2 + j), Space(hidden, c2f_block_output_row(n, j, shortcut))
+            inner, out = Space(hidden, 2 + j), Space(hidden, csp_block_output_row(n, j, shortcut, chain))
             src, dst = f"model.{i}.m.{j}", f"model.{i}.m.{t}"
             transfers.append(Transfer(f"{dst}.cv1.conv", f"{src}.cv1.conv", (inner,), ((source, 0),), True))
             transfers.append(Transfer(f"{dst}.cv2.conv", f"{src}.cv2.conv", (out,), ((inner, 0),), True))
-            source, source_slot = out, source_slot + 1
+            source, source_slot = out, 2 + t
         cv2_segments.append((source, source_slot))  # a removed block passes its input through
+    if isinstance(layer, C2):  # C2 concatenates only the chain's end with the b half
+        cv2_segments = [(source, 0), (half_b, 1)]
     cv2 = by_path[f"model.{i}.cv2.conv"]
     transfers.append(Transfer(cv2.path, cv2.path, cv2.outputs, tuple(cv2_segments), True))
     return transfers

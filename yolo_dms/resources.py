@@ -50,7 +50,7 @@ class ResourceModel:
         p = next(self.supernet.parameters())
         try:
             self.supernet.eval()
-            with torch.no_grad():
+            with torch.no_grad(), self.supernet.masks_off():
                 self.supernet(torch.zeros(1, self.supernet.yaml.get("channels", 3), *self.imgsz, device=p.device))
         finally:
             self.supernet.train(training)

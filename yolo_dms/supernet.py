@@ -11,11 +11,12 @@ shared by the resource model and by pruning.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 from torch import nn
-from ultralytics.nn.modules import C2f, Concat, Conv, Detect, SPPF
+from ultralytics.nn.modules import C2, C2f, Concat, Conv, Detect, SPPF
 from ultralytics.nn.tasks import DetectionModel
 
 from yolo_dms.errors import UnsupportedModelError
@@ -62,26 +63,43 @@ class GatedConv(Conv):
         return y if self.gate is None else y * self.gate.to(y.dtype).view(1, -1, 1, 1)
 
 
-class DepthGatedC2f(C2f):
-    """Ultralytics `C2f` whose bottleneck `i` computes `y_i = y_{i-1} + d_i (f_i(y_{i-1}) - y_{i-1})`.
+def _gated_block(block: nn.Module, prev: torch.Tensor, gate: torch.Tensor | None, hard: bool, i: int):
+    """Bottleneck `i` of a CSP chain under its depth gate: `prev + d_i (f_i(prev) - prev)`.
 
-    With a hard gate a removed block is the identity, so its concatenated output duplicates its input.
+    With a hard gate a removed block is exactly the identity and a kept one exactly the block.
     """
+    if gate is None:
+        return block(prev)
+    if hard:
+        return block(prev) if gate[i] > 0.5 else prev
+    d = gate[i].to(prev.dtype)
+    return prev + d * (block(prev) - prev)
+
+
+class DepthGatedC2f(C2f):
+    """Ultralytics `C2f` with depth-gated bottlenecks; a removed block's concatenated output duplicates its input."""
 
     depth_gate: torch.Tensor | None = None
+    depth_hard: bool = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = list(self.cv1(x).chunk(2, 1))
         for i, block in enumerate(self.m):
-            prev = y[-1]
-            if self.depth_gate is None:
-                y.append(block(prev))
-            elif not self.depth_gate.requires_grad:  # hard gate: exact identity or exact block
-                y.append(block(prev) if self.depth_gate[i] > 0.5 else prev)
-            else:
-                d = self.depth_gate[i].to(prev.dtype)
-                y.append(prev + d * (block(prev) - prev))
+            y.append(_gated_block(block, y[-1], self.depth_gate, self.depth_hard, i))
         return self.cv2(torch.cat(y, 1))
+
+
+class DepthGatedC2(C2):
+    """Ultralytics `C2` (the YOLOv8-p6 neck) with depth-gated bottlenecks on its `a` chain."""
+
+    depth_gate: torch.Tensor | None = None
+    depth_hard: bool = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, b = self.cv1(x).chunk(2, 1)
+        for i, block in enumerate(self.m):
+            a = _gated_block(block, a, self.depth_gate, self.depth_hard, i)
+        return self.cv2(torch.cat((a, b), 1))
 
 
 def _become(module: nn.Module, cls: type) -> None:
@@ -102,7 +120,7 @@ class Supernet(DetectionModel):
         self.masks = nn.ModuleDict()
         self.sites: list[ConvSite] = []
         self.gated_convs: dict[str, tuple[Space, ...]] = {}  # Conv module path -> spaces of its output
-        self.gated_c2fs: dict[str, str] = {}  # C2f module path -> depth mask name
+        self.gated_csps: dict[str, str] = {}  # C2f / C2 module path -> depth mask name
         self._lam, self._depth_lam, self._decay = lam, depth_lam, decay
         self._wire(model.yaml.get("channels", 3))
         self.to(next(model.parameters()).device)
@@ -148,8 +166,8 @@ class Supernet(DetectionModel):
                 out = Space(self._width(f"l{i}", layer.conv.out_channels, divisor=OUTPUT_DIVISOR))
                 self._conv(f"model.{i}", layer, inputs, (out,))
                 layouts.append((out,))
-            elif kind in (C2f, DepthGatedC2f):
-                layouts.append(self._wire_c2f(i, layer, inputs))
+            elif kind in (C2f, DepthGatedC2f, C2, DepthGatedC2):
+                layouts.append(self._wire_csp(i, layer, inputs))
             elif kind is SPPF:
                 layouts.append(self._wire_sppf(i, layer, inputs))
             elif kind is nn.Upsample:
@@ -164,33 +182,40 @@ class Supernet(DetectionModel):
             else:
                 raise UnsupportedModelError(
                     f"layer {i} is {kind.__name__}, which DMS cannot search; supported YOLOv8 detection layers are "
-                    "Conv, C2f, SPPF, nn.Upsample, Concat and a final Detect (use a yolov8*.yaml detection model)"
+                    "Conv, C2f, C2, SPPF, nn.Upsample, Concat and a final Detect (use a yolov8*.yaml detection model)"
                 )
 
-    def _wire_c2f(self, i: int, layer: C2f, inputs: tuple[Channels, ...]) -> tuple[Space, ...]:
-        """C2f: output width, one hidden keep ratio over all its spaces, and a depth mask over its blocks."""
-        n, c = len(layer.m), layer.c
+    def _wire_csp(self, i: int, layer: C2f | C2, inputs: tuple[Channels, ...]) -> tuple[Space, ...]:
+        """C2f or C2: output width, one hidden keep ratio over all its spaces, a depth mask over its blocks.
+
+        C2f chains its bottlenecks on the `b` half and concatenates every output; C2 chains them on the `a`
+        half and concatenates only the chain's end with `b`.
+        """
+        n, c, concat_all = len(layer.m), layer.c, isinstance(layer, C2f)
+        chain = csp_chain_row(layer)
         shortcut = n > 0 and layer.m[0].add
-        for j, block in enumerate(layer.m):
+        for block in layer.m:
             if block.add != shortcut or block.cv2.conv.groups != 1:
-                raise UnsupportedModelError(f"layer {i}: C2f blocks must share one shortcut setting and use g=1")
+                raise UnsupportedModelError(f"layer {i}: CSP blocks must share one shortcut setting and use g=1")
         out = Space(self._width(f"l{i}", layer.cv2.conv.out_channels, divisor=OUTPUT_DIVISOR))
-        hidden = self._width(f"l{i}_hidden", c, spaces=c2f_hidden_rows(n, shortcut))
+        hidden = self._width(f"l{i}_hidden", c, spaces=csp_hidden_rows(n, shortcut))
         half_a, half_b = Space(hidden, 0), Space(hidden, 1)
         self._conv(f"model.{i}.cv1", layer.cv1, inputs, (half_a, half_b))
-        cv2_inputs: list[tuple[Channels, BlockRef | None]] = [(half_a, None), (half_b, None)]
         if n:
             depth = self._add_mask(f"l{i}_depth", DepthMask(n, self._depth_lam, self._decay))
-            _become(layer, DepthGatedC2f)
-            self.gated_c2fs[f"model.{i}"] = depth
-        prev = half_b
+            _become(layer, DepthGatedC2f if concat_all else DepthGatedC2)
+            self.gated_csps[f"model.{i}"] = depth
+        cv2_inputs: list[tuple[Channels, BlockRef | None]] = [(half_a, None), (half_b, None)]
+        prev = Space(hidden, chain)
         for j, block in enumerate(layer.m):
             ref = (depth, j)
-            inner, block_out = Space(hidden, 2 + j), Space(hidden, c2f_block_output_row(n, j, shortcut))
+            inner, block_out = Space(hidden, 2 + j), Space(hidden, csp_block_output_row(n, j, shortcut, chain))
             self._conv(f"model.{i}.m.{j}.cv1", block.cv1, (prev,), (inner,), ref)
             self._conv(f"model.{i}.m.{j}.cv2", block.cv2, (inner,), (block_out,), ref)
             cv2_inputs.append((block_out, ref))
             prev = block_out
+        if not concat_all:
+            cv2_inputs = [(prev, None), (half_b, None)]
         self._gate(f"model.{i}.cv2", layer.cv2, (out,))
         self.sites.append(ConvSite(f"model.{i}.cv2.conv", tuple(cv2_inputs), (out,)))
         return (out,)
@@ -300,18 +325,30 @@ class Supernet(DetectionModel):
                 values[name] = mask.masks(hard)
         for path, spaces in self.gated_convs.items():
             self.get_submodule(path).gate = torch.cat([values[s.mask][s.row] for s in spaces])
-        for path, depth in self.gated_c2fs.items():
-            self.get_submodule(path).depth_gate = values[depth][0]
+        for path, depth in self.gated_csps.items():
+            module = self.get_submodule(path)
+            module.depth_gate, module.depth_hard = values[depth][0], hard
 
     def _clear_gates(self) -> None:
         """Drop this pass's gates so that copies and checkpoints never carry autograd graphs."""
         for path in self.gated_convs:
             self.get_submodule(path).gate = None
-        for path in self.gated_c2fs:
+        for path in self.gated_csps:
             self.get_submodule(path).depth_gate = None
+
+    @contextmanager
+    def masks_off(self):
+        """Run as the unmasked supernet, every channel and block active (to trace shapes, or compare)."""
+        self._masks_off = True
+        try:
+            yield self
+        finally:
+            self._masks_off = False
 
     def _predict_once(self, x, profile=False, embed=None):
         """Stock forward with soft masks in train mode and hard masks in eval mode."""
+        if getattr(self, "_masks_off", False):
+            return super()._predict_once(x, profile, embed)
         self._set_gates(hard=not self.training)
         try:
             return super()._predict_once(x, profile, embed)
@@ -323,14 +360,19 @@ class Supernet(DetectionModel):
         return self
 
 
-def c2f_hidden_rows(n: int, shortcut: bool) -> int:
-    """Spaces of a C2f hidden mask: halves a and b, n bottleneck inner widths, and n outputs without shortcut."""
+def csp_chain_row(layer: C2f | C2) -> int:
+    """Hidden row the bottleneck chain starts from: the `b` half in C2f, the `a` half in C2."""
+    return 1 if isinstance(layer, C2f) else 0
+
+
+def csp_hidden_rows(n: int, shortcut: bool) -> int:
+    """Spaces of a CSP hidden mask: halves a and b, n bottleneck inner widths, and n outputs without shortcut."""
     return 2 + n if shortcut else 2 + 2 * n
 
 
-def c2f_block_output_row(n: int, j: int, shortcut: bool) -> int:
-    """Row of bottleneck j's output space: the b chain (residual adds) with shortcut, its own row without."""
-    return 1 if shortcut else 2 + n + j
+def csp_block_output_row(n: int, j: int, shortcut: bool, chain: int) -> int:
+    """Row of bottleneck j's output space: the chain's own row (residual adds) with shortcut, its own without."""
+    return chain if shortcut else 2 + n + j
 
 
 def _plain(inputs: tuple[Channels, ...]) -> tuple[tuple[Channels, None], ...]:

@@ -27,25 +27,30 @@ def rank_fraction(scores: torch.Tensor) -> torch.Tensor:
     return ranks(scores).double() / scores.numel()
 
 
+# A ratio within this fraction of an element above a whole count rounds down, so that a float32 ratio like
+# 1/3 (stored as 0.33333334) keeps N/3 elements, not N/3 + 1. Soft and hard masks apply the same slack.
+BOUNDARY_SLACK = 1e-4
+
+
 def kept_count(keep_ratio: float, n: int) -> int:
-    """Number of elements the hard mask keeps: ceil(keep_ratio * n), computed exactly for float32 ratios."""
-    return min(n, max(0, math.ceil(float(keep_ratio) * n)))
+    """Number of elements the hard mask keeps: ceil(keep_ratio * n) (up to `BOUNDARY_SLACK`)."""
+    return min(n, max(0, math.ceil(float(keep_ratio) * n - BOUNDARY_SLACK)))
 
 
 def differentiable_topk(scores: torch.Tensor, keep_ratio: torch.Tensor, lam: float = 1.0) -> torch.Tensor:
     """Soft top-k mask `sigmoid(lam * N * (rank_fraction - (1 - keep_ratio)))`, differentiable in `keep_ratio`.
 
-    The difference is taken in float64, where `N * keep_ratio` is exact for a float32 ratio, so the hard mask
-    (`mask > 0.5`) keeps exactly `ceil(keep_ratio * N)` of the highest-scoring elements.
+    The logit is taken in float64, where `N * keep_ratio` is exact for a float32 ratio, so the hard mask
+    (`mask > 0.5`) keeps exactly `kept_count(keep_ratio, N)` of the highest-scoring elements.
     """
     keep_ratio = torch.as_tensor(keep_ratio, device=scores.device)
     if keep_ratio.ndim != 0:
         raise ValueError(f"keep_ratio must be a 0-d tensor, got shape {tuple(keep_ratio.shape)}")
-    value = float(keep_ratio)
+    value = keep_ratio.detach().item()
     if not 0.0 <= value <= 1.0 or math.isnan(value):
         raise ValueError(f"keep_ratio must lie in [0, 1], got {value}")
     n = scores.numel()
-    logits = lam * n * (rank_fraction(scores) - (1.0 - keep_ratio.double()))
+    logits = lam * (n * (rank_fraction(scores) - (1.0 - keep_ratio.double())) - BOUNDARY_SLACK)
     return torch.sigmoid(logits).to(scores.dtype if scores.is_floating_point() else torch.float32)
 
 

@@ -1,0 +1,91 @@
+"""The exactness contract (DESIGN.md section 3) over several scales and random searched structures.
+
+(a) the exported YAML rebuilds a model with the pruned model's exact parameter names and shapes;
+(b) the supernet at hard masks and the pruned model compute the same outputs;
+(c) the resource model's hard GFLOPs and parameters equal the pruned model's `get_flops` and size.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from helpers import randomize_structure
+from ultralytics.nn.tasks import DetectionModel
+from ultralytics.utils.torch_utils import get_flops
+
+from yolo_dms import ResourceModel, Supernet, prune, searched_yaml
+from yolo_dms.model_io import write_model_yaml
+
+IMGSZ = 128
+FORWARD_CASES = [(cfg, seed) for cfg in ("yolov8n.yaml", "yolov8s.yaml") for seed in range(5)]
+FORWARD_CASES += [("yolov8n-p2.yaml", 0), ("yolov8n-p6.yaml", 0)]
+
+
+def state_shapes(model: torch.nn.Module) -> dict[str, tuple[int, ...]]:
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def assert_yaml_rebuilds(supernet: Supernet, pruned: DetectionModel, tmp_path) -> None:
+    path = write_model_yaml(searched_yaml(supernet), tmp_path / "searched.yaml")
+    rebuilt = DetectionModel(str(path), verbose=False)
+    assert state_shapes(rebuilt) == state_shapes(pruned)
+
+
+def assert_resources_match(supernet: Supernet, pruned: DetectionModel, imgsz: int) -> None:
+    resources = ResourceModel(supernet, imgsz)
+    expected = get_flops(pruned, imgsz)
+    assert expected > 0
+    assert resources.gflops().item() == pytest.approx(expected, rel=1e-6)
+    assert round(resources.params().item()) == sum(p.numel() for p in pruned.parameters())
+
+
+@pytest.mark.parametrize(("cfg", "seed"), FORWARD_CASES)
+def test_pruned_model_is_exact(cfg, seed, tmp_path):
+    supernet = Supernet.from_source(cfg, nc=3)
+    randomize_structure(supernet, seed, empty_c2f=seed)
+    supernet.eval()
+    pruned = prune(supernet).eval()
+    assert type(pruned) is DetectionModel
+    assert all(type(m).__module__.startswith(("ultralytics", "torch")) for m in pruned.modules())
+    assert any(len(m) == 0 for m in pruned.modules() if type(m).__name__ == "ModuleList"), "no C2f lost all blocks"
+
+    assert_yaml_rebuilds(supernet, pruned, tmp_path)
+    assert_resources_match(supernet, pruned, IMGSZ)
+
+    x = torch.rand(2, 3, IMGSZ, IMGSZ, generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():  # float32: raw head outputs (box distributions, class logits) within 1e-4
+        super_raw, pruned_raw = supernet(x)[1], pruned(x)[1]
+    for key in ("boxes", "scores"):
+        assert (super_raw[key] - pruned_raw[key]).abs().max().item() < 1e-4
+    supernet.double(), pruned.double()
+    with torch.no_grad():  # float64: decoded boxes and scores agree to rounding
+        a, b = supernet(x.double())[0], pruned(x.double())[0]
+    assert (a - b).abs().max().item() < 1e-9 * a.abs().max().item()
+
+
+@pytest.mark.parametrize("cfg", ["yolov8m.yaml", "yolov8l.yaml", "yolov8x.yaml"])
+def test_large_scales_rebuild_and_count_exactly(cfg, tmp_path):
+    supernet = Supernet.from_source(cfg, nc=80)
+    randomize_structure(supernet, seed=7, empty_c2f=3)
+    pruned = prune(supernet)
+    assert_yaml_rebuilds(supernet, pruned, tmp_path)
+    assert_resources_match(supernet, pruned, 64)
+
+
+def test_full_supernet_counts_match_stock_model():
+    """Before any pruning the resource model equals `get_flops` of the unmodified stock model."""
+    stock = DetectionModel("yolov8s.yaml", nc=80, verbose=False)
+    expected = get_flops(stock, 640)
+    supernet = Supernet(stock)
+    assert ResourceModel(supernet, 640).gflops().item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_resource_gradient_reaches_every_keep_ratio():
+    supernet = Supernet.from_source("yolov8n.yaml", nc=3)
+    randomize_structure(supernet, seed=1)
+    for mask in supernet.keep_ratio_masks().values():  # keep every block alive so every ratio costs something
+        if mask.min_ratio == 0:
+            mask.set_keep_ratio(1.0)
+    ResourceModel(supernet, 64).gflops().backward()
+    grads = {name: p.keep_ratio.grad for name, p in supernet.keep_ratio_masks().items()}
+    assert all(g is not None and g.item() > 0 for g in grads.values()), grads

@@ -1,0 +1,79 @@
+"""Width and depth masks: Taylor importance from the backward pass, hard counts, clamping, derived counts."""
+
+import pytest
+import torch
+
+from yolo_dms import DepthMask, DerivedWidthMask, WidthMask
+
+
+def test_importance_is_moving_average_of_taylor_score():
+    mask = WidthMask(size=8, spaces=2, decay=0.9)
+    x = torch.arange(1.0, 9.0)
+    soft = mask.masks(hard=False)  # registers the importance hook
+    loss = (soft[0] * x).sum() + (soft[1] * x.flip(0)).sum()
+    loss.backward()
+    expected = 0.1 * torch.stack([(soft[0].detach() * x) ** 2, (soft[1].detach() * x.flip(0)) ** 2])
+    assert torch.allclose(mask.importance, expected)
+    assert mask.keep_ratio.grad is not None
+
+
+def test_non_finite_gradients_do_not_reach_importance():
+    mask = WidthMask(size=4)
+    soft = mask.masks(hard=False)
+    (soft * torch.tensor([1.0, float("inf"), 1.0, 1.0])).sum().backward()
+    assert torch.isfinite(mask.importance).all() and mask.importance.sum() == 0
+
+
+def test_shared_keep_ratio_gives_equal_counts_by_each_space_importance():
+    mask = WidthMask(size=10, spaces=3)
+    mask.importance.copy_(torch.rand(3, 10))
+    mask.set_keep_ratio(0.35)
+    hard = mask.masks(hard=True)
+    assert hard.sum(1).tolist() == [4, 4, 4]
+    for row, imp in zip(hard, mask.importance):
+        assert imp[row.bool()].min() > imp[~row.bool()].max()
+
+
+def test_output_width_rounds_to_multiple_of_eight_and_never_vanishes():
+    mask = WidthMask(size=64, divisor=8)
+    for k, expected in [(1.0, 64), (0.5, 32), (0.3, 16), (0.33, 24), (0.01, 8)]:
+        mask.set_keep_ratio(k)
+        assert mask.hard_count() == expected
+    mask.keep_ratio.data.fill_(-3.0)
+    mask.clamp_()
+    assert mask.keep_ratio.item() == pytest.approx(1 / 128) and mask.hard_count() == 8
+
+
+def test_straight_through_count_is_hard_forward_and_soft_backward():
+    mask = WidthMask(size=64, divisor=8)
+    mask.set_keep_ratio(0.33)
+    count = mask.count()
+    assert count.item() == 24
+    count.backward()
+    assert mask.keep_ratio.grad.item() == pytest.approx(64)
+
+
+def test_depth_mask_may_remove_every_block():
+    depth = DepthMask(3)
+    depth.set_keep_ratio(0.0)
+    assert depth.hard_count() == 0 and depth.masks(hard=True).sum() == 0
+    depth.set_keep_ratio(0.5)
+    assert depth.hard_count() == 2
+
+
+def test_keep_ratio_outside_range_is_refused():
+    with pytest.raises(ValueError, match=r"keep ratio must lie in \(0, 1\]"):
+        WidthMask(16).set_keep_ratio(1.2)
+    with pytest.raises(ValueError, match=r"keep ratio must lie in \(0, 1\]"):
+        WidthMask(16).set_keep_ratio(0.0)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        DepthMask(2).set_keep_ratio(-0.1)
+
+
+def test_derived_count_follows_its_sources_like_ultralytics():
+    sppf_hidden = DerivedWidthMask(128, ("l8",), div=2, floor=0)
+    assert sppf_hidden.derive_hard(96) == 48
+    detect_box = DerivedWidthMask(64, ("l15",), div=4, floor=64)
+    assert detect_box.derive_hard(128) == 64  # max(16, 128 // 4, 4 * 16)
+    detect_cls = DerivedWidthMask(256, ("l15",), div=1, floor=80)
+    assert detect_cls.derive_hard(40) == 80 and detect_cls.derive_hard(200) == 200  # max(c, min(nc, 100))

@@ -1,0 +1,61 @@
+"""The DMS operator: exact hard counts, a useful gradient, and a nearly hard soft mask at lam=1."""
+
+import math
+
+import pytest
+import torch
+
+from yolo_dms import differentiable_topk
+from yolo_dms.topk import hard_topk, kept_count, rank_fraction
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 7, 16, 64, 100, 257, 1024])
+def test_hard_mask_keeps_ceil_k_n_highest(n):
+    gen = torch.Generator().manual_seed(n)
+    scores = torch.randn(n, generator=gen)
+    for i in range(1, n + 1):
+        assert int((differentiable_topk(scores, torch.tensor(i / n)) > 0.5).sum()) == i
+    for k in torch.rand(50, generator=gen).clamp(min=1e-3).tolist():
+        keep = torch.tensor(k, dtype=torch.float32)
+        mask = differentiable_topk(scores, keep)
+        expected = math.ceil(keep.item() * n - 1e-4)  # float32 ratios a hair above i/n still keep i
+        kept = mask > 0.5
+        assert int(kept.sum()) == expected, (n, k)
+        # the kept elements are the highest-scoring ones
+        if 0 < expected < n:
+            assert scores[kept].min() > scores[~kept].max()
+        assert torch.equal(kept.float(), hard_topk(scores, kept_count(keep.item(), n)))
+
+
+def test_gradient_with_respect_to_keep_ratio_is_nonzero():
+    scores = torch.randn(64)
+    for k in (0.1, 0.37, 0.5, 0.93, 1.0):
+        keep = torch.tensor(k, requires_grad=True)
+        differentiable_topk(scores, keep).sum().backward()
+        assert keep.grad is not None and keep.grad.item() > 0  # a larger keep ratio keeps more
+
+
+@pytest.mark.parametrize("n", [64, 256, 1024])
+def test_soft_mask_is_nearly_hard_at_lam_one(n):
+    scores = torch.randn(n)
+    for k in (0.2, 0.5, 0.77):
+        keep = torch.tensor(k)
+        soft = differentiable_topk(scores, keep, lam=1.0)
+        hard = (soft > 0.5).float()
+        far = int(((soft - hard).abs() > 0.05).sum())
+        assert far <= 6, f"{far} elements are more than 0.05 away from the hard mask"
+
+
+def test_rank_fraction_spreads_scores_evenly():
+    r = rank_fraction(torch.tensor([5.0, -1.0, 3.0, 3.0]))
+    assert sorted(r.tolist()) == [0.25, 0.5, 0.75, 1.0]
+    assert r[1] == 0.25 and r[0] == 1.0
+
+
+def test_bad_inputs_are_refused():
+    with pytest.raises(ValueError, match="1-D"):
+        differentiable_topk(torch.randn(2, 3), torch.tensor(0.5))
+    with pytest.raises(ValueError, match="keep_ratio"):
+        differentiable_topk(torch.randn(4), torch.tensor(1.5))
+    with pytest.raises(ValueError, match="0-d"):
+        differentiable_topk(torch.randn(4), torch.tensor([0.5]))
