@@ -55,7 +55,7 @@ def load_detection_model(source: str | Path, nc: int | None = None) -> Detection
     if suffix in {".yaml", ".yml"}:
         cfg = load_model_yaml(source)
         task = guess_model_task(cfg)
-        if task != "detect":
+        if task not in {"detect", None}:  # None: an unknown head, named layer by layer by the supernet
             raise UnsupportedModelError(f"'{source}' is a {task} model; DMS searches YOLOv8 detection models")
         try:
             model = DetectionModel(cfg, nc=nc, verbose=False)
@@ -65,7 +65,7 @@ def load_detection_model(source: str | Path, nc: int | None = None) -> Detection
         model = load_checkpoint_model(source)
     else:
         raise ModelSourceError(f"model must be a .yaml or .pt file, got '{source}'")
-    if not isinstance(model, DetectionModel) or guess_model_task(model) != "detect":
+    if not isinstance(model, DetectionModel) or guess_model_task(model) not in {"detect", None}:
         raise UnsupportedModelError(f"'{source}' is not a YOLO detection model ({type(model).__name__})")
     return model
 

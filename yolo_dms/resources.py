@@ -58,30 +58,40 @@ class ResourceModel:
                 hook.remove()
         return shapes
 
-    def _totals(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(MACs, parameters) as straight-through tensors."""
+    def _site_costs(self) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
+        """(conv path, MACs, parameters) of every convolution, as straight-through tensors."""
         counts = self.supernet.channel_counts()
         gates = self.supernet.depth_gates()
 
         def width(c: Channels) -> torch.Tensor | int:
             return counts[c.mask] if isinstance(c, Space) else c
 
-        macs = params = torch.zeros((), device=next(self.supernet.parameters()).device)
+        costs = []
         for site in self.supernet.sites:
             shape = self.shapes[site.path]
             c_in = sum(width(c) * (gates[ref[0]][ref[1]] if ref else 1) for c, ref in site.inputs)
             c_out = sum(width(c) for c in site.outputs)
             keep = gates[site.block[0]][site.block[1]] if site.block else 1
             weights = shape.kernel * c_in * c_out
-            macs = macs + keep * (shape.positions * weights + (4 * shape.positions * c_out if site.bn else 0))
-            params = params + keep * (weights + (c_out if shape.bias else 0) + (2 * c_out if site.bn else 0))
-        return macs, params
+            macs = keep * (shape.positions * weights + (4 * shape.positions * c_out if site.bn else 0))
+            params = keep * (weights + (c_out if shape.bias else 0) + (2 * c_out if site.bn else 0))
+            costs.append((site.path, macs, params))
+        return costs
 
     def gflops(self) -> torch.Tensor:
         """GFLOPs in Ultralytics' units; exact at hard masks, differentiable in the keep ratios."""
-        return 2 * self._totals()[0] / 1e9
+        return 2 * sum(macs for _, macs, _ in self._site_costs()) / 1e9
 
     def params(self) -> torch.Tensor:
         """Parameter count; exact at hard masks, differentiable in the keep ratios."""
-        return self._totals()[1]
+        return sum(params for _, _, params in self._site_costs())
 
+    def per_layer(self) -> dict[int, tuple[float, int]]:
+        """Hard (GFLOPs, parameters) of each layer index, for reports."""
+        table: dict[int, tuple[float, int]] = {}
+        with torch.no_grad():
+            for path, macs, params in self._site_costs():
+                i = int(path.split(".")[1])
+                gflops, count = table.get(i, (0.0, 0))
+                table[i] = (gflops + 2 * float(macs) / 1e9, count + round(float(params)))
+        return table

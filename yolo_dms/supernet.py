@@ -131,7 +131,7 @@ class Supernet(DetectionModel):
         from yolo_dms.model_io import load_detection_model
 
         model = source if isinstance(source, DetectionModel) else load_detection_model(source, nc=nc)
-        return cls(model, **mask_args)
+        return model if isinstance(model, Supernet) else cls(model, **mask_args)
 
     # ----------------------------------------------------------------------------------------------- wiring
     def _add_mask(self, name: str, mask: nn.Module) -> str:
@@ -152,8 +152,24 @@ class Supernet(DetectionModel):
         self._gate(path, module, outputs)
         self.sites.append(ConvSite(f"{path}.conv", _plain(inputs), outputs, block))
 
+    def _check_supported(self) -> None:
+        """Refuse, naming every offending layer, a model with layers DMS cannot search and prune exactly."""
+        supported = (Conv, GatedConv, C2f, DepthGatedC2f, C2, DepthGatedC2, SPPF, nn.Upsample, Concat)
+        last = len(self.model) - 1
+        bad = [
+            f"{i} ({type(layer).__name__})"
+            for i, layer in enumerate(self.model)
+            if not (type(layer) in supported or (i == last and type(layer) is Detect))
+        ]
+        if bad:
+            raise UnsupportedModelError(
+                f"DMS cannot search layer {', '.join(bad)}; supported YOLOv8 detection layers are Conv, C2f, C2, "
+                "SPPF, nn.Upsample, Concat and a final Detect"
+            )
+
     def _wire(self, image_channels: int) -> None:
         """Walk the layers like `parse_model`, creating masks and recording each conv's channel spaces."""
+        self._check_supported()
         layouts: list[tuple[Channels, ...]] = []
         for i, layer in enumerate(self.model):
             sources = [layer.f] if isinstance(layer.f, int) else list(layer.f)
@@ -176,14 +192,9 @@ class Supernet(DetectionModel):
                 if layer.d != 1:
                     raise UnsupportedModelError(f"layer {i}: Concat must join channels (dimension 1)")
                 layouts.append(inputs)
-            elif kind is Detect and i == len(self.model) - 1:
+            else:  # the final Detect, as _check_supported ensures
                 self._wire_detect(i, layer, [layouts[i - 1 if f == -1 else f] for f in sources])
                 layouts.append(())
-            else:
-                raise UnsupportedModelError(
-                    f"layer {i} is {kind.__name__}, which DMS cannot search; supported YOLOv8 detection layers are "
-                    "Conv, C2f, C2, SPPF, nn.Upsample, Concat and a final Detect (use a yolov8*.yaml detection model)"
-                )
 
     def _wire_csp(self, i: int, layer: C2f | C2, inputs: tuple[Channels, ...]) -> tuple[Space, ...]:
         """C2f or C2: output width, one hidden keep ratio over all its spaces, a depth mask over its blocks.

@@ -1,0 +1,49 @@
+"""Bad input gets a clear error that names the problem."""
+
+import pytest
+import torch
+
+from yolo_dms import ModelSourceError, Supernet, UnsupportedModelError
+
+
+def test_rtdetr_layers_are_named_as_unsupported():
+    with pytest.raises(UnsupportedModelError, match="RTDETRDecoder"):
+        Supernet.from_source("yolov8-rtdetr.yaml")
+
+
+def test_classification_model_is_refused():
+    with pytest.raises(UnsupportedModelError, match="classify"):
+        Supernet.from_source("yolov8-cls.yaml")
+
+
+def test_other_architectures_name_the_layer():
+    with pytest.raises(UnsupportedModelError, match="GhostConv|C3Ghost"):
+        Supernet.from_source("yolov8-ghost.yaml")
+
+
+def test_missing_yaml_and_weights_are_reported(tmp_path):
+    with pytest.raises(ModelSourceError, match="does not exist"):
+        Supernet.from_source(str(tmp_path / "nope.yaml"))
+    with pytest.raises(ModelSourceError, match="does not exist"):
+        Supernet.from_source(str(tmp_path / "nope.pt"))
+    with pytest.raises(ModelSourceError, match=r"\.yaml or \.pt"):
+        Supernet.from_source(str(tmp_path / "model.onnx"))
+
+
+def test_corrupt_checkpoint_is_reported(tmp_path):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(ModelSourceError, match="not a readable checkpoint"):
+        Supernet.from_source(str(bad))
+    empty = tmp_path / "empty.pt"
+    torch.save({"epoch": 3}, empty)
+    with pytest.raises(ModelSourceError, match="holds no Ultralytics model"):
+        Supernet.from_source(str(empty))
+
+
+def test_keep_ratio_outside_unit_interval_is_refused():
+    supernet = Supernet.from_source("yolov8n.yaml")
+    with pytest.raises(ValueError, match=r"keep ratio must lie in \(0, 1\], got 1.5"):
+        supernet.masks["l0"].set_keep_ratio(1.5)
+    with pytest.raises(ValueError, match=r"keep ratio must lie in \(0, 1\], got 0.0"):
+        supernet.masks["l4_hidden"].set_keep_ratio(0.0)
