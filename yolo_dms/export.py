@@ -30,7 +30,6 @@ def export_searched(supernet: Supernet, directory: str | Path, imgsz: int = 640)
     directory = Path(directory)
     pruned = prune(supernet).eval()
     yaml_path = write_model_yaml(searched_yaml(supernet), directory / "searched.yaml", YAML_HEADER)
-    pruned.yaml["yaml_file"] = str(yaml_path)
     weights_path = write_checkpoint(pruned, directory / "pruned.pt", {"imgsz": imgsz})
     return ExportResult(
         yaml_path, weights_path, get_flops(pruned, imgsz), sum(p.numel() for p in pruned.parameters())

@@ -1,0 +1,57 @@
+"""The exported files work in stock Ultralytics, in a process where yolo_dms cannot be imported."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import yaml
+from helpers import randomize_structure, run_without_yolo_dms
+
+from yolo_dms import Supernet
+from yolo_dms.demo_data import make_dataset
+from yolo_dms.export import export_searched
+
+IMGSZ = 64
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    return make_dataset(tmp_path_factory.mktemp("data"), n_train=16, n_val=8, imgsz=IMGSZ, seed=0)
+
+
+def test_pruned_checkpoint_loads_predicts_validates_and_trains_without_plugin(tiny_data, tmp_path):
+    nc = yaml.safe_load(tiny_data.read_text())["nc"]
+    supernet = Supernet.from_source("yolov8n.yaml", nc=nc)
+    randomize_structure(supernet, seed=3, empty_c2f=1)
+    supernet.eval()
+    result = export_searched(supernet, tmp_path / "search", imgsz=IMGSZ)
+    assert result.gflops > 0 and result.params > 0
+
+    code = f"""
+        import numpy as np
+        from ultralytics import YOLO
+        from ultralytics.cfg import entrypoint
+
+        model = YOLO({str(result.weights_path)!r})
+        assert type(model.model).__name__ == "DetectionModel", type(model.model)
+        results = model.predict(np.full(({IMGSZ}, {IMGSZ}, 3), 127, np.uint8), imgsz={IMGSZ}, verbose=False)
+        print("PREDICTED", len(results))
+        metrics = model.val(data={str(tiny_data)!r}, imgsz={IMGSZ}, batch=4, workers=0, device="cpu",
+                            plots=False, project={str(tmp_path / 'runs')!r}, name="val")
+        print("VALIDATED", metrics.box.map)
+        rebuilt = YOLO({str(result.yaml_path)!r})
+        print("YAML_PARAMS", sum(p.numel() for p in rebuilt.model.parameters()))
+        entrypoint("yolo train model={result.weights_path} data={tiny_data} epochs=1 imgsz={IMGSZ} batch=4 "
+                   "workers=0 device=cpu plots=False val=False project={tmp_path / 'runs'} name=finetune")
+    """
+    proc = run_without_yolo_dms(code, cwd=tmp_path)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output[-4000:]
+    assert "PREDICTED 1" in output
+    assert re.search(r"VALIDATED \d", output)
+    assert f"YAML_PARAMS {result.params}" in output
+    transferred = re.search(r"Transferred (\d+)/(\d+) items", output)
+    assert transferred, output[-4000:]
+    assert transferred.group(1) == transferred.group(2), transferred.group(0)
+    assert (tmp_path / "runs" / "finetune" / "weights" / "last.pt").exists()
