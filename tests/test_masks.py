@@ -77,3 +77,13 @@ def test_derived_count_follows_its_sources_like_ultralytics():
     assert detect_box.derive_hard(128) == 64  # max(16, 128 // 4, 4 * 16)
     detect_cls = DerivedWidthMask(256, ("l15",), div=1, floor=80)
     assert detect_cls.derive_hard(40) == 80 and detect_cls.derive_hard(200) == 200  # max(c, min(nc, 100))
+
+
+def test_structure_stays_float32_when_the_model_goes_half():
+    """Checkpoints are saved in half precision; keep counts must not move with them."""
+    mask = WidthMask(size=1000)
+    mask.set_keep_ratio(0.3337)
+    before = mask.hard_count()
+    mask.half()
+    assert mask.keep_ratio.dtype == torch.float32 and mask.importance.dtype == torch.float32
+    assert mask.hard_count() == before

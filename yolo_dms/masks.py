@@ -33,6 +33,13 @@ class ImportanceMask(nn.Module):
         self.size, self.spaces, self.lam, self.decay = size, spaces, lam, decay
         self.register_buffer("importance", torch.zeros(spaces, size))
 
+    def _apply(self, fn, recurse=True):
+        """Move like any module but stay float32: half precision would shift keep counts and importance ranks."""
+        super()._apply(fn, recurse)
+        for tensor in (*self.parameters(recurse=False), *self.buffers(recurse=False)):
+            tensor.data = tensor.data.float()
+        return self
+
     def soft_masks(self, keep_ratio: torch.Tensor, track: bool = True) -> torch.Tensor:
         """Soft masks (spaces x size) at `keep_ratio`.
 

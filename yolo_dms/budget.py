@@ -1,0 +1,89 @@
+"""Budget arithmetic on a supernet's structure: what the extremes cost, and fitting a structure under a budget."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+
+from yolo_dms.errors import DMSError
+from yolo_dms.resources import ResourceModel
+from yolo_dms.supernet import Supernet
+
+
+class BudgetError(DMSError):
+    """The requested budget cannot be met by any structure of this supernet."""
+
+
+def keep_ratios(supernet: Supernet) -> dict[str, float]:
+    """Current keep ratio of every structural mask."""
+    return {name: mask.keep_ratio.item() for name, mask in supernet.keep_ratio_masks().items()}
+
+
+def set_keep_ratios(supernet: Supernet, ratios: dict[str, float]) -> None:
+    """Set keep ratios, clamped into each mask's legal range."""
+    with torch.no_grad():
+        for name, mask in supernet.keep_ratio_masks().items():
+            mask.keep_ratio.fill_(min(1.0, max(mask.min_ratio, ratios[name])))
+
+
+@contextmanager
+def structure_as(supernet: Supernet, ratios: dict[str, float]):
+    """Temporarily give the supernet other keep ratios."""
+    saved = keep_ratios(supernet)
+    set_keep_ratios(supernet, ratios)
+    try:
+        yield supernet
+    finally:
+        set_keep_ratios(supernet, saved)
+
+
+def hard_gflops(resources: ResourceModel) -> float:
+    """GFLOPs of the current hard structure (what the pruned model will cost)."""
+    with torch.no_grad():
+        return resources.gflops().item()
+
+
+def gflops_range(supernet: Supernet, resources: ResourceModel) -> tuple[float, float]:
+    """(smallest structure, full supernet) GFLOPs: every width at its floor and no blocks, then everything kept."""
+    names = supernet.keep_ratio_masks()
+    with structure_as(supernet, dict.fromkeys(names, 0.0)):
+        smallest = hard_gflops(resources)
+    with structure_as(supernet, dict.fromkeys(names, 1.0)):
+        full = hard_gflops(resources)
+    return smallest, full
+
+
+def check_budget(budget: float, smallest: float, full: float, imgsz: int) -> None:
+    """Refuse a budget outside what the supernet can reach, saying what it can reach."""
+    if budget > full * (1 + 1e-9):
+        raise BudgetError(
+            f"budget {budget:.4g} GFLOPs is above the supernet's {full:.4g} GFLOPs at imgsz={imgsz}; "
+            "there is nothing to search (start from a larger supernet, e.g. 'yolo-dms expand')"
+        )
+    if budget < smallest:
+        raise BudgetError(
+            f"budget {budget:.4g} GFLOPs is below {smallest:.4g} GFLOPs, the cost of the smallest structure this "
+            f"supernet allows at imgsz={imgsz} (8 channels per layer, no C2f blocks)"
+        )
+
+
+def fit_to_budget(supernet: Supernet, resources: ResourceModel, budget: float, steps: int = 40) -> float:
+    """Shrink every keep ratio by one common factor until the hard structure fits the budget.
+
+    The search ends near its target but the hard structure can sit a little above it; a common factor keeps
+    the learned proportions. Returns the factor applied (1.0 when the structure already fits).
+    """
+    if hard_gflops(resources) <= budget:
+        return 1.0
+    learned = keep_ratios(supernet)
+    low, high = 0.0, 1.0  # the structure fits at `low`, not at `high`
+    for _ in range(steps):
+        mid = (low + high) / 2
+        set_keep_ratios(supernet, {k: v * mid for k, v in learned.items()})
+        if hard_gflops(resources) <= budget:
+            low = mid
+        else:
+            high = mid
+    set_keep_ratios(supernet, {k: v * low for k, v in learned.items()})
+    return low
