@@ -15,12 +15,24 @@ from yolo_dms.errors import DMSError
 USAGE = """Usage: yolo-dms MODE key=value ...
 
 Modes:
-  info   model=<yaml|pt> [imgsz=640] [nc=N]   per-layer widths, C2f depths, GFLOPs and parameters
-  help                                        this message
+  search  model=<yaml|pt> data=<yaml> target=0.5 | gflops=G  [any Ultralytics train argument]
+          search every width and C2f depth under the budget; writes searched.yaml and pruned.pt
+          DMS settings (defaults in yolo_dms/cfg/default.yaml): target, gflops, resource_weight,
+          structure_lr, target_schedule, width_lam, depth_lam, importance_decay
+          resume=True (or resume=path/to/last.pt) continues an interrupted search
+  export  model=<search checkpoint> [out=dir] [imgsz=N]   searched.yaml and pruned.pt from any search checkpoint
+  expand  model=<yaml|pt> width=1.5 depth=2.0 [out=file.yaml] [nc=N]   a larger supernet YAML
+  info    model=<yaml|pt> [imgsz=640] [nc=N]   per-layer widths, C2f depths, GFLOPs and parameters
+  demo    [out=runs/dms/demo]   generate data, search yolov8n at 50% GFLOPs, fine-tune, export ONNX, compare
+  help    this message
+
+Add debug=True to any mode to see a traceback instead of a one-line error.
 
 Examples:
-  yolo-dms info model=yolov8s.yaml
-  yolo-dms info model=runs/dms/search/pruned.pt imgsz=320
+  yolo-dms search model=yolov8s.pt data=coco.yaml target=0.5 epochs=10
+  yolo-dms search model=yolov8n.yaml data=my.yaml gflops=4.0 imgsz=640 batch=32
+  yolo-dms export model=runs/dms/search/weights/last.pt
+  yolo-dms expand model=yolov8n.yaml width=1.5 depth=2.0 out=yolov8n-x1.5.yaml
 """
 
 
@@ -28,32 +40,61 @@ class UsageError(DMSError):
     """The command line itself is wrong: unknown mode, unknown key, malformed argument."""
 
 
-def parse_arguments(pairs: list[str], allowed: dict[str, Callable[[str], object]]) -> dict[str, object]:
-    """`key=value` strings to typed values; unknown keys and malformed pairs are usage errors."""
+def parse_arguments(pairs: list[str], allowed: set[str] | None = None) -> dict[str, object]:
+    """`key=value` strings to values typed as Ultralytics types them; unknown keys are usage errors."""
+    from ultralytics.cfg import smart_value
+
     parsed: dict[str, object] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise UsageError(f"argument '{pair}' is not of the form key=value")
-        if key not in allowed:
+        if allowed is not None and key not in allowed | {"debug"}:
             raise UsageError(f"unknown argument '{key}'; valid arguments: {', '.join(sorted(allowed))}")
-        try:
-            parsed[key] = allowed[key](value)
-        except ValueError:
-            raise UsageError(f"argument {key}={value} is not a valid {allowed[key].__name__}") from None
+        parsed[key] = smart_value(value)
+    parsed.pop("debug", None)
     return parsed
 
 
-def to_bool(value: str) -> bool:
-    """Ultralytics-style booleans."""
-    if value.lower() in {"true", "1", "yes"}:
-        return True
-    if value.lower() in {"false", "0", "no"}:
-        return False
-    raise ValueError(value)
+def required(options: dict, key: str, mode: str, example: str) -> object:
+    if key not in options:
+        raise UsageError(f"{mode} needs {key}=, e.g. {example}")
+    return options[key]
 
 
-to_bool.__name__ = "bool"
+def search(args: list[str]) -> None:
+    """Run a DMS search inside Ultralytics training."""
+    from yolo_dms.search import run_search
+
+    run_search(parse_arguments(args))
+
+
+def export(args: list[str]) -> None:
+    """Write searched.yaml and pruned.pt from a search checkpoint, fitted under its budget."""
+    from yolo_dms.export import export_checkpoint
+
+    options = parse_arguments(args, {"model", "out", "imgsz"})
+    result = export_checkpoint(
+        required(options, "model", "export", "model=runs/dms/search/weights/last.pt"),
+        options.get("out"),
+        options.get("imgsz"),
+    )
+    print(f"{result.gflops:.4g} GFLOPs, {result.params:,} parameters\n{result.yaml_path}\n{result.weights_path}")
+
+
+def expand(args: list[str]) -> None:
+    """Write a wider and deeper supernet YAML."""
+    from pathlib import Path
+
+    from yolo_dms.expand import expanded_yaml
+    from yolo_dms.model_io import write_model_yaml
+
+    options = parse_arguments(args, {"model", "width", "depth", "out", "nc"})
+    source = str(required(options, "model", "expand", "model=yolov8n.yaml width=1.5 depth=2.0"))
+    width, depth = float(options.get("width", 1.0)), float(options.get("depth", 1.0))
+    out = Path(str(options.get("out") or f"{Path(source).stem}-w{width:g}-d{depth:g}.yaml"))
+    header = f"Supernet expanded by yolo-dms from {source}: width x{width:g}, depth x{depth:g}"
+    print(write_model_yaml(expanded_yaml(source, width, depth, options.get("nc")), out, header))
 
 
 def info(args: list[str]) -> None:
@@ -61,14 +102,25 @@ def info(args: list[str]) -> None:
     from yolo_dms.report import layer_table
     from yolo_dms.supernet import Supernet
 
-    options = parse_arguments(args, {"model": str, "imgsz": int, "nc": int, "debug": to_bool})
-    if "model" not in options:
-        raise UsageError("info needs model=<yaml|pt>")
-    supernet = Supernet.from_source(options["model"], nc=options.get("nc"))
-    print(layer_table(supernet, options.get("imgsz", 640)))
+    options = parse_arguments(args, {"model", "imgsz", "nc"})
+    model = required(options, "model", "info", "model=yolov8s.yaml")
+    print(layer_table(Supernet.from_source(str(model), nc=options.get("nc")), int(options.get("imgsz", 640))))
 
 
-COMMANDS: dict[str, Callable[[list[str]], None]] = {"info": info}
+def demo(args: list[str]) -> None:
+    """The embedded end-to-end run on generated data."""
+    from yolo_dms.demo import run_demo
+
+    run_demo(**parse_arguments(args, {"out", "epochs", "search_epochs", "finetune_epochs", "imgsz"}))
+
+
+COMMANDS: dict[str, Callable[[list[str]], None]] = {
+    "search": search,
+    "export": export,
+    "expand": expand,
+    "info": info,
+    "demo": demo,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -34,3 +34,30 @@ def export_searched(supernet: Supernet, directory: str | Path, imgsz: int = 640)
     return ExportResult(
         yaml_path, weights_path, get_flops(pruned, imgsz), sum(p.numel() for p in pruned.parameters())
     )
+
+
+def export_checkpoint(path: str | Path, out: str | Path | None = None, imgsz: int | None = None) -> ExportResult:
+    """Export from any search checkpoint (finished or stopped), fitted under the budget it was searching for.
+
+    Output goes to `out`, by default the checkpoint's run directory (`runs/dms/<name>/`).
+    """
+    from yolo_dms.budget import fit_to_budget, gflops_range
+    from yolo_dms.errors import DMSError
+    from yolo_dms.model_io import load_checkpoint_model
+    from yolo_dms.resources import ResourceModel
+
+    supernet = load_checkpoint_model(path)
+    if not isinstance(supernet, Supernet):
+        raise DMSError(
+            f"'{path}' is not a yolo-dms search checkpoint (it holds a plain {type(supernet).__name__}); "
+            "export takes runs/dms/<name>/weights/last.pt of a search"
+        )
+    args = getattr(supernet, "args", None)
+    saved_imgsz = args.get("imgsz") if isinstance(args, dict) else getattr(args, "imgsz", None)
+    imgsz = int(imgsz or saved_imgsz or 640)
+    supernet.eval()
+    resources = ResourceModel(supernet, imgsz)
+    fit_to_budget(supernet, resources, supernet.dms_settings.final_gflops(gflops_range(supernet, resources)[1]))
+    path = Path(path)
+    directory = Path(out) if out else (path.parent.parent if path.parent.name == "weights" else path.parent)
+    return export_searched(supernet, directory, imgsz)
