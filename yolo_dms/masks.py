@@ -34,10 +34,12 @@ class ImportanceMask(nn.Module):
         self.register_buffer("importance", torch.zeros(spaces, size))
 
     def _apply(self, fn, recurse=True):
-        """Move like any module but stay float32: half precision would shift keep counts and importance ranks."""
+        """Move like any module but keep float32 values: half precision would shift keep counts and ranks."""
+        own = [*self.parameters(recurse=False), *self.buffers(recurse=False)]
+        exact = [t.data.clone() for t in own]
         super()._apply(fn, recurse)
-        for tensor in (*self.parameters(recurse=False), *self.buffers(recurse=False)):
-            tensor.data = tensor.data.float()
+        for tensor, value in zip([*self.parameters(recurse=False), *self.buffers(recurse=False)], exact):
+            tensor.data = value.to(tensor.device)
         return self
 
     def soft_masks(self, keep_ratio: torch.Tensor, track: bool = True) -> torch.Tensor:

@@ -5,9 +5,8 @@ checkpoints, callbacks, resume) except:
 
 - the model is a `Supernet` carrying its `SearchSettings`, so resume and DDP workers rebuild it as it was;
 - keep ratios leave the weight optimizer for their own Adam, with no weight decay;
-- each optimizer step adds the resource-loss gradient `d log(F / F_target) / dk` (only while `F > F_target`),
-  rescaled to `resource_weight` times the running norm of the task gradient on the keep ratios; the target
-  falls from the supernet's GFLOPs to the budget over the first `target_schedule` of the run, as
+- each optimizer step updates the keep ratios with the task gradient plus the balanced resource-loss
+  gradient (`objective.StructureStep`); the target falls from the supernet's GFLOPs to the budget over the first `target_schedule` of the run, as
   `full * (budget / full) ** progress` (the DMS reference's "root" schedule), then holds;
 - EMA copies structure (keep ratios, importance) from the live model instead of averaging it;
 - validation runs on hard masks, so its mAP is the mAP of the model pruned at that point; before the last
@@ -20,13 +19,13 @@ from __future__ import annotations
 import math
 from copy import deepcopy
 
-import torch
 from ultralytics.models.yolo.detect import DetectionTrainer
 from ultralytics.utils import DEFAULT_CFG, LOGGER, RANK, colorstr
 from ultralytics.utils.torch_utils import strip_optimizer, unwrap_model
 
 from yolo_dms.budget import check_budget, fit_to_budget, gflops_range, hard_gflops
 from yolo_dms.export import ExportResult, export_searched
+from yolo_dms.objective import StructureStep
 from yolo_dms.resources import ResourceModel
 from yolo_dms.search_log import SearchLog, plot_search, plot_structure, structure_columns
 from yolo_dms.settings import SearchSettings
@@ -52,8 +51,7 @@ class DMSTrainer(DetectionTrainer):
         super().__init__(cfg, overrides, _callbacks)
         self.settings = settings  # None: taken from the supernet (resume, DDP workers)
         self.search_iteration = 0
-        self.task_norm: float | None = None
-        self.structure_optimizer: torch.optim.Optimizer | None = None
+        self.structure: StructureStep | None = None
         self.resources: ResourceModel | None = None
         self.search_log: SearchLog | None = None
         self.export_result: ExportResult | None = None
@@ -83,18 +81,18 @@ class DMSTrainer(DetectionTrainer):
     def build_optimizer(self, model, name="auto", lr=0.001, momentum=0.9, decay=1e-5, iterations=1e5):
         """Stock weight optimizer without the keep ratios, which get their own Adam."""
         optimizer = super().build_optimizer(model, name, lr, momentum, decay, iterations)
-        structure = self.supernet.structure_parameters()
-        ids = {id(p) for p in structure}
+        structure = {id(p) for p in self.supernet.structure_parameters()}
         for group in optimizer.param_groups:
-            group["params"] = [p for p in group["params"] if id(p) not in ids]
-        self.structure_optimizer = torch.optim.Adam(structure, lr=self.supernet.dms_settings.structure_lr)
+            group["params"] = [p for p in group["params"] if id(p) not in structure]
+        settings = self.supernet.dms_settings
+        self.resources = ResourceModel(self.supernet, self.args.imgsz)
+        self.structure = StructureStep(self.supernet, self.resources, settings.structure_lr, settings.resource_weight)
         return optimizer
 
     def _setup_train(self):
         """Stock set-up, then the resource model, the budget and the search log."""
         super()._setup_train()
         self.settings = self.supernet.dms_settings
-        self.resources = ResourceModel(self.supernet, self.args.imgsz)
         smallest, self.full_gflops = gflops_range(self.supernet, self.resources)
         self.budget = self.settings.final_gflops(self.full_gflops)
         check_budget(self.budget, smallest, self.full_gflops, self.args.imgsz)
@@ -112,8 +110,7 @@ class DMSTrainer(DetectionTrainer):
         super().resume_training(ckpt)
         state = getattr(self.supernet, "search_state", None)
         if self.resume and state:
-            self.structure_optimizer.load_state_dict(state["structure_optimizer"])
-            self.task_norm = state["task_norm"]
+            self.structure.load_state_dict(state)
             self.search_iteration = self.start_epoch * len(self.train_loader)
 
     # ------------------------------------------------------------------------------------------ search step
@@ -131,32 +128,11 @@ class DMSTrainer(DetectionTrainer):
             sync_structure(self.supernet, self.ema.ema)
 
     def structure_step(self) -> None:
-        """One Adam step of the keep ratios; skipped, like the weight step, when AMP gradients overflowed."""
-        params = self.supernet.structure_parameters()
-        scale = self.scaler.get_scale() if self.scaler.is_enabled() else 1.0
-        task = torch.stack([(p.grad if p.grad is not None else torch.zeros_like(p)).float() / scale for p in params])
-        for p in params:
-            p.grad = None
-        if not torch.isfinite(task).all():
-            return
-        norm = task.norm().item()
-        self.task_norm = norm if self.task_norm is None else 0.9 * self.task_norm + 0.1 * norm
+        """One structure update; skipped, like the weight step, when AMP gradients overflowed."""
         target = self.current_target()
-        gflops = self.resources.gflops()
-        resource_loss = torch.log(gflops / target).clamp(min=0.0)
-        total = task
-        if resource_loss.item() > 0:
-            grads = torch.autograd.grad(resource_loss, params, allow_unused=True)
-            resource = torch.stack([g if g is not None else torch.zeros_like(p) for g, p in zip(grads, params)])
-            scale_to_task = self.settings.resource_weight * max(self.task_norm, 1e-12) / max(resource.norm().item(), 1e-12)
-            total = task + resource * scale_to_task
-        for p, g in zip(params, total):
-            p.grad = g.to(p.dtype)
-        self.structure_optimizer.step()
-        self.structure_optimizer.zero_grad(set_to_none=True)
-        self.supernet.clamp_keep_ratios()
-        if self.search_log:
-            self.search_log.record(self.search_iteration, self.epoch, gflops.item(), target, resource_loss.item())
+        result = self.structure.step(target, self.scaler.get_scale() if self.scaler.is_enabled() else 1.0)
+        if result and self.search_log:
+            self.search_log.record(self.search_iteration, self.epoch, result[0], target, result[1])
 
     # ---------------------------------------------------------------------------------------- epoch and end
     def validate(self):
@@ -195,7 +171,7 @@ class DMSTrainer(DetectionTrainer):
         """Stock checkpoint; the EMA supernet carries the structure optimizer, gradient norm and settings."""
         ema = self.ema.ema
         ema.dms_settings = self.settings
-        ema.search_state = {"structure_optimizer": self.structure_optimizer.state_dict(), "task_norm": self.task_norm}
+        ema.search_state = self.structure.state_dict()
         return super().save_model()
 
     def final_eval(self):

@@ -1,0 +1,59 @@
+"""The structure update of one search step: task gradient plus the balanced resource-loss gradient, then Adam.
+
+Kept apart from the trainer so that it can be timed and tested on its own. The resource loss is
+`log(F / F_target)` while the straight-through GFLOPs `F` exceed the target (zero below); its gradient on the
+keep ratios is rescaled to `weight` times the running norm of the task gradient, so neither term drowns the
+other whatever the loss scale, as the DMS reference does.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from yolo_dms.resources import ResourceModel
+from yolo_dms.supernet import Supernet
+
+
+class StructureStep:
+    """Owns the keep ratios' optimizer and the running task-gradient norm."""
+
+    def __init__(self, supernet: Supernet, resources: ResourceModel, lr: float, weight: float) -> None:
+        self.supernet, self.resources, self.weight = supernet, resources, weight
+        self.optimizer = torch.optim.Adam(supernet.structure_parameters(), lr=lr)
+        self.task_norm: float | None = None
+
+    def step(self, target: float, grad_scale: float = 1.0) -> tuple[float, float] | None:
+        """Update the keep ratios from their accumulated task gradient (divided by `grad_scale`, the AMP scale).
+
+        Returns (GFLOPs, resource loss) at the step, or None when the gradients overflowed and the step was skipped.
+        """
+        params = self.supernet.structure_parameters()
+        task = torch.stack([(p.grad if p.grad is not None else torch.zeros_like(p)).float() for p in params])
+        task = task / grad_scale
+        for p in params:
+            p.grad = None
+        if not torch.isfinite(task).all():
+            return None
+        norm = task.norm().item()
+        self.task_norm = norm if self.task_norm is None else 0.9 * self.task_norm + 0.1 * norm
+        gflops = self.resources.gflops()
+        resource_loss = torch.log(gflops / target).clamp(min=0.0)
+        total = task
+        if resource_loss.item() > 0:
+            grads = torch.autograd.grad(resource_loss, params, allow_unused=True)
+            resource = torch.stack([g if g is not None else torch.zeros_like(p) for g, p in zip(grads, params)])
+            balance = self.weight * max(self.task_norm, 1e-12) / max(resource.norm().item(), 1e-12)
+            total = task + balance * resource
+        for p, g in zip(params, total):
+            p.grad = g.to(p.dtype)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.supernet.clamp_keep_ratios()
+        return gflops.item(), resource_loss.item()
+
+    def state_dict(self) -> dict:
+        return {"optimizer": self.optimizer.state_dict(), "task_norm": self.task_norm}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.task_norm = state["task_norm"]
