@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from yolo_dms import DepthMask, DerivedWidthMask, WidthMask
+from yolo_dms.masks import straight_through
 
 
 def test_importance_is_moving_average_of_taylor_score():
@@ -47,7 +48,7 @@ def test_output_width_rounds_to_multiple_of_eight_and_never_vanishes():
 def test_straight_through_count_is_hard_forward_and_soft_backward():
     mask = WidthMask(size=64, divisor=8)
     mask.set_keep_ratio(0.33)
-    count = mask.count()
+    count = straight_through(mask.hard_count(), mask.soft_count())
     assert count.item() == 24
     count.backward()
     assert mask.keep_ratio.grad.item() == pytest.approx(64)

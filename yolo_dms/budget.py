@@ -69,19 +69,24 @@ def check_budget(budget: float, smallest: float, full: float, imgsz: int) -> Non
 
 
 def fit_to_budget(supernet: Supernet, resources: ResourceModel, budget: float, steps: int = 40) -> float:
-    """Shrink every keep ratio by one common factor until the hard structure fits the budget.
+    """Scale every keep ratio by one common factor, the largest for which the hard structure fits the budget.
 
-    The search ends near its target but the hard structure can sit a little above it; a common factor keeps
-    the learned proportions. Returns the factor applied (1.0 when the structure already fits).
+    The search approaches its target from above and ends a few percent off it, either way; one common factor
+    keeps the learned proportions (a C2f stage that lost all its blocks stays removed). Returns the factor.
     """
-    if hard_gflops(resources) <= budget:
-        return 1.0
     learned = keep_ratios(supernet)
-    low, high = 0.0, 1.0  # the structure fits at `low`, not at `high`
+
+    def fits(factor: float) -> bool:
+        set_keep_ratios(supernet, {k: v * factor for k, v in learned.items()})
+        return hard_gflops(resources) <= budget
+
+    saturated = 1.0 / max(min((v for v in learned.values() if v > 0), default=1.0), 1e-6)  # all ratios reach 1
+    if fits(saturated):
+        return saturated
+    low, high = (1.0, saturated) if fits(1.0) else (0.0, 1.0)  # the structure fits at `low`, not at `high`
     for _ in range(steps):
         mid = (low + high) / 2
-        set_keep_ratios(supernet, {k: v * mid for k, v in learned.items()})
-        if hard_gflops(resources) <= budget:
+        if fits(mid):
             low = mid
         else:
             high = mid

@@ -11,7 +11,7 @@ import math
 import torch
 from torch import nn
 
-from yolo_dms.topk import differentiable_topk, hard_topk, kept_count, kept_indices
+from yolo_dms.topk import hard_topk, kept_count, kept_indices, soft_topk
 
 
 def straight_through(hard: float | torch.Tensor, soft: torch.Tensor) -> torch.Tensor:
@@ -48,8 +48,7 @@ class ImportanceMask(nn.Module):
         With `track`, in a grad-enabled pass, the task gradient reaching these masks updates importance; the
         resource model reads masks untracked so the FLOPs gradient never counts as importance.
         """
-        rows = [differentiable_topk(row, keep_ratio, self.lam) for row in self.importance]
-        masks = torch.stack(rows).to(self.importance.dtype)
+        masks = soft_topk(self.importance, keep_ratio, self.lam).to(self.importance.dtype)
         if track and torch.is_grad_enabled():
             if not masks.requires_grad:
                 masks.requires_grad_()
@@ -58,7 +57,7 @@ class ImportanceMask(nn.Module):
 
     def hard_masks(self, count: int) -> torch.Tensor:
         """0/1 masks (spaces x size) keeping the `count` most important elements of every space."""
-        return torch.stack([hard_topk(row, count) for row in self.importance]).to(self.importance.dtype)
+        return hard_topk(self.importance, count).to(self.importance.dtype)
 
     def kept(self, count: int) -> list[torch.Tensor]:
         """Per space, the sorted indices of the elements that pruning keeps."""
@@ -103,9 +102,12 @@ class KeepRatioMask(ImportanceMask):
         with torch.no_grad():
             self.keep_ratio.clamp_(self.min_ratio, 1.0)
 
-    def hard_count(self) -> int:
-        """Elements kept at hard masks: ceil(k N), rounded to the nearest multiple of `divisor` (at least one)."""
-        count = kept_count(self.keep_ratio.item(), self.size)
+    def hard_count(self, keep_ratio: float | None = None) -> int:
+        """Elements kept at hard masks: ceil(k N), rounded to the nearest multiple of `divisor` (at least one).
+
+        `keep_ratio` is this mask's ratio already read to the host (the supernet reads all of them at once).
+        """
+        count = kept_count(self.keep_ratio.item() if keep_ratio is None else keep_ratio, self.size)
         if self.divisor > 1:
             count = max(self.divisor, round(count / self.divisor) * self.divisor)
         return min(self.size, count)
@@ -113,10 +115,6 @@ class KeepRatioMask(ImportanceMask):
     def soft_count(self) -> torch.Tensor:
         """Continuous count `k N`, the quantity the resource loss differentiates."""
         return self.keep_ratio * self.size
-
-    def count(self) -> torch.Tensor:
-        """Straight-through count: exact hard count forward, soft gradient backward."""
-        return straight_through(self.hard_count(), self.soft_count())
 
     def masks(self, hard: bool) -> torch.Tensor:
         """Masks of all spaces, hard (0/1) or soft."""
@@ -150,13 +148,6 @@ class DerivedWidthMask(ImportanceMask):
         """Hard count from the sources' summed hard count, exactly as `parse_model` and `Detect` compute it."""
         return min(self.size, max(self.floor, source_count // self.div))
 
-    def derive(self, source_count: torch.Tensor) -> torch.Tensor:
-        """Straight-through count from the sources' straight-through count."""
-        soft = torch.clamp(source_count / self.div, min=float(self.floor), max=float(self.size))
-        return straight_through(self.derive_hard(round(source_count.item())), soft)
-
-    def masks_for(self, count: torch.Tensor, hard: bool) -> torch.Tensor:
-        """Masks at a count derived from the sources (soft masks use the continuous count)."""
-        if hard:
-            return self.hard_masks(round(count.item()))
-        return self.soft_masks(count / self.size)
+    def derive_soft(self, source_count: torch.Tensor) -> torch.Tensor:
+        """Continuous count from the sources' continuous count, differentiable in their keep ratios."""
+        return torch.clamp(source_count / self.div, min=float(self.floor), max=float(self.size))

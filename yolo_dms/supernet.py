@@ -285,31 +285,48 @@ class Supernet(DetectionModel):
         for mask in self.keep_ratio_masks().values():
             mask.clamp_()
 
-    def channel_counts(self) -> dict[str, torch.Tensor]:
-        """Straight-through channel count of every width mask: exact hard value, soft gradient."""
-        counts = {name: m.count() for name, m in self.keep_ratio_masks().items() if isinstance(m, WidthMask)}
+    def hard_counts(self) -> dict[str, int]:
+        """Kept elements of every mask (channels, or blocks for depth masks) at hard masks, read in one sync."""
+        owners = self.keep_ratio_masks()
+        values = torch.stack([m.keep_ratio.detach() for m in owners.values()]).tolist()
+        counts = {name: m.hard_count(v) for (name, m), v in zip(owners.items(), values)}
         for name, mask in self.masks.items():
             if isinstance(mask, DerivedWidthMask):
-                counts[name] = mask.derive(sum(counts[s] for s in mask.sources))
+                counts[name] = mask.derive_hard(sum(counts[s] for s in mask.sources))
         return counts
+
+    def soft_counts(self) -> dict[str, torch.Tensor]:
+        """Continuous channel count of every width mask, differentiable in the keep ratios."""
+        counts = {name: m.soft_count() for name, m in self.keep_ratio_masks().items() if isinstance(m, WidthMask)}
+        for name, mask in self.masks.items():
+            if isinstance(mask, DerivedWidthMask):
+                counts[name] = mask.derive_soft(sum(counts[s] for s in mask.sources))
+        return counts
+
+    def channel_counts(self) -> dict[str, torch.Tensor]:
+        """Straight-through channel count of every width mask: exact hard value, soft gradient."""
+        hard = self.hard_counts()
+        return {name: straight_through(hard[name], soft) for name, soft in self.soft_counts().items()}
 
     def hard_channel_counts(self) -> dict[str, int]:
         """Channel count of every width mask at hard masks."""
-        return {name: round(v.detach().item()) for name, v in self.channel_counts().items()}
+        return {k: v for k, v in self.hard_counts().items() if not isinstance(self.masks[k], DepthMask)}
 
     def depth_gates(self) -> dict[str, torch.Tensor]:
         """Straight-through block gates of every C2f: hard 0/1 forward, soft gradient (importance untouched)."""
+        counts = self.hard_counts()
         gates = {}
         for name, mask in self.masks.items():
             if isinstance(mask, DepthMask):
                 soft = mask.soft_masks(mask.keep_ratio, track=False)[0]
-                gates[name] = straight_through(mask.hard_masks(mask.hard_count())[0], soft)
+                gates[name] = straight_through(mask.hard_masks(counts[name])[0], soft)
         return gates
 
     def kept_blocks(self) -> dict[str, list[int]]:
         """Indices of the bottlenecks each C2f keeps at hard masks."""
+        counts = self.hard_counts()
         return {
-            name: torch.nonzero(mask.hard_masks(mask.hard_count())[0]).flatten().tolist()
+            name: torch.nonzero(mask.hard_masks(counts[name])[0]).flatten().tolist()
             for name, mask in self.masks.items()
             if isinstance(mask, DepthMask)
         }
@@ -326,14 +343,19 @@ class Supernet(DetectionModel):
 
     # ------------------------------------------------------------------------------------------- forward
     def _set_gates(self, hard: bool) -> None:
-        """Compute every mask once for this pass and hand each gated layer its slice."""
-        counts = self.channel_counts()
-        values = {}
-        for name, mask in self.masks.items():
-            if isinstance(mask, DerivedWidthMask):
-                values[name] = mask.masks_for(counts[name], hard)
-            else:
-                values[name] = mask.masks(hard)
+        """Compute every mask once for this pass and hand each gated layer its slice.
+
+        Soft masks need no host synchronization: derived widths follow their sources' continuous counts.
+        """
+        if hard:
+            counts = self.hard_counts()
+            values = {name: mask.hard_masks(counts[name]) for name, mask in self.masks.items()}
+        else:
+            soft = self.soft_counts()
+            values = {
+                name: mask.soft_masks(soft[name] / mask.size if name in soft else mask.keep_ratio)
+                for name, mask in self.masks.items()
+            }
         for path, spaces in self.gated_convs.items():
             self.get_submodule(path).gate = torch.cat([values[s.mask][s.row] for s in spaces])
         for path, depth in self.gated_csps.items():

@@ -12,19 +12,19 @@ import torch
 
 
 def ranks(scores: torch.Tensor) -> torch.Tensor:
-    """Integer rank of each score, 1 for the lowest to N for the highest; ties are broken by position."""
-    if scores.ndim != 1:
-        raise ValueError(f"scores must be 1-D, got shape {tuple(scores.shape)}")
-    n = scores.numel()
-    order = torch.argsort(scores.detach(), stable=True)
-    result = torch.empty(n, dtype=torch.long, device=scores.device)
-    result[order] = torch.arange(1, n + 1, device=scores.device)
-    return result
+    """Integer rank of each score along the last dimension, 1 for the lowest to N for the highest.
+
+    Ties are broken by position. Rows of a 2-D input are ranked independently, in one batched sort.
+    """
+    n = scores.shape[-1]
+    order = torch.argsort(scores.detach(), dim=-1, stable=True)
+    positions = torch.arange(1, n + 1, device=scores.device).expand_as(order)
+    return torch.empty_like(order).scatter_(-1, order, positions)
 
 
 def rank_fraction(scores: torch.Tensor) -> torch.Tensor:
     """Rank of each score divided by N, in (0, 1]: importance normalized to an even spread."""
-    return ranks(scores).double() / scores.numel()
+    return ranks(scores).double() / scores.shape[-1]
 
 
 # A ratio within this fraction of an element above a whole count rounds down, so that a float32 ratio like
@@ -37,31 +37,41 @@ def kept_count(keep_ratio: float, n: int) -> int:
     return min(n, max(0, math.ceil(float(keep_ratio) * n - BOUNDARY_SLACK)))
 
 
+def soft_topk(scores: torch.Tensor, keep_ratio: torch.Tensor, lam: float = 1.0) -> torch.Tensor:
+    """`differentiable_topk` over the last dimension of `scores`, rows sharing one keep ratio, unchecked.
+
+    This is the training hot path: no host synchronization, one batched sort for all rows.
+    """
+    n = scores.shape[-1]
+    logits = lam * (n * (rank_fraction(scores) - (1.0 - keep_ratio.double())) - BOUNDARY_SLACK)
+    return torch.sigmoid(logits).to(scores.dtype if scores.is_floating_point() else torch.float32)
+
+
 def differentiable_topk(scores: torch.Tensor, keep_ratio: torch.Tensor, lam: float = 1.0) -> torch.Tensor:
     """Soft top-k mask `sigmoid(lam * N * (rank_fraction - (1 - keep_ratio)))`, differentiable in `keep_ratio`.
 
     The logit is taken in float64, where `N * keep_ratio` is exact for a float32 ratio, so the hard mask
     (`mask > 0.5`) keeps exactly `kept_count(keep_ratio, N)` of the highest-scoring elements.
     """
+    if scores.ndim != 1:
+        raise ValueError(f"scores must be 1-D, got shape {tuple(scores.shape)}")
     keep_ratio = torch.as_tensor(keep_ratio, device=scores.device)
     if keep_ratio.ndim != 0:
         raise ValueError(f"keep_ratio must be a 0-d tensor, got shape {tuple(keep_ratio.shape)}")
     value = keep_ratio.detach().item()
     if not 0.0 <= value <= 1.0 or math.isnan(value):
         raise ValueError(f"keep_ratio must lie in [0, 1], got {value}")
-    n = scores.numel()
-    logits = lam * (n * (rank_fraction(scores) - (1.0 - keep_ratio.double())) - BOUNDARY_SLACK)
-    return torch.sigmoid(logits).to(scores.dtype if scores.is_floating_point() else torch.float32)
+    return soft_topk(scores, keep_ratio, lam)
 
 
 def hard_topk(scores: torch.Tensor, count: int) -> torch.Tensor:
-    """0/1 mask keeping the `count` highest-scoring elements (ties broken as in `rank_fraction`)."""
-    n = scores.numel()
+    """0/1 masks keeping the `count` highest-scoring elements of each row (ties broken as in `ranks`)."""
+    n = scores.shape[-1]
     if not 0 <= count <= n:
         raise ValueError(f"count must lie in [0, {n}], got {count}")
     return (ranks(scores) > n - count).to(torch.float32)
 
 
 def kept_indices(scores: torch.Tensor, count: int) -> torch.Tensor:
-    """Sorted indices of the `count` highest-scoring elements, the ones pruning keeps."""
+    """Sorted indices of the `count` highest-scoring elements of a 1-D score vector, the ones pruning keeps."""
     return torch.nonzero(hard_topk(scores, count)).flatten()

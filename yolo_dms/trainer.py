@@ -142,15 +142,15 @@ class DMSTrainer(DetectionTrainer):
         return super().validate()
 
     def fit_structure(self) -> None:
-        """Shrink the live (and EMA) structure by a common factor if its hard GFLOPs exceed the budget."""
+        """Scale the live (and EMA) keep ratios by the common factor that brings them just under the budget."""
         before = hard_gflops(self.resources)
         factor = fit_to_budget(self.supernet, self.resources, self.budget)
         if self.ema:
             sync_structure(self.supernet, self.ema.ema)
-        if factor < 1 and RANK in {-1, 0}:
+        if RANK in {-1, 0}:
             LOGGER.info(
-                f"{colorstr('DMS:')} structure at {before:.4g} GFLOPs exceeded the budget {self.budget:.4g}; "
-                f"keep ratios scaled by {factor:.4f} to {hard_gflops(self.resources):.4g} GFLOPs"
+                f"{colorstr('DMS:')} structure at {before:.4g} GFLOPs fitted to the budget {self.budget:.4g}: keep "
+                f"ratios scaled by {factor:.4f}, now {hard_gflops(self.resources):.4g} GFLOPs"
             )
 
     def save_metrics(self, metrics):
