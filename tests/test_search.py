@@ -178,3 +178,12 @@ def test_help_lists_every_mode(workdir):
     assert proc.returncode == 0
     for mode in ("search", "export", "expand", "info", "demo"):
         assert f"  {mode}" in proc.stdout
+
+
+def test_export_from_search_checkpoint_reproduces_the_search_outputs(search_run, workdir):
+    out = workdir / "exported"
+    proc = yolo_dms("export", f"model={search_run / 'weights' / 'last.pt'}", f"out={out}", cwd=workdir)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (out / "searched.yaml").read_text() == (search_run / "searched.yaml").read_text()
+    pruned, exported = load_checkpoint_model(search_run / "pruned.pt"), load_checkpoint_model(out / "pruned.pt")
+    assert all(torch.equal(a, b) for a, b in zip(pruned.state_dict().values(), exported.state_dict().values()))

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.func import functional_call
 from ultralytics.nn.modules import C2, C2f, Concat, Conv, Detect, SPPF
 from ultralytics.nn.tasks import DetectionModel
 
@@ -54,13 +55,21 @@ class ConvSite:
 
 
 class GatedConv(Conv):
-    """Ultralytics `Conv` whose output channels are multiplied by the gate the supernet sets for this pass."""
+    """Ultralytics `Conv` whose output channels are gated by the mask the supernet sets for this pass.
+
+    The gate scales the BatchNorm's weight and bias, so a closed channel is exactly `act(0) = 0` (SiLU, ReLU),
+    and the gradient on the gate comes from BatchNorm's own per-channel reduction: no extra pass over the
+    activations, which a multiplication after the activation would cost.
+    """
 
     gate: torch.Tensor | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = super().forward(x)
-        return y if self.gate is None else y * self.gate.to(y.dtype).view(1, -1, 1, 1)
+        if self.gate is None:
+            return super().forward(x)
+        gate = self.gate.to(self.bn.weight.dtype)
+        affine = {"weight": self.bn.weight * gate, "bias": self.bn.bias * gate}
+        return self.act(functional_call(self.bn, affine, (self.conv(x),)))
 
 
 def _gated_block(block: nn.Module, prev: torch.Tensor, gate: torch.Tensor | None, hard: bool, i: int):
@@ -72,8 +81,7 @@ def _gated_block(block: nn.Module, prev: torch.Tensor, gate: torch.Tensor | None
         return block(prev)
     if hard:
         return block(prev) if gate[i] > 0.5 else prev
-    d = gate[i].to(prev.dtype)
-    return prev + d * (block(prev) - prev)
+    return torch.lerp(prev, block(prev), gate[i].to(prev.dtype))
 
 
 class DepthGatedC2f(C2f):
@@ -144,6 +152,8 @@ class Supernet(DetectionModel):
     def _gate(self, path: str, module: Conv, outputs: tuple[Space, ...]) -> None:
         if type(module) not in (Conv, GatedConv) or module.conv.groups != 1:
             raise UnsupportedModelError(f"{path}: only plain Conv layers with groups=1 can be searched")
+        if module.act(torch.zeros(1, device=module.conv.weight.device)).abs().item() != 0:
+            raise UnsupportedModelError(f"{path}: activation {module.act} is not zero at zero, so a pruned channel would leak")
         _become(module, GatedConv)
         self.gated_convs[path] = outputs
 
