@@ -7,6 +7,7 @@ import random
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -51,3 +52,9 @@ def run_without_yolo_dms(code: str, cwd, timeout: int = 600) -> subprocess.Compl
         text=True,
         timeout=timeout,
     )
+
+
+def yolo_dms(*args: str, cwd) -> subprocess.CompletedProcess:
+    """Run the installed `yolo-dms` console script, as a user would."""
+    exe = Path(sys.executable).with_name("yolo-dms")
+    return subprocess.run([str(exe), *args], cwd=cwd, capture_output=True, text=True, timeout=900)

@@ -21,23 +21,10 @@ from ultralytics.nn.tasks import DetectionModel
 from ultralytics.utils import DEFAULT_CFG
 
 from yolo_dms import ResourceModel, Supernet
+from yolo_dms.demo_data import random_batch
 from yolo_dms.objective import StructureStep
 
 DEFAULTS = {"model": "yolov8s.yaml", "imgsz": 320, "batch": 8, "iters": 10, "warmup": 3, "device": "cpu", "amp": False}
-
-
-def synthetic_batch(batch: int, imgsz: int, device: torch.device, objects: int = 4) -> dict:
-    """Random images with `objects` random boxes each, in the layout Ultralytics' loss expects."""
-    gen = torch.Generator().manual_seed(0)
-    n = batch * objects
-    xy = torch.rand(n, 2, generator=gen) * 0.6 + 0.2
-    wh = torch.rand(n, 2, generator=gen) * 0.2 + 0.05
-    return {
-        "img": torch.rand(batch, 3, imgsz, imgsz, generator=gen).to(device),
-        "batch_idx": torch.arange(batch).repeat_interleave(objects).float().to(device),
-        "cls": torch.randint(0, 80, (n, 1), generator=gen).float().to(device),
-        "bboxes": torch.cat([xy, wh], 1).to(device),
-    }
 
 
 def time_iterations(model, step, batch: dict, iters: int, warmup: int, amp: bool, device: torch.device) -> list[float]:
@@ -71,7 +58,7 @@ def main(argv: list[str]) -> None:
     base.args = copy.copy(DEFAULT_CFG)
     plain = copy.deepcopy(base).to(device).train()
     supernet = Supernet(copy.deepcopy(base)).to(device).train()
-    batch = synthetic_batch(options["batch"], options["imgsz"], device)
+    batch = random_batch(options["batch"], options["imgsz"], device)
 
     def sgd(model):
         weights = [p for n, p in model.named_parameters() if "keep_ratio" not in n]

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import torch
 import yaml
 
 CLASS_NAMES: tuple[str, ...] = ("circle", "square", "triangle", "cross", "ring")
@@ -300,3 +301,20 @@ def _contrasting_colour(rng: np.random.Generator, under: np.ndarray) -> tuple[in
         if np.linalg.norm(colour - mean) >= MIN_CONTRAST:
             return tuple(int(v) for v in colour)
     return (0, 0, 0) if mean.mean() > 127 else (255, 255, 255)
+
+
+def random_batch(batch: int, imgsz: int, device: torch.device | str = "cpu", nc: int = 80, seed: int = 0) -> dict:
+    """A random training batch in the layout Ultralytics' detection loss expects (four boxes per image).
+
+    For timing and distributed tests, where no data loader is wanted.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    n = batch * 4
+    xy = torch.rand(n, 2, generator=gen) * 0.6 + 0.2
+    wh = torch.rand(n, 2, generator=gen) * 0.2 + 0.05
+    return {
+        "img": torch.rand(batch, 3, imgsz, imgsz, generator=gen).to(device),
+        "batch_idx": torch.arange(batch).repeat_interleave(4).float().to(device),
+        "cls": torch.randint(0, nc, (n, 1), generator=gen).float().to(device),
+        "bboxes": torch.cat([xy, wh], 1).to(device),
+    }

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from yolo_dms.distributed import average_importance, broadcast_keep_ratios
 from yolo_dms.resources import ResourceModel
 from yolo_dms.supernet import Supernet
 
@@ -27,6 +28,7 @@ class StructureStep:
 
         Returns (GFLOPs, resource loss) at the step, or None when the gradients overflowed and the step was skipped.
         """
+        average_importance(self.supernet)  # every rank ranks channels alike (a no-op outside DDP)
         params = self.supernet.structure_parameters()
         task = torch.stack([(p.grad if p.grad is not None else torch.zeros_like(p)).float() for p in params])
         task = task / grad_scale
@@ -49,6 +51,7 @@ class StructureStep:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.supernet.clamp_keep_ratios()
+        broadcast_keep_ratios(self.supernet)
         return gflops.item(), resource_loss.item()
 
     def state_dict(self) -> dict:

@@ -56,10 +56,19 @@ def check_data(data: str | None) -> dict:
         raise DataError(f"dataset '{data}' cannot be used: {str(e).strip().splitlines()[0]}") from None
     for split in ("train", "val"):
         paths = info.get(split)
-        paths = paths if isinstance(paths, list) else [paths]
-        if not any(Path(p).exists() for p in paths if p):
-            raise DataError(f"dataset '{data}' has no {split} images at {paths}")
+        paths = [Path(p) for p in (paths if isinstance(paths, list) else [paths]) if p]
+        if not any(_has_images(p) for p in paths):
+            raise DataError(f"dataset '{data}' has no {split} images at {', '.join(map(str, paths))}")
     return info
+
+
+def _has_images(path: Path) -> bool:
+    """An image directory with at least one image, or a non-empty list file."""
+    from ultralytics.data.utils import IMG_FORMATS
+
+    if path.is_dir():
+        return any(p.suffix[1:].lower() in IMG_FORMATS for p in path.rglob("*"))
+    return path.is_file() and path.stat().st_size > 0
 
 
 def preflight(model: str, nc: int, imgsz: int, settings: SearchSettings) -> tuple[float, float, float]:
@@ -77,13 +86,17 @@ def preflight(model: str, nc: int, imgsz: int, settings: SearchSettings) -> tupl
 
 
 def resume_checkpoint(resume) -> Path:
-    """The search checkpoint to resume from: an explicit path, or the default run's last.pt."""
-    path = Path(resume) if isinstance(resume, str | Path) else None
-    if path is None:
-        defaults = load_defaults()["train"]
-        path = Path(defaults["project"]) / defaults["name"] / "weights" / "last.pt"
+    """The search checkpoint to resume from: an explicit path, or the newest last.pt under runs/dms."""
+    if isinstance(resume, str | Path):
+        path = Path(resume)
+    else:
+        project = Path(load_defaults()["train"]["project"])
+        candidates = sorted(project.glob("*/weights/last.pt"), key=lambda p: p.stat().st_mtime)
+        if not candidates:
+            raise DMSError(f"no search checkpoint to resume under '{project}'; pass resume=path/to/weights/last.pt")
+        path = candidates[-1]
     if not path.is_file():
-        raise DMSError(f"no search checkpoint to resume at '{path}'; pass resume=path/to/weights/last.pt")
+        raise DMSError(f"no search checkpoint to resume at '{path}'")
     if not isinstance(load_checkpoint_model(path), Supernet):
         raise DMSError(f"'{path}' is not a yolo-dms search checkpoint, so there is no search to resume")
     return path

@@ -17,8 +17,10 @@ checkpoints, callbacks, resume) except:
 from __future__ import annotations
 
 import math
+import os
 from copy import deepcopy
 
+from torch import nn
 from ultralytics.models.yolo.detect import DetectionTrainer
 from ultralytics.utils import DEFAULT_CFG, LOGGER, RANK, colorstr
 from ultralytics.utils.torch_utils import strip_optimizer, unwrap_model
@@ -78,6 +80,16 @@ class DMSTrainer(DetectionTrainer):
         supernet.dms_settings = settings
         return supernet
 
+    def train(self):
+        """Multi-GPU: build the supernet before Ultralytics pickles the model for its DDP workers.
+
+        The workers are re-created from default arguments and that pickled model, so the settings must travel
+        inside the supernet (a resumed search reads them from its checkpoint instead).
+        """
+        if self.ddp and not self.resume and not isinstance(self.model, nn.Module):
+            self.setup_model()
+        return super().train()
+
     def build_optimizer(self, model, name="auto", lr=0.001, momentum=0.9, decay=1e-5, iterations=1e5):
         """Stock weight optimizer without the keep ratios, which get their own Adam."""
         optimizer = super().build_optimizer(model, name, lr, momentum, decay, iterations)
@@ -90,7 +102,7 @@ class DMSTrainer(DetectionTrainer):
         return optimizer
 
     def _setup_train(self):
-        """Stock set-up, then the resource model, the budget and the search log."""
+        """Stock set-up (which builds the resource model with the optimizer), then the budget and the search log."""
         super()._setup_train()
         self.settings = self.supernet.dms_settings
         smallest, self.full_gflops = gflops_range(self.supernet, self.resources)
@@ -168,11 +180,24 @@ class DMSTrainer(DetectionTrainer):
         super().save_metrics({**metrics, **extra})
 
     def save_model(self):
-        """Stock checkpoint; the EMA supernet carries the structure optimizer, gradient norm and settings."""
+        """Stock checkpoint, written atomically; the EMA supernet carries the structure step's state and settings.
+
+        Ultralytics writes last.pt and best.pt in place; here they are written under temporary names and renamed,
+        so a kill during the write leaves the previous checkpoint intact.
+        """
         ema = self.ema.ema
         ema.dms_settings = self.settings
         ema.search_state = self.structure.state_dict()
-        return super().save_model()
+        final = {"last": self.last, "best": self.best}
+        for attr, path in final.items():
+            setattr(self, attr, path.with_name(f".{path.name}.tmp"))
+        try:
+            return super().save_model()
+        finally:
+            for attr, path in final.items():
+                if getattr(self, attr).exists():
+                    os.replace(getattr(self, attr), path)
+                setattr(self, attr, path)
 
     def final_eval(self):
         """Export from the last EMA weights, validate `pruned.pt` with the stock validator, and say what was found."""
