@@ -24,6 +24,8 @@ Modes:
   expand  model=<yaml|pt> width=1.5 depth=2.0 [out=file.yaml] [nc=N]   a larger supernet YAML
   info    model=<yaml|pt> [imgsz=640] [nc=N]   per-layer widths, C2f depths, GFLOPs and parameters
   demo    [out=runs/dms/demo]   generate data, search yolov8n at 50% GFLOPs, fine-tune, export ONNX, compare
+  benchmark [model=yolov8s.yaml] [target=0.5] [epochs=20] [search_epochs=10] [seeds=0,1] [arms=...] [data=...]
+          DMS against uniform scaling and magnitude pruning at equal GFLOPs and epochs (see docs/BENCHMARKS.md)
   help    this message
 
 Add debug=True to any mode to see a traceback instead of a one-line error.
@@ -114,12 +116,20 @@ def demo(args: list[str]) -> None:
     run_demo(**parse_arguments(args, {"out", "epochs", "search_epochs", "finetune_epochs", "imgsz"}))
 
 
+def benchmark(args: list[str]) -> None:
+    """DMS against uniform scaling and magnitude pruning at equal GFLOPs and epochs."""
+    from yolo_dms.benchmark import DEFAULTS, run_benchmark
+
+    run_benchmark(**parse_arguments(args, set(DEFAULTS)))
+
+
 COMMANDS: dict[str, Callable[[list[str]], None]] = {
     "search": search,
     "export": export,
     "expand": expand,
     "info": info,
     "demo": demo,
+    "benchmark": benchmark,
 }
 
 
