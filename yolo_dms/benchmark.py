@@ -303,7 +303,8 @@ def run_benchmark(**overrides) -> str:
     full = get_flops(DetectionModel(options["model"], nc=len(json.loads(ground_truth.read_text())["categories"]),
                                     verbose=False), options["imgsz"])
     budget = options["target"] * full
-    seeds = [int(s) for s in str(options["seeds"]).split(",") if s != ""]
+    seeds = options["seeds"]  # "0,1" from Python, (0, 1) once the CLI has typed it
+    seeds = [int(x) for x in (seeds if isinstance(seeds, list | tuple) else str(seeds).split(",")) if str(x).strip()]
     rows = [row for seed in seeds for row in run_seed(seed, arms, options, data, ground_truth, budget)]
     plain, search = measure_overhead(options["model"], options["imgsz"], options["batch"], iters=5, warmup=2)
     overhead = (f"{search / plain:.2f}x ({search * 1000:.0f} vs {plain * 1000:.0f} ms per iteration, "
