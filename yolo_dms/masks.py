@@ -64,12 +64,13 @@ class ImportanceMask(nn.Module):
         return [kept_indices(row, count) for row in self.importance]
 
     def _accumulate_taylor(self, masks: torch.Tensor):
-        """Gradient hook folding `(m * dL/dm)^2` into the moving average; skips non-finite (AMP overflow) steps."""
+        """Gradient hook folding `(m * dL/dm)^2` into the moving average; a non-finite step (an AMP overflow)
+        leaves importance as it was. Decided on the device, so the backward pass never waits for the host."""
 
         def hook(grad: torch.Tensor) -> None:
-            score = (masks * grad).float().pow(2)
-            if torch.isfinite(score).all():
-                self.importance.mul_(self.decay).add_(score.to(self.importance.dtype), alpha=1.0 - self.decay)
+            score = (masks * grad).float().pow(2).to(self.importance.dtype)
+            updated = self.importance * self.decay + score * (1.0 - self.decay)
+            self.importance.copy_(torch.where(torch.isfinite(score).all(), updated, self.importance))
 
         return hook
 

@@ -4,7 +4,8 @@ Counting follows THOP as Ultralytics' `get_flops` uses it: a convolution costs `
 C_in / groups * k_h * k_w` multiply-adds, a BatchNorm `4 * numel`, activations, pooling, nearest upsampling
 and concatenation nothing; GFLOPs are `2 * MACs / 1e9`. Channel counts are straight-through (hard forward,
 soft backward), so the figure at hard masks is exactly the pruned model's `get_flops`, while its gradient
-reaches every keep ratio.
+reaches every keep ratio. The wiring is compiled once into index tensors, so a figure costs a handful of
+vector operations (in float64, exact for any model size) however many convolutions the model has.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from yolo_dms.masks import DepthMask
 from yolo_dms.supernet import Channels, Space, Supernet
 
 
@@ -33,6 +35,44 @@ class ResourceModel:
         self.supernet = supernet
         self.imgsz = (imgsz, imgsz) if isinstance(imgsz, int) else tuple(imgsz)
         self.shapes = self._trace()
+        self._compile()
+
+    def _compile(self) -> None:
+        """Index tensors: which count and which block gate each input or output segment of each site reads."""
+        sites = self.supernet.sites
+        self.widths = list(self.supernet.soft_counts())  # every width mask, own or derived
+        self.depths = [n for n, m in self.supernet.masks.items() if isinstance(m, DepthMask)]
+        constants = sorted({c for s in sites for c in (*(c for c, _ in s.inputs), *s.outputs) if isinstance(c, int)})
+        channel = {n: i for i, n in enumerate(self.widths)}
+        channel.update({c: len(self.widths) + i for i, c in enumerate(constants)})
+        gate_offset, offset = {}, 0
+        for name in self.depths:
+            gate_offset[name] = offset
+            offset += self.supernet.masks[name].size
+        no_gate = offset  # the gate vector ends with a constant 1
+
+        def gate(ref) -> int:
+            return no_gate if ref is None else gate_offset[ref[0]] + ref[1]
+
+        def index(c: Channels) -> int:
+            return channel[c.mask if isinstance(c, Space) else c]
+
+        def tensor(values, dtype=torch.long) -> torch.Tensor:
+            return torch.tensor(values, dtype=dtype)
+
+        self.constants = tensor(constants, torch.float64)
+        self.in_site = tensor([i for i, s in enumerate(sites) for _ in s.inputs])
+        self.in_channel = tensor([index(c) for s in sites for c, _ in s.inputs])
+        self.in_gate = tensor([gate(ref) for s in sites for _, ref in s.inputs])
+        self.out_site = tensor([i for i, s in enumerate(sites) for _ in s.outputs])
+        self.out_channel = tensor([index(c) for s in sites for c in s.outputs])
+        self.block = tensor([gate(s.block) for s in sites])
+        shapes = [self.shapes[s.path] for s in sites]
+        self.positions = tensor([sh.positions for sh in shapes], torch.float64)
+        self.kernel = tensor([sh.kernel for sh in shapes], torch.float64)
+        self.bias = tensor([sh.bias for sh in shapes], torch.float64)
+        self.bn = tensor([s.bn for s in sites], torch.float64)
+        self.layer = [int(s.path.split(".")[1]) for s in sites]
 
     def _trace(self) -> dict[str, SiteShape]:
         """Run the supernet once at `imgsz` to record each convolution's output positions."""
@@ -58,40 +98,39 @@ class ResourceModel:
                 hook.remove()
         return shapes
 
-    def _site_costs(self) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
-        """(conv path, MACs, parameters) of every convolution, as straight-through tensors."""
-        counts = self.supernet.channel_counts()
-        gates = self.supernet.depth_gates()
-
-        def width(c: Channels) -> torch.Tensor | int:
-            return counts[c.mask] if isinstance(c, Space) else c
-
-        costs = []
-        for site in self.supernet.sites:
-            shape = self.shapes[site.path]
-            c_in = sum(width(c) * (gates[ref[0]][ref[1]] if ref else 1) for c, ref in site.inputs)
-            c_out = sum(width(c) for c in site.outputs)
-            keep = gates[site.block[0]][site.block[1]] if site.block else 1
-            weights = shape.kernel * c_in * c_out
-            macs = keep * (shape.positions * weights + (4 * shape.positions * c_out if site.bn else 0))
-            params = keep * (weights + (c_out if shape.bias else 0) + (2 * c_out if site.bn else 0))
-            costs.append((site.path, macs, params))
-        return costs
+    def _site_costs(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(MACs, parameters) of every convolution site, as straight-through float64 vectors."""
+        device = next(self.supernet.parameters()).device
+        counts, gates = self.supernet.channel_counts(), self.supernet.depth_gates()
+        width = torch.cat([torch.stack([counts[n] for n in self.widths]).double(), self.constants.to(device)])
+        gate = torch.cat([*(gates[n].double() for n in self.depths), torch.ones(1, dtype=torch.float64, device=device)])
+        names = ("in_site", "in_channel", "in_gate", "out_site", "out_channel", "block")
+        idx = {k: getattr(self, k).to(device) for k in names}
+        c_in = torch.zeros(len(self.layer), dtype=torch.float64, device=device).index_add(
+            0, idx["in_site"], width[idx["in_channel"]] * gate[idx["in_gate"]]
+        )
+        c_out = torch.zeros_like(c_in).index_add(0, idx["out_site"], width[idx["out_channel"]])
+        positions, kernel, bias, bn = (getattr(self, k).to(device) for k in ("positions", "kernel", "bias", "bn"))
+        keep = gate[idx["block"]]
+        weights = kernel * c_in * c_out
+        macs = keep * (positions * weights + 4 * positions * c_out * bn)
+        params = keep * (weights + c_out * bias + 2 * c_out * bn)
+        return macs, params
 
     def gflops(self) -> torch.Tensor:
         """GFLOPs in Ultralytics' units; exact at hard masks, differentiable in the keep ratios."""
-        return 2 * sum(macs for _, macs, _ in self._site_costs()) / 1e9
+        return 2 * self._site_costs()[0].sum() / 1e9
 
     def params(self) -> torch.Tensor:
         """Parameter count; exact at hard masks, differentiable in the keep ratios."""
-        return sum(params for _, _, params in self._site_costs())
+        return self._site_costs()[1].sum()
 
     def per_layer(self) -> dict[int, tuple[float, int]]:
         """Hard (GFLOPs, parameters) of each layer index, for reports."""
         table: dict[int, tuple[float, int]] = {}
         with torch.no_grad():
-            for path, macs, params in self._site_costs():
-                i = int(path.split(".")[1])
-                gflops, count = table.get(i, (0.0, 0))
-                table[i] = (gflops + 2 * float(macs) / 1e9, count + round(float(params)))
+            macs, params = self._site_costs()
+        for layer, m, p in zip(self.layer, macs.tolist(), params.tolist()):
+            gflops, count = table.get(layer, (0.0, 0))
+            table[layer] = (gflops + 2 * m / 1e9, count + round(p))
         return table
