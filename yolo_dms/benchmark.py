@@ -135,11 +135,13 @@ def train(model, data: Path, epochs: int, seed: int, out: Path, name: str, imgsz
     return out / name / "weights" / "last.pt"
 
 
-def uniform_yaml(model: str, budget: float, imgsz: int) -> dict:
-    """The model's YAML with one `width_multiple` (its own depth) whose GFLOPs are closest to the budget."""
+def uniform_yaml(model: str, budget: float, imgsz: int, nc: int) -> dict:
+    """The model's YAML for `nc` classes with one `width_multiple` (its own depth) whose GFLOPs are closest to
+    the budget (the class count sets the Detect head's width, so it must be the dataset's)."""
     cfg = yaml_model_load(model)
     depth, width, _ = cfg["scales"][cfg.get("scale") or next(iter(cfg["scales"]))]
     base = {k: v for k, v in cfg.items() if k not in {"scales", "scale", "yaml_file"}}
+    base["nc"] = nc
 
     def build(w: float) -> tuple[dict, float]:
         candidate = {**copy.deepcopy(base), "depth_multiple": depth, "width_multiple": w}
@@ -205,6 +207,7 @@ def magnitude_prune(weights: Path, budget: float, imgsz: int) -> nn.Module:
 # ------------------------------------------------------------------------------------------------- the run
 def run_seed(seed: int, arms: list[str], options: dict, data: Path, ground_truth: Path, budget: float) -> list[dict]:
     """All arms for one seed; one row each, with the wall time of each phase."""
+    nc = len(json.loads(ground_truth.read_text())["categories"])
     out, imgsz, batch = Path(options["out"]) / f"seed{seed}", options["imgsz"], options["batch"]
     epochs, search_epochs = options["epochs"], options["search_epochs"]
     rows, finished = [], {}
@@ -225,7 +228,7 @@ def run_seed(seed: int, arms: list[str], options: dict, data: Path, ground_truth
         "dms": lambda: train(search.weights_path, data, epochs - search_epochs, seed, out, "dms", imgsz, batch),
         "dms_scratch": lambda: train(search.yaml_path, data, epochs - search_epochs, seed, out, "dms_scratch",
                                      imgsz, batch),
-        "uniform": lambda: train(_write_yaml(uniform_yaml(options["model"], budget, imgsz), out / "uniform.yaml"),
+        "uniform": lambda: train(_write_yaml(uniform_yaml(options["model"], budget, imgsz, nc), out / "uniform.yaml"),
                                  data, epochs, seed, out, "uniform", imgsz, batch),
         "magnitude": lambda: train(
             magnitude_prune(train(options["model"], data, search_epochs, seed, out, "magnitude_pre", imgsz, batch),
@@ -233,7 +236,8 @@ def run_seed(seed: int, arms: list[str], options: dict, data: Path, ground_truth
     }
     for arm in arms:
         weights = timed(arm, plans[arm])
-        row = {"arm": arm, "seed": seed, **score(weights, data, ground_truth, imgsz, options["latency_runs"], out / arm)}
+        scores = score(weights, data, ground_truth, imgsz, options["latency_runs"], out / arm)
+        row = {"arm": arm, "seed": seed, **scores}
         row["train_min"] = finished[arm] + (finished.get("search", 0.0) if arm.startswith("dms") else 0.0)
         rows.append(row)
         LOGGER.info(f"benchmark {arm} seed {seed}: {row}")

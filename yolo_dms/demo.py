@@ -87,14 +87,16 @@ def run_demo(
             raise DMSError(f"ONNX export of {rows[name]} differs from PyTorch by {difference:.2e} (limit 1e-3)")
         table[name].update({"ONNX ms": latency, "ONNX vs PyTorch": difference})
     lines = [
-        f"| model | GFLOPs@{imgsz} | params | mAP50-95 | mAP50 | ONNX Runtime CPU ms (batch 1) | max abs ONNX-PyTorch |",
+        f"| model | GFLOPs@{imgsz} | params | mAP50-95 | mAP50 | ONNX Runtime CPU ms (batch 1) "
+        "| max abs ONNX-PyTorch |",
         "|---|---|---|---|---|---|---|",
     ]
     for name, r in table.items():
         latency = f"{r['ONNX ms']:.2f}" if "ONNX ms" in r else "-"
         diff = f"{r['ONNX vs PyTorch']:.1e}" if "ONNX vs PyTorch" in r else "-"
         lines.append(
-            f"| {name} | {r['GFLOPs']:.4f} | {r['params']:,} | {r['mAP50-95']:.4f} | {r['mAP50']:.4f} | {latency} | {diff} |"
+            f"| {name} | {r['GFLOPs']:.4f} | {r['params']:,} | {r['mAP50-95']:.4f} | {r['mAP50']:.4f} "
+            f"| {latency} | {diff} |"
         )
     minutes = (time.time() - started) / 60
     lines.append(f"\nDemo finished in {minutes:.1f} min; outputs in {out}")

@@ -111,7 +111,8 @@ def _csp_transfers(i: int, layer: C2f | C2, sites: list[ConvSite], kept_blocks: 
     hidden, chain = f"l{i}_hidden", csp_chain_row(layer)
     half_a, half_b = Space(hidden, 0), Space(hidden, 1)
     transfers = [_plain_transfer(by_path[f"model.{i}.cv1.conv"])]
-    source, source_slot = Space(hidden, chain), chain  # what the next block reads: its chain half, then the last kept output
+    # what the next block reads: its chain's half at first, then the last kept block's output
+    source, source_slot = Space(hidden, chain), chain
     cv2_segments: list[tuple[Channels, int]] = [(half_a, 0), (half_b, 1)]
     for j in range(n):
         if j in kept_blocks:
@@ -158,7 +159,8 @@ def _apply(t: Transfer, supernet: Supernet, pruned: DetectionModel, kept: dict[S
         dst_conv.bias.copy_(src_conv.bias[out_idx])
         written.add(f"{t.dst}.bias")
     if t.bn:
-        src_bn, dst_bn = (m.get_submodule(p.removesuffix("conv") + "bn") for m, p in ((supernet, t.src), (pruned, t.dst)))
+        src_bn = supernet.get_submodule(t.src.removesuffix("conv") + "bn")
+        dst_bn = pruned.get_submodule(t.dst.removesuffix("conv") + "bn")
         for name in ("weight", "bias", "running_mean", "running_var"):
             getattr(dst_bn, name).copy_(getattr(src_bn, name)[out_idx])
         dst_bn.num_batches_tracked.copy_(src_bn.num_batches_tracked)

@@ -75,7 +75,9 @@ def preflight(model: str, nc: int, imgsz: int, settings: SearchSettings) -> tupl
     """Check the model and the budget before anything is written; returns (smallest, full, budget) GFLOPs."""
     source = load_detection_model(model) if str(model).endswith(".pt") else None
     if isinstance(source, Supernet):
-        raise DMSError(f"'{model}' is a search checkpoint; continue it with resume=True or export it with 'yolo-dms export'")
+        raise DMSError(
+            f"'{model}' is a search checkpoint; continue it with resume=True or export it with 'yolo-dms export'"
+        )
     cfg = source.yaml if source is not None else model
     supernet = Supernet.from_source(DetectionModel(cfg, nc=nc, verbose=False) if source else cfg, nc=nc)
     resources = ResourceModel(supernet, imgsz)

@@ -153,7 +153,9 @@ class Supernet(DetectionModel):
         if type(module) not in (Conv, GatedConv) or module.conv.groups != 1:
             raise UnsupportedModelError(f"{path}: only plain Conv layers with groups=1 can be searched")
         if module.act(torch.zeros(1, device=module.conv.weight.device)).abs().item() != 0:
-            raise UnsupportedModelError(f"{path}: activation {module.act} is not zero at zero, so a pruned channel would leak")
+            raise UnsupportedModelError(
+                f"{path}: activation {module.act} is not zero at zero, so a pruned channel would leak"
+            )
         _become(module, GatedConv)
         self.gated_convs[path] = outputs
 

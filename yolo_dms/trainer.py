@@ -6,7 +6,8 @@ checkpoints, callbacks, resume) except:
 - the model is a `Supernet` carrying its `SearchSettings`, so resume and DDP workers rebuild it as it was;
 - keep ratios leave the weight optimizer for their own Adam, with no weight decay;
 - each optimizer step updates the keep ratios with the task gradient plus the balanced resource-loss
-  gradient (`objective.StructureStep`); the target falls from the supernet's GFLOPs to the budget over the first `target_schedule` of the run, as
+  gradient (`objective.StructureStep`); the target falls from the supernet's GFLOPs to the budget over the
+  first `target_schedule` of the run, as
   `full * (budget / full) ** progress` (the DMS reference's "root" schedule), then holds;
 - EMA copies structure (keep ratios, importance) from the live model instead of averaging it;
 - validation runs on hard masks, so its mAP is the mAP of the model pruned at that point; before the last
@@ -76,7 +77,9 @@ class DMSTrainer(DetectionTrainer):
     @staticmethod
     def wrap(model, settings: SearchSettings) -> Supernet:
         """A supernet over `model` with the mask settings of `settings`, which it carries along."""
-        supernet = Supernet(model, lam=settings.width_lam, depth_lam=settings.depth_lam, decay=settings.importance_decay)
+        supernet = Supernet(
+            model, lam=settings.width_lam, depth_lam=settings.depth_lam, decay=settings.importance_decay
+        )
         supernet.dms_settings = settings
         return supernet
 
