@@ -10,7 +10,7 @@ from yolo_dms.masks import straight_through
 def test_importance_is_moving_average_of_taylor_score():
     mask = WidthMask(size=8, spaces=2, decay=0.9)
     x = torch.arange(1.0, 9.0)
-    soft = mask.masks(hard=False)  # registers the importance hook
+    soft = mask.soft_masks(mask.keep_ratio)  # registers the importance hook
     loss = (soft[0] * x).sum() + (soft[1] * x.flip(0)).sum()
     loss.backward()
     expected = 0.1 * torch.stack([(soft[0].detach() * x) ** 2, (soft[1].detach() * x.flip(0)) ** 2])
@@ -20,7 +20,7 @@ def test_importance_is_moving_average_of_taylor_score():
 
 def test_non_finite_gradients_do_not_reach_importance():
     mask = WidthMask(size=4)
-    soft = mask.masks(hard=False)
+    soft = mask.soft_masks(mask.keep_ratio)
     (soft * torch.tensor([1.0, float("inf"), 1.0, 1.0])).sum().backward()
     assert torch.isfinite(mask.importance).all() and mask.importance.sum() == 0
 
@@ -29,7 +29,7 @@ def test_shared_keep_ratio_gives_equal_counts_by_each_space_importance():
     mask = WidthMask(size=10, spaces=3)
     mask.importance.copy_(torch.rand(3, 10))
     mask.set_keep_ratio(0.35)
-    hard = mask.masks(hard=True)
+    hard = mask.hard_masks(mask.hard_count())
     assert hard.sum(1).tolist() == [4, 4, 4]
     for row, imp in zip(hard, mask.importance):
         assert imp[row.bool()].min() > imp[~row.bool()].max()
@@ -57,7 +57,7 @@ def test_straight_through_count_is_hard_forward_and_soft_backward():
 def test_depth_mask_may_remove_every_block():
     depth = DepthMask(3)
     depth.set_keep_ratio(0.0)
-    assert depth.hard_count() == 0 and depth.masks(hard=True).sum() == 0
+    assert depth.hard_count() == 0 and depth.hard_masks(depth.hard_count()).sum() == 0
     depth.set_keep_ratio(0.5)
     assert depth.hard_count() == 2
 

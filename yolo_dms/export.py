@@ -7,8 +7,11 @@ from pathlib import Path
 
 from ultralytics.utils.torch_utils import get_flops
 
-from yolo_dms.model_io import write_checkpoint, write_model_yaml
+from yolo_dms.budget import fit_to_budget, gflops_range
+from yolo_dms.errors import DMSError
+from yolo_dms.model_io import load_checkpoint_model, write_checkpoint, write_model_yaml
 from yolo_dms.prune import prune, searched_yaml
+from yolo_dms.resources import ResourceModel
 from yolo_dms.supernet import Supernet
 
 YAML_HEADER = """Searched by yolo-dms (Differentiable Model Scaling). A standard Ultralytics model YAML:
@@ -41,11 +44,6 @@ def export_checkpoint(path: str | Path, out: str | Path | None = None, imgsz: in
 
     Output goes to `out`, by default the checkpoint's run directory (`runs/dms/<name>/`).
     """
-    from yolo_dms.budget import fit_to_budget, gflops_range
-    from yolo_dms.errors import DMSError
-    from yolo_dms.model_io import load_checkpoint_model
-    from yolo_dms.resources import ResourceModel
-
     supernet = load_checkpoint_model(path)
     if not isinstance(supernet, Supernet):
         raise DMSError(

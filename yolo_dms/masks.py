@@ -117,10 +117,6 @@ class KeepRatioMask(ImportanceMask):
         """Continuous count `k N`, the quantity the resource loss differentiates."""
         return self.keep_ratio * self.size
 
-    def masks(self, hard: bool) -> torch.Tensor:
-        """Masks of all spaces, hard (0/1) or soft."""
-        return self.hard_masks(self.hard_count()) if hard else self.soft_masks(self.keep_ratio)
-
 
 class WidthMask(KeepRatioMask):
     """Channel mask of one or more channel spaces sharing a keep ratio."""

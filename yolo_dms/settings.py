@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import yaml
@@ -70,9 +70,6 @@ class SearchSettings:
     def final_gflops(self, supernet_gflops: float) -> float:
         """The budget in GFLOPs: `gflops`, or `target` times the supernet's GFLOPs."""
         return self.gflops if self.gflops is not None else self.target * supernet_gflops
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 def _nan(value: float | None) -> bool:

@@ -22,6 +22,7 @@ from ultralytics.nn.tasks import DetectionModel
 
 from yolo_dms.errors import UnsupportedModelError
 from yolo_dms.masks import DepthMask, DerivedWidthMask, KeepRatioMask, WidthMask, straight_through
+from yolo_dms.model_io import load_detection_model
 
 OUTPUT_DIVISOR = 8  # parse_model rounds every layer output width up to a multiple of 8
 
@@ -136,8 +137,6 @@ class Supernet(DetectionModel):
     @classmethod
     def from_source(cls, source: str | DetectionModel, nc: int | None = None, **mask_args) -> Supernet:
         """Supernet from a model YAML, a `.pt` checkpoint or a `DetectionModel`."""
-        from yolo_dms.model_io import load_detection_model
-
         model = source if isinstance(source, DetectionModel) else load_detection_model(source, nc=nc)
         return model if isinstance(model, Supernet) else cls(model, **mask_args)
 
