@@ -19,9 +19,12 @@ def test_benchmark_fills_every_column_for_every_arm(tmp_path):
     assert [r["arm"] for r in rows] == ["dms", "dms_scratch", "uniform", "magnitude"]
     for row in rows:
         assert all(value != "" for value in row.values()), row
-        for key in ("gflops", "params", "map50_95", "map50", "coco_map50_95", "onnx_ms", "train_min"):
+        for key in ("gflops", "params", "map50_95", "map50", "coco_map50_95", "onnx_ms", "structure_min",
+                    "train_min", "eval_min", "total_min"):
             assert math.isfinite(float(row[key])), (row["arm"], key)
-        assert float(row["gflops"]) > 0 and float(row["onnx_ms"]) > 0 and float(row["train_min"]) > 0
+        assert float(row["gflops"]) > 0 and float(row["onnx_ms"]) > 0
+        assert float(row["train_min"]) > 0 and float(row["eval_min"]) > 0
+        assert (float(row["structure_min"]) > 0) == (row["arm"] != "uniform")
     budget = float(summary.split("Budget ")[1].split(" ")[0])
     for row in rows:
         assert abs(float(row["gflops"]) - budget) <= 0.03 * budget + 1e-9, row

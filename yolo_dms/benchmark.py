@@ -206,39 +206,46 @@ def magnitude_prune(weights: Path, budget: float, imgsz: int) -> nn.Module:
 
 # ------------------------------------------------------------------------------------------------- the run
 def run_seed(seed: int, arms: list[str], options: dict, data: Path, ground_truth: Path, budget: float) -> list[dict]:
-    """All arms for one seed; one row each, with the wall time of each phase."""
+    """All arms for one seed; one row each, with the wall time of each phase.
+
+    Phases: `structure_min` (the DMS search, shared by both DMS arms; for `magnitude` the supernet's training
+    and the pruning), `train_min` (training the final network) and `eval_min` (validation, ONNX, timing).
+    `total_min` counts the shared search once per arm, as a user running that arm alone would pay it.
+    """
     nc = len(json.loads(ground_truth.read_text())["categories"])
     out, imgsz, batch = Path(options["out"]) / f"seed{seed}", options["imgsz"], options["batch"]
     epochs, search_epochs = options["epochs"], options["search_epochs"]
-    rows, finished = [], {}
+    rows = []
 
-    def timed(key: str, fn, *args):
+    def timed(fn, *args):
         start = time.time()
-        result = fn(*args)
-        finished[key] = (time.time() - start) / 60
-        return result
+        return fn(*args), (time.time() - start) / 60
 
+    structure = {}
     if {"dms", "dms_scratch"} & set(arms):
-        search = timed("search", run_search, {
+        search, structure["dms"] = timed(run_search, {
             "model": options["model"], "data": str(data), "gflops": budget, "epochs": search_epochs,
             "imgsz": imgsz, "batch": batch, "seed": seed, "workers": 0, "device": "cpu", "plots": False,
             "project": str(out), "name": "search", "exist_ok": True,
-        }).export_result
-    plans = {
-        "dms": lambda: train(search.weights_path, data, epochs - search_epochs, seed, out, "dms", imgsz, batch),
-        "dms_scratch": lambda: train(search.yaml_path, data, epochs - search_epochs, seed, out, "dms_scratch",
-                                     imgsz, batch),
+        })
+        structure["dms_scratch"] = structure["dms"]
+    if "magnitude" in arms:
+        pruned, structure["magnitude"] = timed(lambda: magnitude_prune(
+            train(options["model"], data, search_epochs, seed, out, "magnitude_pre", imgsz, batch), budget, imgsz))
+    final = {
+        "dms": lambda: train(search.export_result.weights_path, data, epochs - search_epochs, seed, out, "dms",
+                             imgsz, batch),
+        "dms_scratch": lambda: train(search.export_result.yaml_path, data, epochs - search_epochs, seed, out,
+                                     "dms_scratch", imgsz, batch),
         "uniform": lambda: train(_write_yaml(uniform_yaml(options["model"], budget, imgsz, nc), out / "uniform.yaml"),
                                  data, epochs, seed, out, "uniform", imgsz, batch),
-        "magnitude": lambda: train(
-            magnitude_prune(train(options["model"], data, search_epochs, seed, out, "magnitude_pre", imgsz, batch),
-                            budget, imgsz), data, epochs - search_epochs, seed, out, "magnitude", imgsz, batch),
+        "magnitude": lambda: train(pruned, data, epochs - search_epochs, seed, out, "magnitude", imgsz, batch),
     }
     for arm in arms:
-        weights = timed(arm, plans[arm])
-        scores = score(weights, data, ground_truth, imgsz, options["latency_runs"], out / arm)
-        row = {"arm": arm, "seed": seed, **scores}
-        row["train_min"] = finished[arm] + (finished.get("search", 0.0) if arm.startswith("dms") else 0.0)
+        weights, train_min = timed(final[arm])
+        scores, eval_min = timed(score, weights, data, ground_truth, imgsz, options["latency_runs"], out / arm)
+        phases = {"structure_min": structure.get(arm, 0.0), "train_min": train_min, "eval_min": eval_min}
+        row = {"arm": arm, "seed": seed, **scores, **phases, "total_min": sum(phases.values())}
         rows.append(row)
         LOGGER.info(f"benchmark {arm} seed {seed}: {row}")
     return rows
@@ -252,12 +259,14 @@ def _write_yaml(cfg: dict, path: Path) -> Path:
 
 def summarize(rows: list[dict], budget: float, overhead: str) -> str:
     """Markdown table: mean and spread (population std) over seeds, per arm."""
-    keys = ("gflops", "params", "map50_95", "map50", "coco_map50_95", "onnx_ms", "train_min")
+    keys = ("gflops", "params", "map50_95", "map50", "coco_map50_95", "onnx_ms", "structure_min", "train_min",
+            "eval_min")
     lines = [
         f"Budget {budget:.4g} GFLOPs. Mean ± std over seeds {sorted({r['seed'] for r in rows})}.",
         "",
-        "| arm | GFLOPs | params | mAP50-95 | mAP50 | mAP50-95 (pycocotools) | ONNX CPU ms | train min |",
-        "|---|---|---|---|---|---|---|---|",
+        "| arm | GFLOPs | params | mAP50-95 | mAP50 | mAP50-95 (pycocotools) | ONNX CPU ms | structure min "
+        "| train min | eval min |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for arm in dict.fromkeys(r["arm"] for r in rows):
         cells = []
