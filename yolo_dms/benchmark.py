@@ -23,7 +23,6 @@ import statistics
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 from ultralytics import YOLO
@@ -35,6 +34,7 @@ from ultralytics.utils.torch_utils import get_flops
 
 from yolo_dms.demo_data import make_dataset
 from yolo_dms.errors import DMSError
+from yolo_dms.evaluation import onnx_report, validate
 from yolo_dms.model_io import load_checkpoint_model
 from yolo_dms.overhead import measure_overhead
 from yolo_dms.search import run_search
@@ -89,35 +89,13 @@ def coco_map(ground_truth: Path, predictions: Path) -> float:
     return float(evaluator.stats[0])
 
 
-def onnx_latency_ms(weights: Path, imgsz: int, runs: int) -> float:
-    """Median ONNX Runtime CPU latency (batch 1, 2 threads) of the model's stock ONNX export."""
-    import onnxruntime as ort
-
-    onnx_path = YOLO(str(weights)).export(format="onnx", imgsz=imgsz, verbose=False)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 2
-    session = ort.InferenceSession(onnx_path, options, providers=["CPUExecutionProvider"])
-    feed = {session.get_inputs()[0].name: np.random.default_rng(0).random((1, 3, imgsz, imgsz), dtype=np.float32)}
-    times = []
-    for _ in range(runs + 10):
-        start = time.perf_counter()
-        session.run(None, feed)
-        times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times[10:])
-
-
 def score(weights: Path, data: Path, ground_truth: Path, imgsz: int, runs: int, out: Path) -> dict:
     """GFLOPs, params, Ultralytics and pycocotools mAP, and ONNX latency of one trained model."""
-    model = YOLO(str(weights))
-    metrics = model.val(data=str(data), imgsz=imgsz, batch=16, workers=0, device="cpu", plots=False,
-                        save_json=True, project=str(out), name="val", exist_ok=True, verbose=False)
+    scores, val_dir = validate(weights, data, imgsz, save_json=True, project=str(out), name="val", exist_ok=True)
     return {
-        "gflops": get_flops(model.model, imgsz),
-        "params": sum(p.numel() for p in model.model.parameters()),
-        "map50_95": float(metrics.box.map),
-        "map50": float(metrics.box.map50),
-        "coco_map50_95": coco_map(ground_truth, Path(metrics.save_dir) / "predictions.json"),
-        "onnx_ms": onnx_latency_ms(weights, imgsz, runs),
+        **scores,
+        "coco_map50_95": coco_map(ground_truth, val_dir / "predictions.json"),
+        "onnx_ms": onnx_report(weights, imgsz, runs).latency_ms,
     }
 
 

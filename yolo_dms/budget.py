@@ -8,6 +8,7 @@ import torch
 
 from yolo_dms.errors import DMSError
 from yolo_dms.resources import ResourceModel
+from yolo_dms.settings import SearchSettings
 from yolo_dms.supernet import Supernet
 
 
@@ -54,8 +55,13 @@ def gflops_range(supernet: Supernet, resources: ResourceModel) -> tuple[float, f
     return smallest, full
 
 
-def check_budget(budget: float, smallest: float, full: float, imgsz: int) -> None:
-    """Refuse a budget outside what the supernet can reach, saying what it can reach."""
+def resolve_budget(
+    supernet: Supernet, resources: ResourceModel, settings: SearchSettings
+) -> tuple[float, float, float]:
+    """(smallest, full, budget) GFLOPs of a search, refusing a budget the supernet cannot reach."""
+    smallest, full = gflops_range(supernet, resources)
+    budget = settings.final_gflops(full)
+    imgsz = resources.imgsz[0]
     if budget > full * (1 + 1e-9):
         raise BudgetError(
             f"budget {budget:.4g} GFLOPs is above the supernet's {full:.4g} GFLOPs at imgsz={imgsz}; "
@@ -66,6 +72,7 @@ def check_budget(budget: float, smallest: float, full: float, imgsz: int) -> Non
             f"budget {budget:.4g} GFLOPs is below {smallest:.4g} GFLOPs, the cost of the smallest structure this "
             f"supernet allows at imgsz={imgsz} (8 channels per layer, no C2f blocks)"
         )
+    return smallest, full, budget
 
 
 def fit_to_budget(supernet: Supernet, resources: ResourceModel, budget: float, steps: int = 40) -> float:

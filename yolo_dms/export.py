@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ultralytics.utils.torch_utils import get_flops
 
-from yolo_dms.budget import fit_to_budget, gflops_range
+from yolo_dms.budget import fit_to_budget, resolve_budget
 from yolo_dms.errors import DMSError
 from yolo_dms.model_io import load_checkpoint_model, write_checkpoint, write_model_yaml
 from yolo_dms.prune import prune, searched_yaml
@@ -55,7 +55,7 @@ def export_checkpoint(path: str | Path, out: str | Path | None = None, imgsz: in
     imgsz = int(imgsz or saved_imgsz or 640)
     supernet.eval()
     resources = ResourceModel(supernet, imgsz)
-    fit_to_budget(supernet, resources, supernet.dms_settings.final_gflops(gflops_range(supernet, resources)[1]))
+    fit_to_budget(supernet, resources, resolve_budget(supernet, resources, supernet.dms_settings)[2])
     path = Path(path)
     directory = Path(out) if out else (path.parent.parent if path.parent.name == "weights" else path.parent)
     return export_searched(supernet, directory, imgsz)

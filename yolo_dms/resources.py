@@ -101,7 +101,8 @@ class ResourceModel:
     def _site_costs(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(MACs, parameters) of every convolution site, as straight-through float64 vectors."""
         device = next(self.supernet.parameters()).device
-        counts, gates = self.supernet.channel_counts(), self.supernet.depth_gates()
+        hard = self.supernet.hard_counts()
+        counts, gates = self.supernet.channel_counts(hard), self.supernet.depth_gates(hard)
         width = torch.cat([torch.stack([counts[n] for n in self.widths]).double(), self.constants.to(device)])
         gate = torch.cat([*(gates[n].double() for n in self.depths), torch.ones(1, dtype=torch.float64, device=device)])
         names = ("in_site", "in_channel", "in_gate", "out_site", "out_channel", "block")

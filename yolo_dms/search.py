@@ -10,7 +10,7 @@ from ultralytics.cfg import get_cfg
 from ultralytics.nn.tasks import DetectionModel
 from ultralytics.utils import DEFAULT_CFG_DICT
 
-from yolo_dms.budget import check_budget, gflops_range
+from yolo_dms.budget import resolve_budget
 from yolo_dms.errors import DMSError
 from yolo_dms.model_io import load_checkpoint_model, load_detection_model
 from yolo_dms.resources import ResourceModel
@@ -81,10 +81,7 @@ def preflight(model: str, nc: int, imgsz: int, settings: SearchSettings) -> tupl
     cfg = source.yaml if source is not None else model
     supernet = Supernet.from_source(DetectionModel(cfg, nc=nc, verbose=False) if source else cfg, nc=nc)
     resources = ResourceModel(supernet, imgsz)
-    smallest, full = gflops_range(supernet, resources)
-    budget = settings.final_gflops(full)
-    check_budget(budget, smallest, full, imgsz)
-    return smallest, full, budget
+    return resolve_budget(supernet, resources, settings)
 
 
 def resume_checkpoint(resume) -> Path:

@@ -314,18 +314,21 @@ class Supernet(DetectionModel):
                 counts[name] = mask.derive_soft(sum(counts[s] for s in mask.sources))
         return counts
 
-    def channel_counts(self) -> dict[str, torch.Tensor]:
-        """Straight-through channel count of every width mask: exact hard value, soft gradient."""
-        hard = self.hard_counts()
+    def channel_counts(self, hard: dict[str, int] | None = None) -> dict[str, torch.Tensor]:
+        """Straight-through channel count of every width mask: exact hard value, soft gradient.
+
+        `hard` is `hard_counts()` when the caller already has it (one host read per step, not two).
+        """
+        hard = self.hard_counts() if hard is None else hard
         return {name: straight_through(hard[name], soft) for name, soft in self.soft_counts().items()}
 
     def hard_channel_counts(self) -> dict[str, int]:
         """Channel count of every width mask at hard masks."""
         return {k: v for k, v in self.hard_counts().items() if not isinstance(self.masks[k], DepthMask)}
 
-    def depth_gates(self) -> dict[str, torch.Tensor]:
+    def depth_gates(self, counts: dict[str, int] | None = None) -> dict[str, torch.Tensor]:
         """Straight-through block gates of every C2f: hard 0/1 forward, soft gradient (importance untouched)."""
-        counts = self.hard_counts()
+        counts = self.hard_counts() if counts is None else counts
         gates = {}
         for name, mask in self.masks.items():
             if isinstance(mask, DepthMask):

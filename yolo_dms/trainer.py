@@ -26,7 +26,7 @@ from ultralytics.models.yolo.detect import DetectionTrainer
 from ultralytics.utils import DEFAULT_CFG, LOGGER, RANK, colorstr
 from ultralytics.utils.torch_utils import strip_optimizer, unwrap_model
 
-from yolo_dms.budget import check_budget, fit_to_budget, gflops_range, hard_gflops
+from yolo_dms.budget import fit_to_budget, hard_gflops, resolve_budget
 from yolo_dms.export import ExportResult, export_searched
 from yolo_dms.objective import StructureStep
 from yolo_dms.resources import ResourceModel
@@ -108,9 +108,7 @@ class DMSTrainer(DetectionTrainer):
         """Stock set-up (which builds the resource model with the optimizer), then the budget and the search log."""
         super()._setup_train()
         self.settings = self.supernet.dms_settings
-        smallest, self.full_gflops = gflops_range(self.supernet, self.resources)
-        self.budget = self.settings.final_gflops(self.full_gflops)
-        check_budget(self.budget, smallest, self.full_gflops, self.args.imgsz)
+        smallest, self.full_gflops, self.budget = resolve_budget(self.supernet, self.resources, self.settings)
         total_steps = self.epochs * len(self.train_loader)
         if RANK in {-1, 0}:
             self.search_log = SearchLog(self.save_dir, every=math.ceil(total_steps / TRACE_ROWS))
