@@ -10,7 +10,7 @@ from yolo_dms.masks import straight_through
 def test_importance_is_moving_average_of_taylor_score():
     mask = WidthMask(size=8, spaces=2, decay=0.9)
     x = torch.arange(1.0, 9.0)
-    soft = mask.soft_masks(mask.keep_ratio)  # registers the importance hook
+    soft = mask.soft_masks(mask.count())  # registers the importance hook
     loss = (soft[0] * x).sum() + (soft[1] * x.flip(0)).sum()
     loss.backward()
     expected = 0.1 * torch.stack([(soft[0].detach() * x) ** 2, (soft[1].detach() * x.flip(0)) ** 2])
@@ -20,7 +20,7 @@ def test_importance_is_moving_average_of_taylor_score():
 
 def test_non_finite_gradients_do_not_reach_importance():
     mask = WidthMask(size=4)
-    soft = mask.soft_masks(mask.keep_ratio)
+    soft = mask.soft_masks(mask.count())
     (soft * torch.tensor([1.0, float("inf"), 1.0, 1.0])).sum().backward()
     assert torch.isfinite(mask.importance).all() and mask.importance.sum() == 0
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from yolo_dms import differentiable_topk
-from yolo_dms.topk import hard_topk, kept_count, rank_fraction
+from yolo_dms.topk import hard_topk, kept_count, ranks
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 7, 16, 64, 100, 257, 1024])
@@ -46,10 +46,9 @@ def test_soft_mask_is_nearly_hard_at_lam_one(n):
         assert far <= 6, f"{far} elements are more than 0.05 away from the hard mask"
 
 
-def test_rank_fraction_spreads_scores_evenly():
-    r = rank_fraction(torch.tensor([5.0, -1.0, 3.0, 3.0]))
-    assert sorted(r.tolist()) == [0.25, 0.5, 0.75, 1.0]
-    assert r[1] == 0.25 and r[0] == 1.0
+def test_ranks_spread_scores_evenly_and_break_ties_by_position():
+    r = ranks(torch.tensor([5.0, -1.0, 3.0, 3.0]))
+    assert r.tolist() == [4, 1, 2, 3]
 
 
 def test_bad_inputs_are_refused():

@@ -11,7 +11,7 @@ import math
 import torch
 from torch import nn
 
-from yolo_dms.topk import hard_topk, kept_count, kept_indices, soft_topk
+from yolo_dms.topk import hard_topk, kept_count, kept_count_tensor, kept_indices, soft_topk
 
 
 def straight_through(hard: float | torch.Tensor, soft: torch.Tensor) -> torch.Tensor:
@@ -23,8 +23,11 @@ class ImportanceMask(nn.Module):
     """Importance scores of `spaces` x `size` elements and the masks they induce for a given count.
 
     Importance is a moving average of the Taylor score `(m * dL/dm)^2` of the soft mask `m`, updated by a
-    gradient hook in the backward pass. It is a buffer, never trained.
+    gradient hook in the backward pass. It is a buffer, never trained. `grad_scale` is the factor the loss was
+    multiplied by before backward (AMP's loss scale), divided out so importance does not depend on it.
     """
+
+    grad_scale: float = 1.0
 
     def __init__(self, size: int, spaces: int = 1, lam: float = 1.0, decay: float = 0.99) -> None:
         super().__init__()
@@ -42,13 +45,14 @@ class ImportanceMask(nn.Module):
             tensor.data = value.to(tensor.device)
         return self
 
-    def soft_masks(self, keep_ratio: torch.Tensor, track: bool = True) -> torch.Tensor:
-        """Soft masks (spaces x size) at `keep_ratio`.
+    def soft_masks(self, count: torch.Tensor, track: bool = True) -> torch.Tensor:
+        """Soft masks (spaces x size) for a straight-through element `count` (its value the hard count).
 
-        With `track`, in a grad-enabled pass, the task gradient reaching these masks updates importance; the
+        `(masks > 0.5).sum(1)` equals the count's value in every space, so soft training and pruning agree on
+        which elements are kept. With `track`, in a grad-enabled pass, the task gradient reaching these masks updates importance; the
         resource model reads masks untracked so the FLOPs gradient never counts as importance.
         """
-        masks = soft_topk(self.importance, keep_ratio, self.lam).to(self.importance.dtype)
+        masks = soft_topk(self.importance, count, self.lam).to(self.importance.dtype)
         if track and torch.is_grad_enabled():
             if not masks.requires_grad:
                 masks.requires_grad_()
@@ -68,7 +72,7 @@ class ImportanceMask(nn.Module):
         leaves importance as it was. Decided on the device, so the backward pass never waits for the host."""
 
         def hook(grad: torch.Tensor) -> None:
-            score = (masks * grad).float().pow(2).to(self.importance.dtype)
+            score = (masks * grad / self.grad_scale).float().pow(2).to(self.importance.dtype)
             updated = self.importance * self.decay + score * (1.0 - self.decay)
             self.importance.copy_(torch.where(torch.isfinite(score).all(), updated, self.importance))
 
@@ -113,6 +117,17 @@ class KeepRatioMask(ImportanceMask):
             count = max(self.divisor, round(count / self.divisor) * self.divisor)
         return min(self.size, count)
 
+    def count(self) -> torch.Tensor:
+        """Straight-through count on the device: value exactly `hard_count()`, gradient that of `k N`.
+
+        Soft masks take it as their threshold, so training sees the rounded width that pruning will keep.
+        """
+        exact = kept_count_tensor(self.keep_ratio, self.size)
+        if self.divisor > 1:  # torch.round and Python's round both round half to even
+            exact = (torch.round(exact / self.divisor) * self.divisor).clamp(min=self.divisor)
+        soft = self.soft_count().double()
+        return soft - soft.detach() + exact.clamp(max=self.size)
+
     def soft_count(self) -> torch.Tensor:
         """Continuous count `k N`, the quantity the resource loss differentiates."""
         return self.keep_ratio * self.size
@@ -123,10 +138,14 @@ class WidthMask(KeepRatioMask):
 
 
 class DepthMask(KeepRatioMask):
-    """Block mask over the bottlenecks of one C2f; a C2f may lose all its blocks, so the ratio floor is 0."""
+    """Block mask over the bottlenecks of one C2f; a C2f may lose all its blocks, so the ratio floor is 0.
+
+    A single-block stage gets twice the sharpness (8 for the default 4, as DESIGN.md and the DMS reference
+    say), so its one gate is near 0 or 1 rather than hovering around 0.5.
+    """
 
     def __init__(self, size: int, lam: float = 4.0, decay: float = 0.99) -> None:
-        super().__init__(size, spaces=1, lam=lam, decay=decay, divisor=1, min_ratio=0.0)
+        super().__init__(size, spaces=1, lam=2 * lam if size == 1 else lam, decay=decay, divisor=1, min_ratio=0.0)
 
 
 class DerivedWidthMask(ImportanceMask):
@@ -148,3 +167,9 @@ class DerivedWidthMask(ImportanceMask):
     def derive_soft(self, source_count: torch.Tensor) -> torch.Tensor:
         """Continuous count from the sources' continuous count, differentiable in their keep ratios."""
         return torch.clamp(source_count / self.div, min=float(self.floor), max=float(self.size))
+
+    def derive_count(self, source_count: torch.Tensor) -> torch.Tensor:
+        """Straight-through count from the sources' straight-through count: value `derive_hard`, soft gradient."""
+        exact = torch.div(source_count.detach(), self.div, rounding_mode="floor").clamp(self.floor, self.size)
+        soft = self.derive_soft(source_count).double()
+        return soft - soft.detach() + exact

@@ -120,8 +120,11 @@ class Supernet(DetectionModel):
     """A YOLOv8 `DetectionModel` with DMS masks; it still trains, validates and saves as one.
 
     Build it with `Supernet(model)` from a `DetectionModel` (which it takes over, layers and weights) or with
-    `Supernet.from_source("yolov8s.yaml" | "weights.pt")`.
+    `Supernet.from_source("yolov8s.yaml" | "weights.pt")`. Once `structure_frozen` is set (the search's refine
+    phase) it trains at hard masks too: the weights then train exactly the structure that will be exported.
     """
+
+    structure_frozen: bool = False
 
     def __init__(self, model: DetectionModel, lam: float = 1.0, depth_lam: float = 4.0, decay: float = 0.99):
         nn.Module.__init__(self)
@@ -307,11 +310,15 @@ class Supernet(DetectionModel):
         return counts
 
     def soft_counts(self) -> dict[str, torch.Tensor]:
-        """Continuous channel count of every width mask, differentiable in the keep ratios."""
-        counts = {name: m.soft_count() for name, m in self.keep_ratio_masks().items() if isinstance(m, WidthMask)}
+        """Straight-through channel count of every width mask, computed on the device (no host read).
+
+        Its value is the exact hard count (rounding included), its gradient that of the continuous count `k N`
+        (derived widths follow their sources), so soft masks and the resource model see what pruning keeps.
+        """
+        counts = {name: m.count() for name, m in self.keep_ratio_masks().items() if isinstance(m, WidthMask)}
         for name, mask in self.masks.items():
             if isinstance(mask, DerivedWidthMask):
-                counts[name] = mask.derive_soft(sum(counts[s] for s in mask.sources))
+                counts[name] = mask.derive_count(sum(counts[s] for s in mask.sources))
         return counts
 
     def channel_counts(self, hard: dict[str, int] | None = None) -> dict[str, torch.Tensor]:
@@ -332,7 +339,7 @@ class Supernet(DetectionModel):
         gates = {}
         for name, mask in self.masks.items():
             if isinstance(mask, DepthMask):
-                soft = mask.soft_masks(mask.keep_ratio, track=False)[0]
+                soft = mask.soft_masks(mask.count(), track=False)[0]
                 gates[name] = straight_through(mask.hard_masks(counts[name])[0], soft)
         return gates
 
@@ -365,9 +372,9 @@ class Supernet(DetectionModel):
             counts = self.hard_counts()
             values = {name: mask.hard_masks(counts[name]) for name, mask in self.masks.items()}
         else:
-            soft = self.soft_counts()
+            counts = self.soft_counts()
             values = {
-                name: mask.soft_masks(soft[name] / mask.size if name in soft else mask.keep_ratio)
+                name: mask.soft_masks(counts[name] if name in counts else mask.count())
                 for name, mask in self.masks.items()
             }
         for path, spaces in self.gated_convs.items():
@@ -393,10 +400,10 @@ class Supernet(DetectionModel):
             self._masks_off = False
 
     def _predict_once(self, x, profile=False, embed=None):
-        """Stock forward with soft masks in train mode and hard masks in eval mode."""
+        """Stock forward with soft masks in train mode and hard masks in eval mode or once the structure is frozen."""
         if getattr(self, "_masks_off", False):
             return super()._predict_once(x, profile, embed)
-        self._set_gates(hard=not self.training)
+        self._set_gates(hard=not self.training or self.structure_frozen)
         try:
             return super()._predict_once(x, profile, embed)
         finally:

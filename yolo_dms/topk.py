@@ -22,11 +22,6 @@ def ranks(scores: torch.Tensor) -> torch.Tensor:
     return torch.empty_like(order).scatter_(-1, order, positions)
 
 
-def rank_fraction(scores: torch.Tensor) -> torch.Tensor:
-    """Rank of each score divided by N, in (0, 1]: importance normalized to an even spread."""
-    return ranks(scores).double() / scores.shape[-1]
-
-
 # A ratio within this fraction of an element above a whole count rounds down, so that a float32 ratio like
 # 1/3 (stored as 0.33333334) keeps N/3 elements, not N/3 + 1. Soft and hard masks apply the same slack.
 BOUNDARY_SLACK = 1e-4
@@ -37,21 +32,29 @@ def kept_count(keep_ratio: float, n: int) -> int:
     return min(n, max(0, math.ceil(float(keep_ratio) * n - BOUNDARY_SLACK)))
 
 
-def soft_topk(scores: torch.Tensor, keep_ratio: torch.Tensor, lam: float = 1.0) -> torch.Tensor:
-    """`differentiable_topk` over the last dimension of `scores`, rows sharing one keep ratio, unchecked.
+def kept_count_tensor(keep_ratio: torch.Tensor, n: int) -> torch.Tensor:
+    """`kept_count` computed on the tensor's device (float64, no host synchronization), bit for bit the same."""
+    return torch.ceil(keep_ratio.detach().double() * n - BOUNDARY_SLACK).clamp(0, n)
 
-    This is the training hot path: no host synchronization, one batched sort for all rows.
+
+def soft_topk(scores: torch.Tensor, count: torch.Tensor, lam: float = 1.0) -> torch.Tensor:
+    """Soft top-k over the last dimension of `scores` for a (straight-through) element `count`, unchecked.
+
+    `logit = lam * (rank - (N - count) - 1/2)`: with an integer-valued count the threshold falls halfway between
+    the last kept and the first removed element, so `(mask > 0.5).sum()` is exactly `count` for every row, and
+    the gradient in `count` is `lam` times the sigmoid slope. This is the training hot path: no host
+    synchronization, one batched sort for all rows.
     """
     n = scores.shape[-1]
-    logits = lam * (n * (rank_fraction(scores) - (1.0 - keep_ratio.double())) - BOUNDARY_SLACK)
+    logits = lam * (ranks(scores).double() - (n - count.double()) - 0.5)
     return torch.sigmoid(logits).to(scores.dtype if scores.is_floating_point() else torch.float32)
 
 
 def differentiable_topk(scores: torch.Tensor, keep_ratio: torch.Tensor, lam: float = 1.0) -> torch.Tensor:
-    """Soft top-k mask `sigmoid(lam * N * (rank_fraction - (1 - keep_ratio)))`, differentiable in `keep_ratio`.
+    """Soft top-k mask of the `ceil(k N)` highest scores, differentiable in `keep_ratio` (DESIGN.md section 2).
 
-    The logit is taken in float64, where `N * keep_ratio` is exact for a float32 ratio, so the hard mask
-    (`mask > 0.5`) keeps exactly `kept_count(keep_ratio, N)` of the highest-scoring elements.
+    The count is straight-through: its value is `kept_count(keep_ratio, N)`, its gradient that of `k N`, so the
+    hard mask (`mask > 0.5`) keeps exactly the elements pruning keeps while the keep ratio still learns.
     """
     if scores.ndim != 1:
         raise ValueError(f"scores must be 1-D, got shape {tuple(scores.shape)}")
@@ -61,7 +64,9 @@ def differentiable_topk(scores: torch.Tensor, keep_ratio: torch.Tensor, lam: flo
     value = keep_ratio.detach().item()
     if not 0.0 <= value <= 1.0 or math.isnan(value):
         raise ValueError(f"keep_ratio must lie in [0, 1], got {value}")
-    return soft_topk(scores, keep_ratio, lam)
+    n = scores.shape[-1]
+    soft = keep_ratio.double() * n
+    return soft_topk(scores, soft - soft.detach() + kept_count_tensor(keep_ratio, n), lam)
 
 
 def hard_topk(scores: torch.Tensor, count: int) -> torch.Tensor:
