@@ -1,26 +1,33 @@
-"""DMS against uniform scaling and magnitude pruning at equal GFLOPs and equal training epochs.
+"""DMS against magnitude pruning, a frozen-structure control and uniform scaling, at equal GFLOPs and epochs.
 
-Arms, all ending at the budget (within about 3%) and given the same total epochs `E` (search epochs count
-against DMS; `S` is the part of the budget spent before the structure is fixed):
+Every arm ends at the budget (`target` times the model's GFLOPs at `imgsz`, within about 3%) and gets the same
+total epochs `E`; `S` of them (`search_epochs`) are spent before the structure is fixed. From a `.pt`, every
+arm but the from-scratch ones starts from its weights.
 
-- `dms`: `yolo-dms search` of the supernet for S epochs, then stock fine-tuning of `pruned.pt` for E - S;
+- `dms`: `yolo-dms search` of the model for S epochs, then stock fine-tuning of `pruned.pt` for E - S;
+- `dms_kd`: the same search, then stock fine-tuning with Ultralytics' distillation from the original `.pt`
+  (`distill_model=`, `dis` at its default), for E - S;
 - `dms_scratch`: the same search, then `searched.yaml` trained from scratch for E - S;
-- `uniform`: the supernet's YAML with `width_multiple` chosen to meet the budget, trained from scratch for E;
-- `magnitude`: the supernet trained for S epochs, pruned to the budget by Torch-Pruning's L2 magnitude
-  importance, fine-tuned for E - S (Torch-Pruning is a benchmark-only extra: `pip install yolo-dms[benchmark]`).
+- `taylor_uniform`: the same search with the structure frozen (`structure_lr` at its frozen value), so its final
+  fit prunes every layer by one common keep ratio with the Taylor ranking; then fine-tuned for E - S;
+- `magnitude_uniform` / `magnitude_global`: the model trained for S epochs, pruned to the budget by Torch-Pruning's
+  L2 magnitude importance, per layer / ranked across layers (`global_pruning`), fine-tuned for E - S
+  (Torch-Pruning is a benchmark-only extra: `pip install yolo-dms[benchmark]`);
+- `uniform`: the model's YAML with one `width_multiple` chosen to meet the budget, trained from scratch for E.
 
-Every model is scored by Ultralytics' validator and, independently, by pycocotools on its saved predictions;
-its ONNX export is timed under ONNX Runtime on the CPU (batch 1, median). Outputs: `results.csv`,
-`results.md` (mean and spread over seeds), `map_vs_gflops.png`.
+Every model is scored by Ultralytics' validator and, independently, by pycocotools on the COCO-format files that
+validator writes (`evaluation.validate`); its ONNX export is timed under ONNX Runtime on the CPU (batch 1,
+median). Training and validation run on `device=`, as in Ultralytics. Outputs: `benchmark.csv`, `benchmark.md`
+(mean and spread over seeds), `map_vs_gflops.png`; `merge_results` joins the outputs of several runs.
 """
 
 from __future__ import annotations
 
 import copy
 import csv
-import json
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -28,82 +35,85 @@ from torch import nn
 from ultralytics import YOLO
 from ultralytics.models.yolo.detect import DetectionTrainer
 from ultralytics.nn.modules import C2f, Conv
-from ultralytics.nn.tasks import DetectionModel, yaml_model_load
+from ultralytics.nn.tasks import DetectionModel
 from ultralytics.utils import LOGGER
-from ultralytics.utils.torch_utils import get_flops
+from ultralytics.utils.torch_utils import get_flops, select_device
 
 from yolo_dms.demo_data import make_dataset
 from yolo_dms.errors import DMSError
 from yolo_dms.evaluation import onnx_report, validate
-from yolo_dms.model_io import load_checkpoint_model
+from yolo_dms.model_io import load_checkpoint_model, load_detection_model, load_model_yaml, write_model_yaml
 from yolo_dms.overhead import measure_overhead
 from yolo_dms.search import run_search
+from yolo_dms.settings import SearchSettings, SettingsError
 
-ARMS = ("dms", "dms_scratch", "uniform", "magnitude")
+ARMS = ("dms", "dms_kd", "dms_scratch", "taylor_uniform", "magnitude_uniform", "magnitude_global", "uniform")
 DEFAULTS = {
     "data": "", "model": "yolov8s.yaml", "target": 0.5, "epochs": 20, "search_epochs": 10, "imgsz": 128,
-    "batch": 16, "seeds": "0,1", "arms": ",".join(ARMS), "out": "runs/dms/benchmark", "n_train": 512,
-    "n_val": 128, "latency_runs": 100,
+    "batch": 16, "seeds": "0,1", "arms": "", "out": "runs/dms/benchmark", "n_train": 512,
+    "n_val": 128, "latency_runs": 100, "device": None, "workers": 2, "cache": False, "overhead": True,
 }
+# arm -> the search it starts from (also its run name); the `search_taylor` one has its structure frozen
+SEARCH_ARMS = {"dms": "search", "dms_kd": "search", "dms_scratch": "search", "taylor_uniform": "search_taylor"}
+MAGNITUDE_ARMS = {"magnitude_uniform": False, "magnitude_global": True}  # arm -> Torch-Pruning global_pruning
 
 
-# ------------------------------------------------------------------------------------------------- scoring
-def coco_ground_truth(data_yaml: Path, out: Path) -> Path:
-    """COCO-format ground truth of the validation split (YOLO labels, image ids from numeric file stems)."""
-    import cv2
-    import yaml
+# ----------------------------------------------------------------------------------------------- inputs
+def resolve_model(model: str) -> str:
+    """A model as `yolo train` finds it: a `.pt` path, in the weights directory or from Ultralytics' release
+    download; a YAML path or stock name (`yolov8s.yaml`) is resolved where it is read."""
+    path = Path(str(model))
+    if path.is_file():
+        return str(path.resolve())
+    if path.suffix != ".pt":  # a stock YAML name, found by Ultralytics when it is read
+        return str(model)
+    if path.parent != Path("."):  # a path, not a name: nothing to look up elsewhere
+        raise DMSError(f"model file '{model}' does not exist")
+    from ultralytics.utils.downloads import attempt_download_asset
 
-    info = yaml.safe_load(data_yaml.read_text())
-    images_dir = Path(info["path"]) / info["val"]
-    images, annotations = [], []
-    for image in sorted(images_dir.iterdir()):
-        height, width = cv2.imread(str(image)).shape[:2]
-        image_id = int(image.stem)
-        images.append({"id": image_id, "file_name": image.name, "width": width, "height": height})
-        label = Path(info["path"]) / "labels" / info["val"].removeprefix("images/") / f"{image.stem}.txt"
-        for line in label.read_text().split("\n") if label.exists() else []:
-            if line.strip():
-                c, x, y, w, h = map(float, line.split())
-                box = [(x - w / 2) * width, (y - h / 2) * height, w * width, h * height]
-                annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": int(c) + 1,
-                                    "bbox": box, "area": box[2] * box[3], "iscrowd": 0})
-    names = info["names"]
-    categories = [{"id": i + 1, "name": str(names[i])} for i in range(len(names))]
-    out.write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories}))
-    return out
+    try:
+        found = Path(attempt_download_asset(str(model)))
+    except Exception as e:  # offline, unknown asset name: Ultralytics raises several types
+        raise DMSError(f"model '{model}' cannot be found or downloaded: {str(e).strip().splitlines()[0]}") from None
+    if not found.is_file():
+        raise DMSError(f"model '{model}' is neither here, nor in Ultralytics' weights directory, nor downloadable")
+    return str(found.resolve())
 
 
-def coco_map(ground_truth: Path, predictions: Path) -> float:
-    """mAP50-95 by pycocotools, an independent check of Ultralytics' figure."""
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
+def resolve_data(data: str) -> tuple[Path, int]:
+    """(The dataset YAML, its class count) as `yolo train` resolves `data`: Ultralytics' `check_det_dataset`
+    (packaged names, `datasets_dir`, autodownload, absolute or relative split paths)."""
+    from ultralytics.data.utils import check_det_dataset
 
-    gt = COCO(str(ground_truth))
-    detections = json.loads(predictions.read_text())
-    if not detections:
-        return 0.0
-    evaluator = COCOeval(gt, gt.loadRes(detections), "bbox")
-    evaluator.evaluate()
-    evaluator.accumulate()
-    evaluator.summarize()
-    return float(evaluator.stats[0])
+    try:
+        info = check_det_dataset(str(data))
+    except Exception as e:  # Ultralytics raises several types for a bad dataset; all mean the same here
+        raise DMSError(f"dataset '{data}' cannot be used: {str(e).strip().splitlines()[0]}") from None
+    return Path(info["yaml_file"]).resolve(), int(info["nc"])
 
 
-def score(weights: Path, data: Path, ground_truth: Path, imgsz: int, runs: int, out: Path) -> dict:
-    """GFLOPs, params, Ultralytics and pycocotools mAP, and ONNX latency of one trained model."""
-    scores, val_dir = validate(weights, data, imgsz, save_json=True, project=str(out), name="val", exist_ok=True)
-    return {
-        **scores,
-        "coco_map50_95": coco_map(ground_truth, val_dir / "predictions.json"),
-        "onnx_ms": onnx_report(weights, imgsz, runs).latency_ms,
-    }
+def model_cfg(model: str, nc: int) -> dict:
+    """The model's architecture as a YAML dict for `nc` classes: a checkpoint's own YAML, or a YAML file."""
+    cfg = load_detection_model(model).yaml if model.endswith(".pt") else load_model_yaml(model)
+    return {**copy.deepcopy(cfg), "nc": nc}
 
 
-# ------------------------------------------------------------------------------------------------ the arms
-def train(model, data: Path, epochs: int, seed: int, out: Path, name: str, imgsz: int, batch: int) -> Path:
+def frozen_structure_lr() -> float:
+    """The `structure_lr` that freezes the search's structure: 0 where the settings accept it, else a step so
+    small that no keep ratio moves measurably (1e-9)."""
+    try:
+        SearchSettings.from_arguments({"structure_lr": 0.0})
+    except SettingsError:
+        return 1e-9
+    return 0.0
+
+
+# ------------------------------------------------------------------------------------------------- the arms
+def train(model, data: Path, epochs: int, seed: int, out: Path, name: str, options: dict, **extra) -> Path:
     """Stock Ultralytics training of a YAML, a checkpoint, or an in-memory model; returns last.pt."""
-    args = dict(data=str(data), epochs=epochs, imgsz=imgsz, batch=batch, seed=seed, workers=0, device="cpu",
-                plots=False, project=str(out), name=name, exist_ok=True, val=False)
+    args = dict(data=str(data), epochs=epochs, imgsz=options["imgsz"], batch=options["batch"], seed=seed,
+                workers=options["workers"], device=options["device"], cache=options["cache"], plots=False,
+                project=str(out), name=name, exist_ok=True, val=False, **extra)
     if isinstance(model, nn.Module):
         trainer = DetectionTrainer(overrides={**args, "model": "yolov8n.yaml"})
         trainer.model = model  # trained as is: its own layers, no YAML rebuild
@@ -113,16 +123,32 @@ def train(model, data: Path, epochs: int, seed: int, out: Path, name: str, imgsz
     return out / name / "weights" / "last.pt"
 
 
-def uniform_yaml(model: str, budget: float, imgsz: int, nc: int) -> dict:
-    """The model's YAML for `nc` classes with one `width_multiple` (its own depth) whose GFLOPs are closest to
-    the budget (the class count sets the Detect head's width, so it must be the dataset's)."""
-    cfg = yaml_model_load(model)
-    depth, width, _ = cfg["scales"][cfg.get("scale") or next(iter(cfg["scales"]))]
-    base = {k: v for k, v in cfg.items() if k not in {"scales", "scale", "yaml_file"}}
-    base["nc"] = nc
+def search(model: str, data: Path, budget: float, seed: int, out: Path, name: str, options: dict, **dms) -> Path:
+    """A `yolo-dms search` of `model` for `search_epochs` down to `budget` GFLOPs; returns its pruned.pt."""
+    trainer = run_search({
+        "model": model, "data": str(data), "gflops": budget, "epochs": options["search_epochs"],
+        "imgsz": options["imgsz"], "batch": options["batch"], "seed": seed, "workers": options["workers"],
+        "device": options["device"], "cache": options["cache"], "plots": False, "project": str(out), "name": name,
+        "exist_ok": True, **dms,
+    })
+    return trainer.export_result.weights_path
+
+
+def uniform_yaml(cfg: dict, budget: float, imgsz: int) -> dict:
+    """`cfg` with its own depth and the one width multiplier whose GFLOPs are closest to the budget (the
+    class count sets the Detect head's width, so `cfg` must carry the dataset's)."""
+    base = {k: v for k, v in cfg.items() if k not in {"scales", "scale", "depth_multiple", "width_multiple",
+                                                         "yaml_file"}}
+    if cfg.get("scales"):
+        depth, width, max_channels = cfg["scales"][cfg.get("scale") or next(iter(cfg["scales"]))]
+    else:
+        depth, width, max_channels = cfg.get("depth_multiple", 1.0), cfg.get("width_multiple", 1.0), None
 
     def build(w: float) -> tuple[dict, float]:
-        candidate = {**copy.deepcopy(base), "depth_multiple": depth, "width_multiple": w}
+        # One named scale keeps the stock channel cap; a YAML without scales has none
+        scaling = {"scales": {"u": [depth, w, max_channels]}} if max_channels else {"depth_multiple": depth,
+                                                                                   "width_multiple": w}
+        candidate = {**copy.deepcopy(base), **scaling}
         return candidate, get_flops(DetectionModel(copy.deepcopy(candidate), verbose=False), imgsz)
 
     low, high = 0.01, width
@@ -157,13 +183,14 @@ def _conv_rows(conv: Conv, rows: slice) -> Conv:
     return part
 
 
-def magnitude_prune(weights: Path, budget: float, imgsz: int) -> nn.Module:
-    """Prune a trained model to the budget with Torch-Pruning's L2 magnitude importance, step by step."""
+def magnitude_prune(weights: Path, budget: float, imgsz: int, global_pruning: bool) -> nn.Module:
+    """Prune a trained model to the budget with Torch-Pruning's L2 magnitude importance, step by step; channels
+    ranked within each layer (every layer loses the same share) or, with `global_pruning`, across layers."""
     try:
         import torch_pruning as tp
     except ImportError:
-        raise DMSError("the magnitude arm needs Torch-Pruning: pip install 'yolo-dms[benchmark]'") from None
-    model = load_checkpoint_model(weights)
+        raise DMSError("the magnitude arms need Torch-Pruning: pip install 'yolo-dms[benchmark]'") from None
+    model = load_checkpoint_model(weights).cpu()
     for i, layer in enumerate(model.model):
         if type(layer) is C2f:
             model.model[i] = SplitC2f(layer)
@@ -173,7 +200,8 @@ def magnitude_prune(weights: Path, budget: float, imgsz: int) -> nn.Module:
     ignored = [head.dfl, *(seq[-1] for seq in head.cv2), *(seq[-1] for seq in head.cv3)]
     example = torch.zeros(1, 3, imgsz, imgsz)
     pruner = tp.pruner.MagnitudePruner(model, example, importance=tp.importance.MagnitudeImportance(p=2),
-                                       iterative_steps=400, pruning_ratio=0.95, ignored_layers=ignored)
+                                       global_pruning=global_pruning, iterative_steps=400, pruning_ratio=0.95,
+                                       ignored_layers=ignored)
     model.eval()
     for _ in range(400):
         if get_flops(model, imgsz) <= budget:
@@ -183,82 +211,100 @@ def magnitude_prune(weights: Path, budget: float, imgsz: int) -> nn.Module:
 
 
 # ------------------------------------------------------------------------------------------------- the run
-def run_seed(seed: int, arms: list[str], options: dict, data: Path, ground_truth: Path, budget: float) -> list[dict]:
+def timed(fn: Callable[[], object]) -> tuple[object, float]:
+    """`fn()` and its wall time in minutes."""
+    start = time.time()
+    return fn(), (time.time() - start) / 60
+
+
+def run_seed(seed: int, arms: list[str], options: dict, data: Path, cfg: dict, budget: float) -> list[dict]:
     """All arms for one seed; one row each, with the wall time of each phase.
 
-    Phases: `structure_min` (the DMS search, shared by both DMS arms; for `magnitude` the supernet's training
-    and the pruning), `train_min` (training the final network) and `eval_min` (validation, ONNX, timing).
-    `total_min` counts the shared search once per arm, as a user running that arm alone would pay it.
+    Phases: `structure_min` (the search, shared by the arms that use the same one; for the magnitude arms the
+    model's training, shared, plus their own pruning), `train_min` (training the final network) and
+    `eval_min` (validation, ONNX, timing). `total_min` counts a shared phase once per arm, as a user running
+    that arm alone would pay it.
     """
-    nc = len(json.loads(ground_truth.read_text())["categories"])
-    out, imgsz, batch = Path(options["out"]) / f"seed{seed}", options["imgsz"], options["batch"]
-    epochs, search_epochs = options["epochs"], options["search_epochs"]
+    out, model, imgsz = Path(options["out"]) / f"seed{seed}", options["model"], options["imgsz"]
+    epochs, rest = options["epochs"], options["epochs"] - options["search_epochs"]
+    shared: dict[str, tuple[object, float]] = {}
+
+    def once(key: str, fn: Callable[[], object]) -> tuple[object, float]:
+        """`fn()` and its minutes, run the first time `key` is asked for; later arms reuse both."""
+        if key not in shared:
+            shared[key] = timed(fn)
+        return shared[key]
+
+    def structure(arm: str) -> tuple[Callable[[], Path], float]:
+        """(The arm's final training, still to run; the minutes spent fixing its structure)."""
+        if arm == "uniform":
+            path = write_model_yaml(uniform_yaml(cfg, budget, imgsz), out / "uniform.yaml",
+                                    "Uniformly scaled baseline written by the yolo-dms benchmark")
+            return lambda: train(path, data, epochs, seed, out, arm, options), 0.0
+        if arm in MAGNITUDE_ARMS:
+            trained, pre_min = once("magnitude_pre", lambda: train(
+                model, data, options["search_epochs"], seed, out, "magnitude_pre", options))
+            network, prune_min = timed(lambda: magnitude_prune(trained, budget, imgsz, MAGNITUDE_ARMS[arm]))
+            return lambda: train(network, data, rest, seed, out, arm, options), pre_min + prune_min
+        name = SEARCH_ARMS[arm]
+        frozen = {"structure_lr": frozen_structure_lr()} if name == "search_taylor" else {}
+        pruned, search_min = once(name, lambda: search(model, data, budget, seed, out, name, options, **frozen))
+        if arm == "dms_scratch":
+            return lambda: train(pruned.parent / "searched.yaml", data, rest, seed, out, arm, options), search_min
+        teacher = {"distill_model": model} if arm == "dms_kd" else {}
+        return lambda: train(pruned, data, rest, seed, out, arm, options, **teacher), search_min
+
     rows = []
-
-    def timed(fn, *args):
-        start = time.time()
-        return fn(*args), (time.time() - start) / 60
-
-    structure = {}
-    if {"dms", "dms_scratch"} & set(arms):
-        search, structure["dms"] = timed(run_search, {
-            "model": options["model"], "data": str(data), "gflops": budget, "epochs": search_epochs,
-            "imgsz": imgsz, "batch": batch, "seed": seed, "workers": 0, "device": "cpu", "plots": False,
-            "project": str(out), "name": "search", "exist_ok": True,
-        })
-        structure["dms_scratch"] = structure["dms"]
-    if "magnitude" in arms:
-        pruned, structure["magnitude"] = timed(lambda: magnitude_prune(
-            train(options["model"], data, search_epochs, seed, out, "magnitude_pre", imgsz, batch), budget, imgsz))
-    final = {
-        "dms": lambda: train(search.export_result.weights_path, data, epochs - search_epochs, seed, out, "dms",
-                             imgsz, batch),
-        "dms_scratch": lambda: train(search.export_result.yaml_path, data, epochs - search_epochs, seed, out,
-                                     "dms_scratch", imgsz, batch),
-        "uniform": lambda: train(_write_yaml(uniform_yaml(options["model"], budget, imgsz, nc), out / "uniform.yaml"),
-                                 data, epochs, seed, out, "uniform", imgsz, batch),
-        "magnitude": lambda: train(pruned, data, epochs - search_epochs, seed, out, "magnitude", imgsz, batch),
-    }
     for arm in arms:
-        weights, train_min = timed(final[arm])
-        scores, eval_min = timed(score, weights, data, ground_truth, imgsz, options["latency_runs"], out / arm)
-        phases = {"structure_min": structure.get(arm, 0.0), "train_min": train_min, "eval_min": eval_min}
-        row = {"arm": arm, "seed": seed, **scores, **phases, "total_min": sum(phases.values())}
+        final_training, structure_min = structure(arm)
+        weights, train_min = timed(final_training)
+        scores, eval_min = timed(lambda: {
+            **validate(weights, data, imgsz, options["device"], save_json=True, project=str(out / arm),
+                       name="val", exist_ok=True)[0],
+            "onnx_ms": onnx_report(weights, imgsz, options["latency_runs"]).latency_ms,
+        })
+        phases = {"structure_min": structure_min, "train_min": train_min, "eval_min": eval_min}
+        row = {"arm": arm, "target": options["target"], "budget": budget, "seed": seed, **scores, **phases,
+               "total_min": sum(phases.values())}
         rows.append(row)
         LOGGER.info(f"benchmark {arm} seed {seed}: {row}")
     return rows
 
 
-def _write_yaml(cfg: dict, path: Path) -> Path:
-    from yolo_dms.model_io import write_model_yaml
+# ----------------------------------------------------------------------------------------------- reporting
+COLUMNS = ("gflops", "params", "map50_95", "map50", "coco_map50_95", "onnx_ms", "structure_min", "train_min",
+           "eval_min")
 
-    return write_model_yaml(cfg, path, "Uniformly scaled baseline written by the yolo-dms benchmark")
 
-
-def summarize(rows: list[dict], budget: float, overhead: str) -> str:
-    """Markdown table: mean and spread (population std) over seeds, per arm."""
-    keys = ("gflops", "params", "map50_95", "map50", "coco_map50_95", "onnx_ms", "structure_min", "train_min",
-            "eval_min")
-    lines = [
-        f"Budget {budget:.4g} GFLOPs. Mean ± std over seeds {sorted({r['seed'] for r in rows})}.",
-        "",
-        "| arm | GFLOPs | params | mAP50-95 | mAP50 | mAP50-95 (pycocotools) | ONNX CPU ms | structure min "
-        "| train min | eval min |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for arm in dict.fromkeys(r["arm"] for r in rows):
-        cells = []
-        for key in keys:
-            values = [r[key] for r in rows if r["arm"] == arm]
-            mean, spread = statistics.mean(values), statistics.pstdev(values)
-            fmt = "{:,.0f}" if key == "params" else "{:.4f}" if "map" in key or key == "gflops" else "{:.2f}"
-            cells.append(fmt.format(mean) + (f" ± {fmt.format(spread)}" if spread else ""))
-        lines.append(f"| {arm} | " + " | ".join(cells) + " |")
-    lines += ["", f"Search overhead: {overhead}"]
-    return "\n".join(lines)
+def summarize(rows: list[dict], overhead: str = "") -> str:
+    """Markdown: per target, one line per arm with the mean and spread (population std) over seeds."""
+    lines = []
+    for target in dict.fromkeys(float(r["target"]) for r in rows):
+        group = [r for r in rows if float(r["target"]) == target]
+        lines += [
+            f"Target {target:g}: budget {float(group[0]['budget']):.4g} GFLOPs. Mean ± std over seeds "
+            f"{sorted({int(r['seed']) for r in group})}.",
+            "",
+            "| arm | GFLOPs | params | mAP50-95 | mAP50 | mAP50-95 (pycocotools) | ONNX CPU ms | structure min "
+            "| train min | eval min |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for arm in dict.fromkeys(r["arm"] for r in group):
+            cells = []
+            for key in COLUMNS:
+                values = [float(r[key]) for r in group if r["arm"] == arm]
+                mean, spread = statistics.mean(values), statistics.pstdev(values)
+                fmt = "{:,.0f}" if key == "params" else "{:.4f}" if "map" in key or key == "gflops" else "{:.2f}"
+                cells.append(fmt.format(mean) + (f" ± {fmt.format(spread)}" if spread else ""))
+            lines.append(f"| {arm} | " + " | ".join(cells) + " |")
+        lines.append("")
+    if overhead:
+        lines.append(f"Search overhead: {overhead}")
+    return "\n".join(lines).rstrip() + "\n"
 
 
 def plot(rows: list[dict], path: Path) -> None:
+    """mAP50-95 against GFLOPs, one colour per arm."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -266,7 +312,7 @@ def plot(rows: list[dict], path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(7, 4.5), tight_layout=True)
     for arm in dict.fromkeys(r["arm"] for r in rows):
-        points = [(r["gflops"], r["map50_95"]) for r in rows if r["arm"] == arm]
+        points = [(float(r["gflops"]), float(r["map50_95"])) for r in rows if r["arm"] == arm]
         ax.scatter(*zip(*points), label=arm, s=40)
     ax.set(xlabel="GFLOPs", ylabel="mAP50-95", title="Equal-budget comparison")
     ax.legend()
@@ -274,38 +320,67 @@ def plot(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def write_results(rows: list[dict], out: Path, overhead: str = "") -> str:
+    """`benchmark.csv`, `benchmark.md` and `map_vs_gflops.png` under `out`; returns the Markdown."""
+    with open(out / "benchmark.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    summary = summarize(rows, overhead)
+    (out / "benchmark.md").write_text(summary)
+    plot(rows, out / "map_vs_gflops.png")
+    return summary
+
+
+def merge_results(out: str | Path) -> str:
+    """Join the `benchmark.csv` of every run under `out` (runs made in parallel, one per target and seed, say)
+    into `out/benchmark.csv`, `benchmark.md` and `map_vs_gflops.png`; returns the Markdown."""
+    out = Path(out)
+    runs = sorted(out.glob("*/**/benchmark.csv"))
+    if not runs:
+        raise DMSError(f"no benchmark.csv under '{out}'")
+    rows = []
+    for path in runs:
+        with open(path, newline="") as f:
+            rows.extend(csv.DictReader(f))
+    rows.sort(key=lambda r: (-float(r["target"]), ARMS.index(r["arm"]), int(r["seed"])))
+    return write_results(rows, out)
+
+
 def run_benchmark(**overrides) -> str:
-    """The whole benchmark; returns the Markdown summary (also in `out/results.md`)."""
+    """The whole benchmark; returns the Markdown summary (also in `out/benchmark.md`)."""
     unknown = set(overrides) - set(DEFAULTS)
     if unknown:
         raise DMSError(f"unknown benchmark argument(s) {sorted(unknown)}; valid: {', '.join(DEFAULTS)}")
     options = {**DEFAULTS, **overrides}
-    arms = [a for a in str(options["arms"]).split(",") if a]
+    options["model"] = model = resolve_model(options["model"])
+    arms = [a for a in str(options["arms"]).split(",") if a] or [  # default: every arm the model allows
+        a for a in ARMS if a != "dms_kd" or model.endswith(".pt")]
     if bad := [a for a in arms if a not in ARMS]:
         raise DMSError(f"unknown arm(s) {bad}; valid: {', '.join(ARMS)}")
     if not 0 < options["search_epochs"] < options["epochs"]:
         raise DMSError("search_epochs must be at least 1 and below epochs (the arms then train for the rest)")
+    if not 0 < float(options["target"]) <= 1:
+        raise DMSError(f"target must lie in (0, 1] (a fraction of the model's GFLOPs), got {options['target']}")
+    if "dms_kd" in arms and not model.endswith(".pt"):
+        raise DMSError("the dms_kd arm distils from the starting checkpoint, so it needs model=<.pt>")
     out = Path(options["out"]).resolve()
     options["out"] = out
     out.mkdir(parents=True, exist_ok=True)
-    data = Path(options["data"]) if options["data"] else make_dataset(
-        out / "data", n_train=options["n_train"], n_val=options["n_val"], imgsz=options["imgsz"])
-    ground_truth = coco_ground_truth(data, out / "val_ground_truth.json")
-    full = get_flops(DetectionModel(options["model"], nc=len(json.loads(ground_truth.read_text())["categories"]),
-                                    verbose=False), options["imgsz"])
-    budget = options["target"] * full
+    data, nc = resolve_data(options["data"] or make_dataset(
+        out / "data", n_train=options["n_train"], n_val=options["n_val"], imgsz=options["imgsz"]))
+    cfg = model_cfg(model, nc)
+    budget = float(options["target"]) * get_flops(DetectionModel(copy.deepcopy(cfg), verbose=False), options["imgsz"])
     seeds = options["seeds"]  # "0,1" from Python, (0, 1) once the CLI has typed it
     seeds = [int(x) for x in (seeds if isinstance(seeds, list | tuple) else str(seeds).split(",")) if str(x).strip()]
-    rows = [row for seed in seeds for row in run_seed(seed, arms, options, data, ground_truth, budget)]
-    plain, search = measure_overhead(options["model"], options["imgsz"], options["batch"], iters=5, warmup=2)
-    overhead = (f"{search / plain:.2f}x ({search * 1000:.0f} vs {plain * 1000:.0f} ms per iteration, "
-                f"{options['model']}, imgsz={options['imgsz']}, batch={options['batch']}, CPU)")
-    with open(out / "results.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    summary = summarize(rows, budget, overhead)
-    (out / "results.md").write_text(summary + "\n")
-    plot(rows, out / "map_vs_gflops.png")
+    rows = [row for seed in seeds for row in run_seed(seed, arms, options, data, cfg, budget)]
+    overhead = ""
+    if options["overhead"]:
+        device = select_device(options["device"], verbose=False).type
+        plain, step = measure_overhead(copy.deepcopy(cfg), options["imgsz"], options["batch"], iters=5, warmup=2,
+                                       device=device, amp=device == "cuda")
+        overhead = (f"{step / plain:.2f}x ({step * 1000:.0f} vs {plain * 1000:.0f} ms per iteration, "
+                    f"{Path(str(model)).name}, imgsz={options['imgsz']}, batch={options['batch']}, {device})")
+    summary = write_results(rows, out, overhead)
     print(summary)
     return summary

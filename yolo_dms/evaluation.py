@@ -1,8 +1,15 @@
 """Scoring a trained checkpoint with stock tools: Ultralytics' validator, `get_flops`, and its ONNX export
-under ONNX Runtime. Shared by the demo and the benchmark, so both measure the same way."""
+under ONNX Runtime. Shared by the demo and the benchmark, so both measure the same way.
+
+The independent mAP check is pycocotools on the COCO-format files Ultralytics' own validator makes with
+`save_json=True`: its `predictions.json` (class ids mapped 80 -> 91 when the data is COCO), scored against
+COCO's annotation file for COCO, and otherwise against the ground truth the validator builds from the labels
+its data loader read. Nothing is inferred from file names or folder layout here.
+"""
 
 from __future__ import annotations
 
+import json
 import statistics
 import time
 from dataclasses import dataclass
@@ -11,21 +18,57 @@ from pathlib import Path
 import numpy as np
 import torch
 from ultralytics import YOLO
+from ultralytics.models.yolo.detect import DetectionValidator
 from ultralytics.utils.torch_utils import get_flops
 
 
-def validate(weights: Path, data: Path, imgsz: int, **val_args) -> tuple[dict, Path]:
-    """(GFLOPs, params, mAP50-95, mAP50 of a checkpoint; the validator's output folder)."""
+class CocoCheckValidator(DetectionValidator):
+    """Ultralytics' detection validator whose COCO-format evaluation runs in pycocotools (a dependency) instead
+    of faster-coco-eval (which Ultralytics would try to install at run time), keeping mAP50-95 for any data."""
+
+    coco_map50_95: float = 0.0  # stays 0 when the model predicted nothing, so nothing was evaluated
+
+    def coco_evaluate(self, stats: dict, pred_json, anno_json, iou_types="bbox", suffix="Box") -> dict:
+        """Score `pred_json` against `anno_json`, as Ultralytics' `eval_json` prepared them, with pycocotools."""
+        from pycocotools.coco import COCO
+        from pycocotools.cocoeval import COCOeval
+
+        ground_truth = COCO()
+        ground_truth.dataset = anno_json if isinstance(anno_json, dict) else json.loads(Path(anno_json).read_text())
+        ground_truth.createIndex()
+        predictions = pred_json if isinstance(pred_json, list) else json.loads(Path(pred_json).read_text())
+        evaluator = COCOeval(ground_truth, ground_truth.loadRes(predictions), "bbox")
+        # Only the images validated: a built ground truth holds exactly those (with no file names); COCO's
+        # annotation file lists the whole split, so a subset is matched by file name.
+        validated = {Path(f).name for f in self.dataloader.dataset.im_files}
+        evaluator.params.imgIds = [
+            i for i, image in ground_truth.imgs.items() if "file_name" not in image or image["file_name"] in validated
+        ]
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+        self.coco_map50_95 = float(evaluator.stats[0])
+        return stats
+
+
+def validate(weights: Path, data: Path, imgsz: int, device=None, **val_args) -> tuple[dict, Path]:
+    """(GFLOPs, params, mAP50-95, mAP50 of a checkpoint, and with `save_json=True` the pycocotools mAP50-95;
+    the validator's output folder). `device` as in Ultralytics (None: a GPU if there is one)."""
     model = YOLO(str(weights))
-    metrics = model.val(data=str(data), imgsz=imgsz, batch=16, workers=0, device="cpu", plots=False, verbose=False,
-                        **val_args)
+    validator = CocoCheckValidator(args={
+        **model.overrides, "rect": True, "data": str(data), "imgsz": imgsz, "batch": 16, "workers": 0,
+        "device": device, "plots": False, "verbose": False, **val_args, "mode": "val",
+    })
+    validator(model=model.model)
     scores = {
         "gflops": get_flops(model.model, imgsz),
         "params": sum(p.numel() for p in model.model.parameters()),
-        "map50_95": float(metrics.box.map),
-        "map50": float(metrics.box.map50),
+        "map50_95": float(validator.metrics.box.map),
+        "map50": float(validator.metrics.box.map50),
     }
-    return scores, Path(metrics.save_dir)
+    if validator.args.save_json:
+        scores["coco_map50_95"] = validator.coco_map50_95
+    return scores, Path(validator.save_dir)
 
 
 @dataclass(frozen=True)
