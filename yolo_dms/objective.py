@@ -1,7 +1,8 @@
 """The structure update of one search step: task gradient plus the balanced resource-loss gradient, then Adam.
 
 Kept apart from the trainer so that it can be timed and tested on its own. The resource loss is
-`log(F / F_target)` while the straight-through GFLOPs `F` exceed the target (zero below); its gradient on the
+`log(F / F_target)` while the straight-through GFLOPs `F` exceed the target (zero below; two-sided once the
+target holds at the budget); its gradient on the
 keep ratios is rescaled to `weight` times the running norm of the task gradient, so neither term drowns the
 other whatever the loss scale, as the DMS reference does.
 """
@@ -23,10 +24,21 @@ class StructureStep:
         self.optimizer = torch.optim.Adam(supernet.structure_parameters(), lr=lr)
         self.task_norm: float | None = None
 
-    def step(self, target: float, grad_scale: float = 1.0) -> tuple[float, float] | None:
+    def set_lr(self, lr: float) -> None:
+        """Set the keep ratios' learning rate (known once the run length is; 0 freezes the structure)."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
+    def pending(self) -> bool:
+        """Whether a backward pass left task gradients on the keep ratios that no step has used yet."""
+        return any(p.grad is not None for p in self.supernet.structure_parameters())
+
+    def step(self, target: float, grad_scale: float = 1.0, two_sided: bool = False) -> tuple[float, float] | None:
         """Update the keep ratios from their accumulated task gradient (divided by `grad_scale`, the AMP scale).
 
-        Returns (GFLOPs, resource loss) at the step, or None when the gradients overflowed and the step was skipped.
+        While the target falls, only a structure above it is pushed down (the DMS loss). Once it holds at the
+        budget (`two_sided`), the loss is `|log(F / budget)|`: a structure that overshot below the budget is
+        pulled back up, since capacity left unused under the budget is accuracy given away. Returns (GFLOPs, resource loss) at the step, or None when the gradients overflowed and the step was skipped.
         """
         average_importance(self.supernet)  # every rank ranks channels alike (a no-op outside DDP)
         params = self.supernet.structure_parameters()
@@ -39,7 +51,8 @@ class StructureStep:
         norm = task.norm().item()
         self.task_norm = norm if self.task_norm is None else 0.9 * self.task_norm + 0.1 * norm
         gflops = self.resources.gflops()
-        resource_loss = torch.log(gflops / target).clamp(min=0.0)
+        log_ratio = torch.log(gflops / target)
+        resource_loss = log_ratio.abs() if two_sided else log_ratio.clamp(min=0.0)
         total = task
         if resource_loss.item() > 0:
             grads = torch.autograd.grad(resource_loss, params, allow_unused=True)

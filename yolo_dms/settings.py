@@ -29,8 +29,9 @@ class SearchSettings:
     target: float | None = 0.5
     gflops: float | None = None
     resource_weight: float = 1.0
-    structure_lr: float = 0.01
+    structure_lr: float | None = None  # None: sized to the run (schedule.SearchSchedule.auto_structure_lr)
     target_schedule: float = 0.6
+    refine: float = 0.2
     width_lam: float = 1.0
     depth_lam: float = 4.0
     importance_decay: float = 0.99
@@ -59,11 +60,18 @@ class SearchSettings:
             raise SettingsError(f"target must lie in (0, 1] (a fraction of the supernet's GFLOPs), got {self.target}")
         if self.gflops is not None and (not self.gflops > 0 or _nan(self.gflops)):
             raise SettingsError(f"gflops must be positive, got {self.gflops}")
-        for name in ("resource_weight", "structure_lr", "width_lam", "depth_lam"):
+        for name in ("resource_weight", "width_lam", "depth_lam"):
             if not getattr(self, name) > 0:
                 raise SettingsError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.structure_lr is not None and not self.structure_lr >= 0:
+            raise SettingsError(f"structure_lr must be 0 (structure frozen) or positive, got {self.structure_lr}")
         if not 0 < self.target_schedule <= 1:
             raise SettingsError(f"target_schedule must lie in (0, 1], got {self.target_schedule}")
+        if not 0 <= self.refine < 1 or self.target_schedule + self.refine > 1:
+            raise SettingsError(
+                f"refine must lie in [0, 1) and leave room for the target schedule (target_schedule + refine <= 1), "
+                f"got refine={self.refine}, target_schedule={self.target_schedule}"
+            )
         if not 0 < self.importance_decay < 1:
             raise SettingsError(f"importance_decay must lie in (0, 1), got {self.importance_decay}")
 

@@ -4,19 +4,23 @@ Everything is stock Ultralytics (data, augmentation, loss, AMP, warmup, schedule
 checkpoints, callbacks, resume) except:
 
 - the model is a `Supernet` carrying its `SearchSettings`, so resume and DDP workers rebuild it as it was;
-- keep ratios leave the weight optimizer for their own Adam, with no weight decay;
-- each optimizer step updates the keep ratios with the task gradient plus the balanced resource-loss
-  gradient (`objective.StructureStep`); the target falls from the supernet's GFLOPs to the budget over the
-  first `target_schedule` of the run, as
+- keep ratios leave the weight optimizer for their own Adam, with no weight decay and a step size sized to the
+  run (`schedule.SearchSchedule`);
+- every batch (not only those where the weights step after gradient accumulation) updates the keep ratios
+  with the task gradient plus the balanced resource-loss gradient (`objective.StructureStep`); the target falls
+  from the supernet's GFLOPs to the budget over the first `target_schedule` of the run, as
   `full * (budget / full) ** progress` (the DMS reference's "root" schedule), then holds;
+- for the last `refine` of the run the structure is fitted under the budget and frozen, and the weights train
+  at exactly that hard structure;
 - EMA copies structure (keep ratios, importance) from the live model instead of averaging it;
-- validation runs on hard masks, so its mAP is the mAP of the model pruned at that point; before the last
-  validation the structure is fitted under the budget, and the run ends by exporting `searched.yaml` and
-  `pruned.pt` from the last EMA weights and validating `pruned.pt` with the stock validator.
+- validation runs on hard masks, so its mAP is the mAP of the model pruned at that point; the run ends by
+  exporting `searched.yaml`, `pruned.pt` and `search.json` from the last EMA weights and validating
+  `pruned.pt` with the stock validator.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from copy import deepcopy
@@ -26,10 +30,11 @@ from ultralytics.models.yolo.detect import DetectionTrainer
 from ultralytics.utils import DEFAULT_CFG, LOGGER, RANK, colorstr
 from ultralytics.utils.torch_utils import strip_optimizer, unwrap_model
 
-from yolo_dms.budget import fit_to_budget, hard_gflops, resolve_budget
+from yolo_dms.budget import fit_to_budget, hard_gflops, resolve_budget, structure_as
 from yolo_dms.export import ExportResult, export_searched
 from yolo_dms.objective import StructureStep
 from yolo_dms.resources import ResourceModel
+from yolo_dms.schedule import FINAL_LR_FACTOR, SearchSchedule
 from yolo_dms.search_log import SearchLog, plot_search, plot_structure, structure_columns
 from yolo_dms.settings import SearchSettings
 from yolo_dms.supernet import Supernet
@@ -42,9 +47,25 @@ def sync_structure(source: Supernet, target: Supernet) -> None:
     target.masks.load_state_dict(source.masks.state_dict())
 
 
+FIT_WARNING = (0.95, 1.05)  # a fit factor outside this range means the search itself did not reach the budget
+
+
 def _count_batch(trainer: DMSTrainer) -> None:
-    """Callback: advance the search clock by one batch."""
+    """Callback: advance the search clock by one batch, and enter the refine phase when it is due."""
     trainer.search_iteration += 1
+    if trainer.schedule and not trainer.schedule.searching(trainer.search_iteration) and not trainer.frozen:
+        trainer.freeze_structure()
+
+
+def _structure_after_batch(trainer: DMSTrainer) -> None:
+    """Callback: the structure step of a batch whose weights did not step (gradient accumulation); in the refine
+    phase, the fixed structure's row of the search log."""
+    trainer.structure_step()
+    if trainer.frozen and trainer.search_log:
+        trainer.search_log.record(trainer.search_iteration, trainer.epoch, trainer.fit["gflops"], trainer.budget, 0.0)
+
+
+CALLBACKS = {"on_train_batch_start": _count_batch, "on_train_batch_end": _structure_after_batch}
 
 
 class DMSTrainer(DetectionTrainer):
@@ -58,11 +79,20 @@ class DMSTrainer(DetectionTrainer):
         self.resources: ResourceModel | None = None
         self.search_log: SearchLog | None = None
         self.export_result: ExportResult | None = None
-        self.add_callback("on_train_batch_start", _count_batch)
+        self.schedule: SearchSchedule | None = None
+        self.fit: dict = {}  # what the final fit did: GFLOPs before it, its factor, and the batch it happened at
+        for event, callback in CALLBACKS.items():
+            if callback not in self.callbacks[event]:  # DDP workers inherit the parent's callbacks
+                self.add_callback(event, callback)
 
     @property
     def supernet(self) -> Supernet:
         return unwrap_model(self.model)
+
+    @property
+    def frozen(self) -> bool:
+        """Whether the structure is fitted and fixed (the refine phase)."""
+        return self.supernet.structure_frozen
 
     # ------------------------------------------------------------------------------------------------ set-up
     def get_model(self, cfg=None, weights=None, verbose: bool = True) -> Supernet:
@@ -101,7 +131,7 @@ class DMSTrainer(DetectionTrainer):
             group["params"] = [p for p in group["params"] if id(p) not in structure]
         settings = self.supernet.dms_settings
         self.resources = ResourceModel(self.supernet, self.args.imgsz)
-        self.structure = StructureStep(self.supernet, self.resources, settings.structure_lr, settings.resource_weight)
+        self.structure = StructureStep(self.supernet, self.resources, settings.structure_lr or 0.0, settings.resource_weight)
         return optimizer
 
     def _setup_train(self):
@@ -109,13 +139,24 @@ class DMSTrainer(DetectionTrainer):
         super()._setup_train()
         self.settings = self.supernet.dms_settings
         smallest, self.full_gflops, self.budget = resolve_budget(self.supernet, self.resources, self.settings)
+        with structure_as(self.supernet, dict.fromkeys(self.supernet.keep_ratio_masks(), 1.0)):
+            self.full_params = round(self.resources.params().item())
         total_steps = self.epochs * len(self.train_loader)
+        self.schedule = SearchSchedule(
+            total_steps, self.full_gflops, self.budget, self.settings.target_schedule, self.settings.refine
+        )
+        lr = self.schedule.auto_structure_lr() if self.settings.structure_lr is None else self.settings.structure_lr
+        self.structure_lr = lr
         if RANK in {-1, 0}:
             self.search_log = SearchLog(self.save_dir, every=math.ceil(total_steps / TRACE_ROWS))
+            refine = self.schedule.total_steps - self.schedule.refine_start
             LOGGER.info(
                 f"{colorstr('DMS:')} supernet {self.full_gflops:.4g} GFLOPs at imgsz={self.args.imgsz}, budget "
-                f"{self.budget:.4g} GFLOPs ({self.budget / self.full_gflops:.1%}) reached after "
-                f"{self.settings.target_schedule:.0%} of the run; smallest structure {smallest:.4g} GFLOPs"
+                f"{self.budget:.4g} GFLOPs ({self.budget / self.full_gflops:.1%}), smallest structure {smallest:.4g} "
+                f"GFLOPs. {total_steps} batches: the target reaches the budget after {self.schedule.schedule_steps}, "
+                f"one structure step per batch (keep-ratio lr {lr:.3g} decaying to {lr * FINAL_LR_FACTOR:.3g}"
+                f"{', auto' if self.settings.structure_lr is None else ''}), then {refine} batches at the fitted, "
+                "frozen structure"
             )
 
     def resume_training(self, ckpt):
@@ -124,33 +165,55 @@ class DMSTrainer(DetectionTrainer):
         state = getattr(self.supernet, "search_state", None)
         if self.resume and state:
             self.structure.load_state_dict(state)
+            self.fit = state.get("fit", {})
+            self.supernet.structure_frozen = bool(self.fit)
             self.search_iteration = self.start_epoch * len(self.train_loader)
 
     # ------------------------------------------------------------------------------------------ search step
     def current_target(self) -> float:
         """Scheduled GFLOPs target at this point of the run."""
-        progress = self.search_iteration / max(1, self.epochs * len(self.train_loader))
-        fraction = min(1.0, progress / self.settings.target_schedule)
-        return self.full_gflops * (self.budget / self.full_gflops) ** fraction
+        return self.schedule.target(self.search_iteration)
+
+    def preprocess_batch(self, batch):
+        """Stock preprocessing; importance learns the AMP loss scale the coming backward pass will carry."""
+        scale = self.scaler.get_scale() if self.scaler.is_enabled() else 1.0
+        for mask in self.supernet.masks.values():
+            mask.grad_scale = scale
+        return super().preprocess_batch(batch)
 
     def optimizer_step(self):
-        """Structure step (task + resource gradient on keep ratios), then the stock weight step and EMA."""
+        """Structure step first (its gradients must not enter the weights' clipping), then the stock weight step."""
         self.structure_step()
         super().optimizer_step()
-        if self.ema:
-            sync_structure(self.supernet, self.ema.ema)
 
     def structure_step(self) -> None:
-        """One structure update; skipped, like the weight step, when AMP gradients overflowed."""
+        """One structure update from this batch's gradients; skipped when AMP gradients overflowed.
+
+        Runs every batch: from `optimizer_step` on batches where the weights step, else from the batch-end
+        callback (a no-op there when the gradients were already used, and in the refine phase).
+        """
+        if self.frozen or not self.structure.pending():
+            return
         target = self.current_target()
-        result = self.structure.step(target, self.scaler.get_scale() if self.scaler.is_enabled() else 1.0)
+        self.structure.set_lr(self.structure_lr * self.schedule.lr_factor(self.search_iteration))
+        scale = self.scaler.get_scale() if self.scaler.is_enabled() else 1.0
+        result = self.structure.step(target, scale, two_sided=self.schedule.holding(self.search_iteration))
+        if self.ema:
+            sync_structure(self.supernet, self.ema.ema)
         if result and self.search_log:
             self.search_log.record(self.search_iteration, self.epoch, result[0], target, result[1])
 
+    def freeze_structure(self) -> None:
+        """Fit the structure under the budget and fix it: from here on the weights train the exported structure."""
+        self.fit_structure()
+        self.supernet.structure_frozen = True
+        if self.ema:
+            self.ema.ema.structure_frozen = True
+
     # ---------------------------------------------------------------------------------------- epoch and end
     def validate(self):
-        """Before the last validation, fit the structure under the budget, so it validates what is exported."""
-        if self.epoch + 1 >= self.epochs:
+        """Without a refine phase, fit the structure before the last validation, so it validates what is exported."""
+        if self.epoch + 1 >= self.epochs and not self.frozen:
             self.fit_structure()
         return super().validate()
 
@@ -160,11 +223,21 @@ class DMSTrainer(DetectionTrainer):
         factor = fit_to_budget(self.supernet, self.resources, self.budget)
         if self.ema:
             sync_structure(self.supernet, self.ema.ema)
+        after = hard_gflops(self.resources)
+        self.fit = {"gflops_before": before, "factor": factor, "gflops": after, "iteration": self.search_iteration}
         if RANK in {-1, 0}:
             LOGGER.info(
                 f"{colorstr('DMS:')} structure at {before:.4g} GFLOPs fitted to the budget {self.budget:.4g}: keep "
-                f"ratios scaled by {factor:.4f}, now {hard_gflops(self.resources):.4g} GFLOPs"
+                f"ratios scaled by {factor:.4f}, now {after:.4g} GFLOPs"
             )
+            low, high = FIT_WARNING
+            if not low <= factor <= high:
+                LOGGER.warning(
+                    f"{colorstr('DMS:')} the search ended {before / self.budget - 1:+.1%} off its budget and the fit "
+                    f"had to scale every keep ratio by {factor:.3f}, so the budget was reached by a uniform rescale, "
+                    "not by the search. Search more epochs, raise structure_lr (or leave it auto) or resource_weight, "
+                    "or lower target_schedule."
+                )
 
     def save_metrics(self, metrics):
         """Stock results.csv row plus the search's columns: GFLOPs, target, resource loss, depth per stage."""
@@ -188,7 +261,7 @@ class DMSTrainer(DetectionTrainer):
         """
         ema = self.ema.ema
         ema.dms_settings = self.settings
-        ema.search_state = self.structure.state_dict()
+        ema.search_state = {**self.structure.state_dict(), "fit": self.fit, "source": self.search_source()}
         final = {"last": self.last, "best": self.best}
         for attr, path in final.items():
             setattr(self, attr, path.with_name(f".{path.name}.tmp"))
@@ -207,8 +280,10 @@ class DMSTrainer(DetectionTrainer):
         if self.last.exists():
             strip_optimizer(self.last)
         supernet = deepcopy(self.ema.ema).float().eval()
-        fit_to_budget(supernet, ResourceModel(supernet, self.args.imgsz), self.budget)
+        if not self.frozen:  # interrupted before the refine phase and its fit, or refine=0
+            fit_to_budget(supernet, ResourceModel(supernet, self.args.imgsz), self.budget)
         self.export_result = result = export_searched(supernet, self.save_dir, self.args.imgsz)
+        self.write_summary(result)
         plot_structure(supernet, self.save_dir / "structure.png")
         if self.search_log and self.search_log.path.exists():
             plot_search(self.search_log.path, self.save_dir / "search.png", self.budget)
@@ -223,5 +298,31 @@ class DMSTrainer(DetectionTrainer):
             f"pruned.pt and searched.yaml are taken from the last EMA weights (epoch {self.epoch + 1}).\n"
             f"Retrain from scratch:  yolo train model={result.yaml_path} data={self.args.data}\n"
             f"Fine-tune:             yolo train model={result.weights_path} data={self.args.data}\n"
-            f"Export:                yolo export model={result.weights_path} format=onnx"
+            + (
+                f"Fine-tune, distilled:  yolo train model={result.weights_path} data={self.args.data} "
+                f"distill_model={self.search_source()}\n"
+                if str(self.search_source()).endswith(".pt")
+                else ""
+            )
+            + f"Export:                yolo export model={result.weights_path} format=onnx"
         )
+
+    def search_source(self) -> str:
+        """The model the search started from (a trained `.pt` is the natural teacher for distillation)."""
+        state = getattr(self.supernet, "search_state", None) or {}
+        return state.get("source") or str(self.args.model)
+
+    def write_summary(self, result: ExportResult) -> None:
+        """`search.json`: budget, supernet and final resources, and how far the fit had to move the structure."""
+        summary = {
+            "budget": {"resource": "gflops", "value": self.budget, "imgsz": self.args.imgsz},
+            "supernet": {"gflops": self.full_gflops, "params": self.full_params},
+            "final": {"gflops": result.gflops, "params": result.params},
+            "gflops_before_fit": self.fit.get("gflops_before"),
+            "fit_factor": self.fit.get("factor", 1.0),
+            "fit_iteration": self.fit.get("iteration"),
+            "total_iterations": self.schedule.total_steps,
+            "structure_lr": self.structure_lr,
+            "source": self.search_source(),
+        }
+        (self.save_dir / "search.json").write_text(json.dumps(summary, indent=2))

@@ -1,0 +1,75 @@
+"""The search itself reaches its budget at short run lengths, learns a non-uniform structure, and ranks
+channels by what they contribute; the exported structure is the one the refine phase trained."""
+
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import yolo_dms
+
+from yolo_dms import Supernet
+from yolo_dms.demo_data import make_dataset
+from yolo_dms.model_io import load_checkpoint_model
+
+IMGSZ = 64
+
+
+@pytest.fixture(scope="module")
+def short_search(tmp_path_factory) -> Path:
+    """48 images at batch 8 for 8 epochs with Ultralytics' default nbs=64: 48 batches, 6 weight steps."""
+    work = tmp_path_factory.mktemp("fidelity")
+    data = make_dataset(work / "data", n_train=48, n_val=8, imgsz=IMGSZ, seed=1)
+    proc = yolo_dms(
+        "search", "model=yolov8n.yaml", f"data={data}", "target=0.5", "epochs=8", f"imgsz={IMGSZ}", "batch=8",
+        "workers=0", "device=cpu", "plots=False", "seed=0", f"project={work / 'runs'}", "name=short", cwd=work,
+    )
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    return work / "runs" / "short"
+
+
+def test_search_reaches_the_budget_before_any_fit(short_search):
+    summary = json.loads((short_search / "search.json").read_text())
+    budget = summary["budget"]["value"]
+    assert 0.93 <= summary["fit_factor"] <= 1.07, summary
+    assert abs(summary["gflops_before_fit"] / budget - 1) <= 0.07, summary
+    assert summary["final"]["gflops"] <= budget
+
+
+def test_searched_keep_ratios_are_not_uniform(short_search):
+    supernet = load_checkpoint_model(short_search / "weights" / "last.pt")
+    widths = [m.keep_ratio.item() for n, m in supernet.keep_ratio_masks().items() if not n.endswith("_depth")]
+    assert statistics.pstdev(widths) > 0.03, widths
+
+
+def test_search_log_ends_flat_at_the_exported_structure(short_search):
+    with open(short_search / "search.csv") as f:
+        rows = list(csv.DictReader(f))
+    summary = json.loads((short_search / "search.json").read_text())
+    tail = [r for r in rows if int(r["iteration"]) > summary["fit_iteration"]]
+    assert len(tail) >= 5  # the refine phase: 20% of 48 batches
+    assert all(float(r["gflops"]) == pytest.approx(summary["final"]["gflops"], rel=1e-5) for r in tail)
+    assert all(float(r["target"]) == pytest.approx(summary["budget"]["value"], rel=1e-5) for r in tail)
+    with open(short_search / "results.csv") as f:
+        losses = [float({k.strip(): v for k, v in r.items()}["dms/resource_loss"]) for r in csv.DictReader(f)]
+    assert any(loss > 0 for loss in losses[:5])  # every searching epoch stepped the structure
+
+
+def test_channels_that_carry_no_signal_lose_importance_first():
+    supernet = Supernet.from_source("yolov8n.yaml", nc=3)
+    silent = torch.arange(8, 16)
+    with torch.no_grad():  # layer 2 (C2f) is the only reader of layer 1's output: zero what it reads of `silent`
+        supernet.get_submodule("model.2.cv1.conv").weight[:, silent] = 0
+    supernet.train()
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(4):
+        outputs = supernet(torch.rand(2, 3, IMGSZ, IMGSZ, generator=gen))
+        (outputs["boxes"].square().mean() + outputs["scores"].square().mean()).backward()
+    mask = supernet.masks["l1"]
+    assert mask.importance[0, silent].max() < mask.importance[0].sort().values[len(silent)]
+    kept = set(mask.kept(mask.size - len(silent))[0].tolist())
+    assert kept == set(range(mask.size)) - set(silent.tolist())
