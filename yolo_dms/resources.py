@@ -16,12 +16,13 @@ import torch
 from torch import nn
 
 from yolo_dms.masks import DepthMask
-from yolo_dms.supernet import Channels, Space, Supernet
+from yolo_dms.handlers import Channels, Space
+from yolo_dms.supernet import Supernet
 
 
 @dataclass(frozen=True)
 class SiteShape:
-    """What a convolution costs per input-output channel pair: output positions and kernel area / groups."""
+    """What a convolution costs per input-output channel pair: output positions and kernel area."""
 
     positions: int
     kernel: int
@@ -72,6 +73,8 @@ class ResourceModel:
         self.kernel = tensor([sh.kernel for sh in shapes], torch.float64)
         self.bias = tensor([sh.bias for sh in shapes], torch.float64)
         self.bn = tensor([s.bn for s in sites], torch.float64)
+        self.depthwise = tensor([s.depthwise for s in sites], torch.bool)
+        self.counted = tensor([s.counted for s in sites], torch.float64)
         self.layer = [int(s.path.split(".")[1]) for s in sites]
 
     def _trace(self) -> dict[str, SiteShape]:
@@ -82,7 +85,7 @@ class ResourceModel:
             conv = self.supernet.get_submodule(site.path)
 
             def record(module: nn.Conv2d, _, y: torch.Tensor, path: str = site.path) -> None:
-                kernel = module.kernel_size[0] * module.kernel_size[1] // module.groups
+                kernel = module.kernel_size[0] * module.kernel_size[1]  # per input channel (depthwise: per channel)
                 shapes[path] = SiteShape(y[0, 0].numel(), kernel, module.bias is not None)
 
             hooks.append(conv.register_forward_hook(record))
@@ -99,7 +102,11 @@ class ResourceModel:
         return shapes
 
     def _site_costs(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(MACs, parameters) of every convolution site, as straight-through float64 vectors."""
+        """(MACs, parameters) of every convolution site, as straight-through float64 vectors.
+
+        A depthwise site costs its kernel once per channel; a site that is not `counted` (a training-only
+        branch) has parameters but no deployed MACs.
+        """
         device = next(self.supernet.parameters()).device
         hard = self.supernet.hard_counts()
         counts, gates = self.supernet.channel_counts(hard), self.supernet.depth_gates(hard)
@@ -111,10 +118,12 @@ class ResourceModel:
             0, idx["in_site"], width[idx["in_channel"]] * gate[idx["in_gate"]]
         )
         c_out = torch.zeros_like(c_in).index_add(0, idx["out_site"], width[idx["out_channel"]])
-        positions, kernel, bias, bn = (getattr(self, k).to(device) for k in ("positions", "kernel", "bias", "bn"))
+        positions, kernel, bias, bn, depthwise, counted = (
+            getattr(self, k).to(device) for k in ("positions", "kernel", "bias", "bn", "depthwise", "counted")
+        )
         keep = gate[idx["block"]]
-        weights = kernel * c_in * c_out
-        macs = keep * (positions * weights + 4 * positions * c_out * bn)
+        weights = kernel * torch.where(depthwise, torch.ones_like(c_in), c_in) * c_out
+        macs = counted * keep * (positions * weights + 4 * positions * c_out * bn)
         params = keep * (weights + c_out * bias + 2 * c_out * bn)
         return macs, params
 

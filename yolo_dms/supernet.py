@@ -1,123 +1,29 @@
-"""A YOLOv8 DetectionModel whose every width and C2f depth is searchable (DESIGN.md section 3).
+"""A YOLO DetectionModel whose every width and CSP depth is searchable (DESIGN.md sections 3 and 3b).
 
-`Supernet` keeps the stock layers and weights of the model it wraps. It adds a mask for every channel space
-and C2f depth, gates the output of every `Conv` with its channel mask, and mixes each C2f bottleneck with
-its depth mask. In train mode masks are soft; in eval mode they are hard, so the supernet then computes
-exactly what the pruned model computes.
-
-The wiring (`ConvSite`: which channel spaces each convolution reads and writes) is recorded once here and
-shared by the resource model and by pruning.
+`Supernet` keeps the stock layers and weights of the model it wraps. It walks the layers like `parse_model`,
+and the handler registered for each layer type (`yolo_dms.handlers`) declares that layer's masks, gives it a
+gated forward and records which channel spaces each convolution reads and writes (`ConvSite`), the one
+record shared by the resource model and by pruning. In train mode masks are soft; in eval mode they are
+hard, so the supernet then computes exactly what the pruned model computes.
 """
 
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.func import functional_call
-from ultralytics.nn.modules import C2, C2f, Concat, Conv, Detect, SPPF
 from ultralytics.nn.tasks import DetectionModel
 
-from yolo_dms.errors import UnsupportedModelError
+from yolo_dms.handlers import ConvSite, LayerHandler, Layout, Space, Wiring, handlers_for
 from yolo_dms.masks import DepthMask, DerivedWidthMask, KeepRatioMask, WidthMask, straight_through
 from yolo_dms.model_io import load_detection_model
 
 OUTPUT_DIVISOR = 8  # parse_model rounds every layer output width up to a multiple of 8
 
 
-@dataclass(frozen=True)
-class Space:
-    """One channel space: row `row` of mask `mask` (a mask may hold several spaces sharing a keep ratio)."""
-
-    mask: str
-    row: int = 0
-
-
-Channels = Space | int  # a searchable channel space, or a fixed number of channels (the image, the head outputs)
-BlockRef = tuple[str, int]  # (depth mask name, block index)
-
-
-@dataclass(frozen=True)
-class ConvSite:
-    """One `nn.Conv2d` of the supernet and the channel spaces it reads and writes.
-
-    `inputs` is the concatenated input layout; an input segment carrying a `BlockRef` only exists while that
-    block is kept (a C2f's `cv2` reads every bottleneck output). `block` is set for convolutions inside a
-    bottleneck, whose cost is paid only while the block is kept.
-    """
-
-    path: str
-    inputs: tuple[tuple[Channels, BlockRef | None], ...]
-    outputs: tuple[Channels, ...]
-    block: BlockRef | None = None
-    bn: bool = True
-
-
-class GatedConv(Conv):
-    """Ultralytics `Conv` whose output channels are gated by the mask the supernet sets for this pass.
-
-    The gate scales the BatchNorm's weight and bias, so a closed channel is exactly `act(0) = 0` (SiLU, ReLU),
-    and the gradient on the gate comes from BatchNorm's own per-channel reduction: no extra pass over the
-    activations, which a multiplication after the activation would cost.
-    """
-
-    gate: torch.Tensor | None = None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.gate is None:
-            return super().forward(x)
-        gate = self.gate.to(self.bn.weight.dtype)
-        affine = {"weight": self.bn.weight * gate, "bias": self.bn.bias * gate}
-        return self.act(functional_call(self.bn, affine, (self.conv(x),)))
-
-
-def _gated_block(block: nn.Module, prev: torch.Tensor, gate: torch.Tensor | None, hard: bool, i: int):
-    """Bottleneck `i` of a CSP chain under its depth gate: `prev + d_i (f_i(prev) - prev)`.
-
-    With a hard gate a removed block is exactly the identity and a kept one exactly the block.
-    """
-    if gate is None:
-        return block(prev)
-    if hard:
-        return block(prev) if gate[i] > 0.5 else prev
-    return torch.lerp(prev, block(prev), gate[i].to(prev.dtype))
-
-
-class DepthGatedC2f(C2f):
-    """Ultralytics `C2f` with depth-gated bottlenecks; a removed block's concatenated output duplicates its input."""
-
-    depth_gate: torch.Tensor | None = None
-    depth_hard: bool = False
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = list(self.cv1(x).chunk(2, 1))
-        for i, block in enumerate(self.m):
-            y.append(_gated_block(block, y[-1], self.depth_gate, self.depth_hard, i))
-        return self.cv2(torch.cat(y, 1))
-
-
-class DepthGatedC2(C2):
-    """Ultralytics `C2` (the YOLOv8-p6 neck) with depth-gated bottlenecks on its `a` chain."""
-
-    depth_gate: torch.Tensor | None = None
-    depth_hard: bool = False
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        a, b = self.cv1(x).chunk(2, 1)
-        for i, block in enumerate(self.m):
-            a = _gated_block(block, a, self.depth_gate, self.depth_hard, i)
-        return self.cv2(torch.cat((a, b), 1))
-
-
-def _become(module: nn.Module, cls: type) -> None:
-    """Give a stock layer the gated subclass's forward, keeping its parameters and names untouched."""
-    module.__class__ = cls
-
-
 class Supernet(DetectionModel):
-    """A YOLOv8 `DetectionModel` with DMS masks; it still trains, validates and saves as one.
+    """A YOLO `DetectionModel` with DMS masks; it still trains, validates and saves as one.
 
     Build it with `Supernet(model)` from a `DetectionModel` (which it takes over, layers and weights) or with
     `Supernet.from_source("yolov8s.yaml" | "weights.pt")`. Once `structure_frozen` is set (the search's refine
@@ -126,15 +32,24 @@ class Supernet(DetectionModel):
 
     structure_frozen: bool = False
 
-    def __init__(self, model: DetectionModel, lam: float = 1.0, depth_lam: float = 4.0, decay: float = 0.99):
+    def __init__(
+        self,
+        model: DetectionModel,
+        lam: float = 1.0,
+        depth_lam: float = 4.0,
+        decay: float = 0.99,
+        divisor: int = OUTPUT_DIVISOR,
+    ):
         nn.Module.__init__(self)
         self.__dict__.update(model.__dict__)  # same layers, yaml, stride, names, save list, args
         self.masks = nn.ModuleDict()
-        self.sites: list[ConvSite] = []
-        self.gated_convs: dict[str, tuple[Space, ...]] = {}  # Conv module path -> spaces of its output
-        self.gated_csps: dict[str, str] = {}  # C2f / C2 module path -> depth mask name
-        self._lam, self._depth_lam, self._decay = lam, depth_lam, decay
-        self._wire(model.yaml.get("channels", 3))
+        self.divisor = divisor
+        self.handlers: list[LayerHandler] = handlers_for(self.model)
+        wiring = Wiring(self.masks, lam, depth_lam, decay, divisor)
+        self._wire(wiring, model.yaml.get("channels", 3))
+        self.sites: list[ConvSite] = wiring.sites
+        self.gated_convs: dict[str, Layout] = wiring.gated_convs  # Conv module path -> spaces of its output
+        self.gated_csps: dict[str, str] = wiring.gated_csps  # depth-gated CSP layer path -> depth mask name
         self.to(next(model.parameters()).device)
 
     @classmethod
@@ -143,147 +58,17 @@ class Supernet(DetectionModel):
         model = source if isinstance(source, DetectionModel) else load_detection_model(source, nc=nc)
         return model if isinstance(model, Supernet) else cls(model, **mask_args)
 
-    # ----------------------------------------------------------------------------------------------- wiring
-    def _add_mask(self, name: str, mask: nn.Module) -> str:
-        self.masks[name] = mask
-        return name
+    def _wire(self, wiring: Wiring, image_channels: int) -> None:
+        """Walk the layers like `parse_model`, each handler wiring its layer from its sources' layouts."""
+        layouts: list[Layout] = []
+        for i, (handler, layer) in enumerate(zip(self.handlers, self.model)):
+            froms = [layer.f] if isinstance(layer.f, int) else list(layer.f)
+            sources = [(image_channels,)] if i == 0 else [layouts[i - 1 if f == -1 else f] for f in froms]
+            layouts.append(handler.wire(wiring, layer, sources))
 
-    def _width(self, name: str, size: int, spaces: int = 1, divisor: int = 1) -> str:
-        return self._add_mask(name, WidthMask(size, spaces, self._lam, self._decay, divisor))
-
-    def _gate(self, path: str, module: Conv, outputs: tuple[Space, ...]) -> None:
-        if type(module) not in (Conv, GatedConv) or module.conv.groups != 1:
-            raise UnsupportedModelError(f"{path}: only plain Conv layers with groups=1 can be searched")
-        if module.act(torch.zeros(1, device=module.conv.weight.device)).abs().item() != 0:
-            raise UnsupportedModelError(
-                f"{path}: activation {module.act} is not zero at zero, so a pruned channel would leak"
-            )
-        _become(module, GatedConv)
-        self.gated_convs[path] = outputs
-
-    def _conv(self, path: str, module: Conv, inputs, outputs: tuple[Space, ...], block: BlockRef | None = None):
-        """Record a gated Conv (conv + BN + act) reading `inputs` and writing `outputs`."""
-        self._gate(path, module, outputs)
-        self.sites.append(ConvSite(f"{path}.conv", _plain(inputs), outputs, block))
-
-    def _check_supported(self) -> None:
-        """Refuse, naming every offending layer, a model with layers DMS cannot search and prune exactly."""
-        supported = (Conv, GatedConv, C2f, DepthGatedC2f, C2, DepthGatedC2, SPPF, nn.Upsample, Concat)
-        last = len(self.model) - 1
-        bad = [
-            f"{i} ({type(layer).__name__})"
-            for i, layer in enumerate(self.model)
-            if not (type(layer) in supported or (i == last and type(layer) is Detect))
-        ]
-        if bad:
-            raise UnsupportedModelError(
-                f"DMS cannot search layer {', '.join(bad)}; supported YOLOv8 detection layers are Conv, C2f, C2, "
-                "SPPF, nn.Upsample, Concat and a final Detect"
-            )
-
-    def _wire(self, image_channels: int) -> None:
-        """Walk the layers like `parse_model`, creating masks and recording each conv's channel spaces."""
-        self._check_supported()
-        layouts: list[tuple[Channels, ...]] = []
-        for i, layer in enumerate(self.model):
-            sources = [layer.f] if isinstance(layer.f, int) else list(layer.f)
-            if i == 0:
-                inputs: tuple[Channels, ...] = (image_channels,)
-            else:
-                inputs = tuple(c for f in sources for c in layouts[i - 1 if f == -1 else f])
-            kind = type(layer)
-            if kind in (Conv, GatedConv):
-                out = Space(self._width(f"l{i}", layer.conv.out_channels, divisor=OUTPUT_DIVISOR))
-                self._conv(f"model.{i}", layer, inputs, (out,))
-                layouts.append((out,))
-            elif kind in (C2f, DepthGatedC2f, C2, DepthGatedC2):
-                layouts.append(self._wire_csp(i, layer, inputs))
-            elif kind is SPPF:
-                layouts.append(self._wire_sppf(i, layer, inputs))
-            elif kind is nn.Upsample:
-                layouts.append(inputs)
-            elif kind is Concat:
-                if layer.d != 1:
-                    raise UnsupportedModelError(f"layer {i}: Concat must join channels (dimension 1)")
-                layouts.append(inputs)
-            else:  # the final Detect, as _check_supported ensures
-                self._wire_detect(i, layer, [layouts[i - 1 if f == -1 else f] for f in sources])
-                layouts.append(())
-
-    def _wire_csp(self, i: int, layer: C2f | C2, inputs: tuple[Channels, ...]) -> tuple[Space, ...]:
-        """C2f or C2: output width, one hidden keep ratio over all its spaces, a depth mask over its blocks.
-
-        C2f chains its bottlenecks on the `b` half and concatenates every output; C2 chains them on the `a`
-        half and concatenates only the chain's end with `b`.
-        """
-        n, c, concat_all = len(layer.m), layer.c, isinstance(layer, C2f)
-        chain = csp_chain_row(layer)
-        shortcut = n > 0 and layer.m[0].add
-        for block in layer.m:
-            if block.add != shortcut or block.cv2.conv.groups != 1:
-                raise UnsupportedModelError(f"layer {i}: CSP blocks must share one shortcut setting and use g=1")
-        out = Space(self._width(f"l{i}", layer.cv2.conv.out_channels, divisor=OUTPUT_DIVISOR))
-        hidden = self._width(f"l{i}_hidden", c, spaces=csp_hidden_rows(n, shortcut))
-        half_a, half_b = Space(hidden, 0), Space(hidden, 1)
-        self._conv(f"model.{i}.cv1", layer.cv1, inputs, (half_a, half_b))
-        if n:
-            depth = self._add_mask(f"l{i}_depth", DepthMask(n, self._depth_lam, self._decay))
-            _become(layer, DepthGatedC2f if concat_all else DepthGatedC2)
-            self.gated_csps[f"model.{i}"] = depth
-        cv2_inputs: list[tuple[Channels, BlockRef | None]] = [(half_a, None), (half_b, None)]
-        prev = Space(hidden, chain)
-        for j, block in enumerate(layer.m):
-            ref = (depth, j)
-            inner, block_out = Space(hidden, 2 + j), Space(hidden, csp_block_output_row(n, j, shortcut, chain))
-            self._conv(f"model.{i}.m.{j}.cv1", block.cv1, (prev,), (inner,), ref)
-            self._conv(f"model.{i}.m.{j}.cv2", block.cv2, (inner,), (block_out,), ref)
-            cv2_inputs.append((block_out, ref))
-            prev = block_out
-        if not concat_all:
-            cv2_inputs = [(prev, None), (half_b, None)]
-        self._gate(f"model.{i}.cv2", layer.cv2, (out,))
-        self.sites.append(ConvSite(f"model.{i}.cv2.conv", tuple(cv2_inputs), (out,)))
-        return (out,)
-
-    def _wire_sppf(self, i: int, layer: SPPF, inputs: tuple[Channels, ...]) -> tuple[Space, ...]:
-        """SPPF: searchable output; hidden width `c1 // 2` derived from its input, channels by importance."""
-        if getattr(layer, "add", False) or not all(isinstance(c, Space) for c in inputs):
-            raise UnsupportedModelError(f"layer {i}: SPPF with a shortcut or a fixed-width input is not supported")
-        out = Space(self._width(f"l{i}", layer.cv2.conv.out_channels, divisor=OUTPUT_DIVISOR))
-        hidden = Space(
-            self._add_mask(
-                f"l{i}_hidden",
-                DerivedWidthMask(layer.cv1.conv.out_channels, tuple(c.mask for c in inputs), div=2, floor=0),
-            )
-        )
-        self._conv(f"model.{i}.cv1", layer.cv1, inputs, (hidden,))
-        self._conv(f"model.{i}.cv2", layer.cv2, (hidden,) * (layer.n + 1), (out,))
-        return (out,)
-
-    def _wire_detect(self, i: int, head: Detect, levels: list[tuple[Channels, ...]]) -> None:
-        """Detect: hidden widths derive from the P3 input width exactly as `Detect.__init__` computes them."""
-        if not head.legacy or getattr(head, "one2one_cv2", None) is not None:
-            raise UnsupportedModelError(f"layer {i}: only the YOLOv8 (legacy, non-end2end) Detect head is supported")
-        p3 = levels[0]
-        if not all(isinstance(c, Space) for c in p3):
-            raise UnsupportedModelError(f"layer {i}: Detect's P3 input must come from searchable layers")
-        p3_masks = tuple(c.mask for c in p3)
-        nl, reg_max, nc = head.nl, head.reg_max, head.nc
-        box = self._add_mask(
-            f"l{i}_box",
-            DerivedWidthMask(head.cv2[0][0].conv.out_channels, p3_masks, 4, max(16, 4 * reg_max), 2 * nl),
-        )
-        cls = self._add_mask(
-            f"l{i}_cls", DerivedWidthMask(head.cv3[0][0].conv.out_channels, p3_masks, 1, min(nc, 100), 2 * nl)
-        )
-        for k, level in enumerate(levels):
-            for branch, mask, width in (("cv2", box, 4 * reg_max), ("cv3", cls, nc)):
-                seq, first, second = getattr(head, branch)[k], Space(mask, 2 * k), Space(mask, 2 * k + 1)
-                self._conv(f"model.{i}.{branch}.{k}.0", seq[0], level, (first,))
-                self._conv(f"model.{i}.{branch}.{k}.1", seq[1], (first,), (second,))
-                self.sites.append(ConvSite(f"model.{i}.{branch}.{k}.2", ((second, None),), (width,), bn=False))
-        if reg_max > 1:
-            self.sites.append(ConvSite(f"model.{i}.dfl.conv", ((reg_max, None),), (1,), bn=False))
+    def layer_sites(self, index: int) -> list[ConvSite]:
+        """The convolution sites of layer `index`."""
+        return [s for s in self.sites if s.path.startswith(f"model.{index}.")]
 
     # ------------------------------------------------------------------------------------------- structure
     def keep_ratio_masks(self) -> dict[str, KeepRatioMask]:
@@ -334,7 +119,7 @@ class Supernet(DetectionModel):
         return {k: v for k, v in self.hard_counts().items() if not isinstance(self.masks[k], DepthMask)}
 
     def depth_gates(self, counts: dict[str, int] | None = None) -> dict[str, torch.Tensor]:
-        """Straight-through block gates of every C2f: hard 0/1 forward, soft gradient (importance untouched)."""
+        """Straight-through block gates of every CSP layer: hard 0/1 forward, soft gradient (importance untouched)."""
         counts = self.hard_counts() if counts is None else counts
         gates = {}
         for name, mask in self.masks.items():
@@ -344,7 +129,7 @@ class Supernet(DetectionModel):
         return gates
 
     def kept_blocks(self) -> dict[str, list[int]]:
-        """Indices of the bottlenecks each C2f keeps at hard masks."""
+        """Indices of the blocks each CSP layer keeps at hard masks."""
         counts = self.hard_counts()
         return {
             name: torch.nonzero(mask.hard_masks(counts[name])[0]).flatten().tolist()
@@ -413,21 +198,3 @@ class Supernet(DetectionModel):
         """Keep BatchNorm unfused: fusing swaps each Conv's forward and would bypass the channel gates."""
         return self
 
-
-def csp_chain_row(layer: C2f | C2) -> int:
-    """Hidden row the bottleneck chain starts from: the `b` half in C2f, the `a` half in C2."""
-    return 1 if isinstance(layer, C2f) else 0
-
-
-def csp_hidden_rows(n: int, shortcut: bool) -> int:
-    """Spaces of a CSP hidden mask: halves a and b, n bottleneck inner widths, and n outputs without shortcut."""
-    return 2 + n if shortcut else 2 + 2 * n
-
-
-def csp_block_output_row(n: int, j: int, shortcut: bool, chain: int) -> int:
-    """Row of bottleneck j's output space: the chain's own row (residual adds) with shortcut, its own without."""
-    return chain if shortcut else 2 + n + j
-
-
-def _plain(inputs: tuple[Channels, ...]) -> tuple[tuple[Channels, None], ...]:
-    return tuple((c, None) for c in inputs)

@@ -1,0 +1,96 @@
+"""Gated versions of stock layers: same parameters and names, a forward that applies the masks of this pass.
+
+A supernet's layers take these classes in place (`become`), so checkpoints keep stock parameter names. Each
+class names the stock layer it stands for (`stock`), which is how the handler registry still finds it.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.func import functional_call
+from ultralytics.nn.modules import C2, C2PSA, C2f, C3k2, Conv
+
+
+def become(module: nn.Module, cls: type) -> None:
+    """Give a stock layer the gated subclass's forward, keeping its parameters and names untouched."""
+    module.__class__ = cls
+
+
+class GatedConv(Conv):
+    """Ultralytics `Conv` whose output channels are gated by the mask the supernet sets for this pass.
+
+    The gate scales the BatchNorm's weight and bias, so a closed channel is exactly `act(0) = 0` (SiLU, ReLU,
+    identity), and the gradient on the gate comes from BatchNorm's own per-channel reduction: no extra pass
+    over the activations, which a multiplication after the activation would cost.
+    """
+
+    stock = Conv
+    gate: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.gate is None:
+            return super().forward(x)
+        gate = self.gate.to(self.bn.weight.dtype)
+        affine = {"weight": self.bn.weight * gate, "bias": self.bn.bias * gate}
+        return self.act(functional_call(self.bn, affine, (self.conv(x),)))
+
+
+class DepthGated:
+    """Mixin: block `i` of a chain runs under its depth gate, `prev + d_i (f_i(prev) - prev)`.
+
+    With a hard gate a removed block is exactly the identity and a kept one exactly the block.
+    """
+
+    depth_gate: torch.Tensor | None = None
+    depth_hard: bool = False
+
+    def run_block(self, block: nn.Module, prev: torch.Tensor, i: int) -> torch.Tensor:
+        gate = self.depth_gate
+        if gate is None:
+            return block(prev)
+        if self.depth_hard:
+            return block(prev) if gate[i] > 0.5 else prev
+        return torch.lerp(prev, block(prev), gate[i].to(prev.dtype))
+
+
+class DepthGatedC2f(DepthGated, C2f):
+    """`C2f`: blocks chained on the `b` half, every output concatenated (a removed one duplicates its input)."""
+
+    stock = C2f
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = list(self.cv1(x).chunk(2, 1))
+        for i, block in enumerate(self.m):
+            y.append(self.run_block(block, y[-1], i))
+        return self.cv2(torch.cat(y, 1))
+
+
+class DepthGatedC3k2(DepthGatedC2f, C3k2):
+    """`C3k2` (a C2f whose blocks are Bottleneck, C3k or Bottleneck + PSABlock)."""
+
+    stock = C3k2
+
+
+class DepthGatedC2(DepthGated, C2):
+    """`C2` (the YOLOv8-p6 neck): blocks chained on the `a` half, only the chain's end joins `b`."""
+
+    stock = C2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, b = self.cv1(x).chunk(2, 1)
+        for i, block in enumerate(self.m):
+            a = self.run_block(block, a, i)
+        return self.cv2(torch.cat((a, b), 1))
+
+
+class DepthGatedC2PSA(DepthGated, C2PSA):
+    """`C2PSA`: residual PSABlocks chained on the `b` half, joined after `a`."""
+
+    stock = C2PSA
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, b = self.cv1(x).split((self.c, self.c), dim=1)
+        for i, block in enumerate(self.m):
+            b = self.run_block(block, b, i)
+        return self.cv2(torch.cat((a, b), 1))
