@@ -22,16 +22,18 @@ Modes:
           resume=True (or resume=path/to/last.pt) continues an interrupted search
   export  model=<search checkpoint> [out=dir] [imgsz=N]   searched.yaml and pruned.pt from any search checkpoint
   expand  model=<yaml|pt> width=1.5 depth=2.0 [out=file.yaml] [nc=N]   a larger supernet YAML
-  info    model=<yaml|pt> [imgsz=640] [nc=N]   per-layer widths, C2f depths, GFLOPs and parameters
+  info    model=<yaml|pt> [imgsz=640|[h,w]] [nc=N]   per-layer widths, C2f depths, GFLOPs and parameters
   demo    [out=runs/dms/demo]   generate data, search yolov8n at 50% GFLOPs, fine-tune, export ONNX, compare
   benchmark [model=yolov8s.yaml] [target=0.5] [epochs=20] [search_epochs=10] [seeds=0,1] [arms=...] [data=...]
           DMS against uniform scaling and magnitude pruning at equal GFLOPs and epochs (see docs/BENCHMARKS.md)
   help    this message
 
+model= and data= resolve as in 'yolo train' in every mode: yolov8n.pt from here, the weights directory or the
+Ultralytics releases; coco8.yaml from the YAMLs Ultralytics ships, its images under the datasets directory.
 Add debug=True to any mode to see a traceback instead of a one-line error.
 
 Examples:
-  yolo-dms search model=yolov8s.pt data=coco.yaml target=0.5 epochs=10
+  yolo-dms search model=yolov8n.pt data=coco8.yaml target=0.5 epochs=10
   yolo-dms search model=yolov8n.yaml data=my.yaml gflops=4.0 imgsz=640 batch=32
   yolo-dms export model=runs/dms/search/weights/last.pt
   yolo-dms expand model=yolov8n.yaml width=1.5 depth=2.0 out=yolov8n-x1.5.yaml
@@ -106,7 +108,7 @@ def info(args: list[str]) -> None:
 
     options = parse_arguments(args, {"model", "imgsz", "nc"})
     model = required(options, "model", "info", "model=yolov8s.yaml")
-    print(layer_table(Supernet.from_source(str(model), nc=options.get("nc")), int(options.get("imgsz", 640))))
+    print(layer_table(Supernet.from_source(str(model), nc=options.get("nc")), options.get("imgsz", 640)))
 
 
 def demo(args: list[str]) -> None:

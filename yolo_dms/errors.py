@@ -11,3 +11,8 @@ class ModelSourceError(DMSError):
 
 class UnsupportedModelError(DMSError):
     """The model has a layer or setting the supernet cannot search or prune exactly."""
+
+
+def first_line(error: BaseException) -> str:
+    """An exception's first non-empty line: Ultralytics' messages often go on with hints over several lines."""
+    return next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)

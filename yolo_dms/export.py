@@ -5,11 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from ultralytics.utils.checks import check_imgsz
 from ultralytics.utils.torch_utils import get_flops
 
 from yolo_dms.budget import fit_to_budget, resolve_budget
-from yolo_dms.errors import DMSError
-from yolo_dms.model_io import load_checkpoint_model, write_checkpoint, write_model_yaml
+from yolo_dms.errors import DMSError, first_line
+from yolo_dms.model_io import load_search_checkpoint, write_checkpoint, write_model_yaml
 from yolo_dms.prune import prune, searched_yaml
 from yolo_dms.resources import ResourceModel
 from yolo_dms.supernet import Supernet
@@ -44,18 +45,17 @@ def export_checkpoint(path: str | Path, out: str | Path | None = None, imgsz: in
 
     Output goes to `out`, by default the checkpoint's run directory (`runs/dms/<name>/`).
     """
-    supernet = load_checkpoint_model(path)
-    if not isinstance(supernet, Supernet):
-        raise DMSError(
-            f"'{path}' is not a yolo-dms search checkpoint (it holds a plain {type(supernet).__name__}); "
-            "export takes runs/dms/<name>/weights/last.pt of a search"
-        )
+    supernet, _ = load_search_checkpoint(path, "export takes runs/dms/<name>/weights/last.pt of a search")
     args = getattr(supernet, "args", None)
     saved_imgsz = args.get("imgsz") if isinstance(args, dict) else getattr(args, "imgsz", None)
-    imgsz = int(imgsz or saved_imgsz or 640)
+    try:  # one square side, as the search trained at: the longer side of [h, w], a multiple of the stride
+        imgsz = check_imgsz(imgsz or saved_imgsz or 640, stride=supernet.stride, min_dim=1, max_dim=1)
+    except (TypeError, ValueError) as e:
+        raise DMSError(first_line(e)) from None
     supernet.eval()
     resources = ResourceModel(supernet, imgsz)
-    fit_to_budget(supernet, resources, resolve_budget(supernet, resources, supernet.dms_settings)[2])
+    settings = supernet.dms_settings
+    fit_to_budget(supernet, resources, resolve_budget(supernet, resources, settings)[2], settings.resource)
     path = Path(path)
     directory = Path(out) if out else (path.parent.parent if path.parent.name == "weights" else path.parent)
     return export_searched(supernet, directory, imgsz)

@@ -3,15 +3,24 @@
 from __future__ import annotations
 
 import torch
+from ultralytics.utils.checks import check_imgsz
 
+from yolo_dms.errors import DMSError, first_line
 from yolo_dms.masks import DepthMask
 from yolo_dms.resources import ResourceModel
 from yolo_dms.supernet import Supernet
 
 
-def layer_table(supernet: Supernet, imgsz: int = 640) -> str:
-    """A table of every layer at the current hard masks, with totals, like Ultralytics' model summary."""
-    resources = ResourceModel(supernet, imgsz)
+def layer_table(supernet: Supernet, imgsz: int | list[int] = 640) -> str:
+    """A table of every layer at the current hard masks, with totals, like Ultralytics' model summary.
+
+    `imgsz` is a side or an [h, w] pair, rounded up to the model's stride as Ultralytics rounds it.
+    """
+    try:
+        h, w = check_imgsz(imgsz, stride=supernet.stride, min_dim=2, max_dim=2)
+    except (TypeError, ValueError) as e:
+        raise DMSError(first_line(e)) from None
+    resources = ResourceModel(supernet, (h, w))
     per_layer = resources.per_layer()
     counts = supernet.hard_channel_counts()
     masks = supernet.masks
@@ -26,5 +35,6 @@ def layer_table(supernet: Supernet, imgsz: int = 640) -> str:
         lines.append(f"{i:>5}  {name:<12}{width:>12}{hidden:>12}{blocks:>8}{gflops:>10.3f}{params:>12,}")
     with torch.no_grad():
         total_gflops, total_params = float(resources.gflops()), round(float(resources.params()))
-    lines.append(f"total at imgsz={imgsz}: {total_gflops:.3f} GFLOPs, {total_params:,} parameters")
+    size = h if h == w else f"[{h}, {w}]"
+    lines.append(f"total at imgsz={size}: {total_gflops:.3f} GFLOPs, {total_params:,} parameters")
     return "\n".join(lines)
