@@ -94,12 +94,12 @@ def test_resource_gradient_reaches_every_keep_ratio():
 @pytest.mark.parametrize("fraction", [0.3, 0.55, 0.8])
 def test_budget_fit_lands_just_under_the_budget(fraction):
     """From a structure above or below the budget, the fit ends within 3% under it, proportions kept."""
-    from yolo_dms.budget import fit_to_budget, gflops_range, hard_gflops
+    from yolo_dms.budget import figure_range, fit_to_budget, hard_gflops
 
     supernet = Supernet.from_source("yolov8s.yaml", nc=80)
     randomize_structure(supernet, seed=5)
     resources = ResourceModel(supernet, 320)
-    budget = fraction * gflops_range(supernet, resources)[1]
+    budget = fraction * figure_range(supernet, resources)[1]
     before = {n: m.keep_ratio.item() for n, m in supernet.keep_ratio_masks().items()}
     factor = fit_to_budget(supernet, resources, budget)
     assert 0.97 * budget <= hard_gflops(resources) <= budget

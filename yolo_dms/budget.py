@@ -39,43 +39,65 @@ def structure_as(supernet: Supernet, ratios: dict[str, float]):
         set_keep_ratios(supernet, saved)
 
 
-def hard_gflops(resources: ResourceModel) -> float:
-    """GFLOPs of the current hard structure (what the pruned model will cost)."""
+UNITS = {"gflops": "GFLOPs", "params": "parameters"}
+
+
+def figure(resources: ResourceModel, resource: str) -> torch.Tensor:
+    """The searched resource of the current structure: exact at hard masks, differentiable in the keep ratios."""
+    return resources.params() / 1e6 if resource == "params" else resources.gflops()
+
+
+def hard_figure(resources: ResourceModel, resource: str = "gflops") -> float:
+    """The resource of the current hard structure (what the pruned model will cost): GFLOPs, or millions of
+    parameters."""
     with torch.no_grad():
-        return resources.gflops().item()
+        return figure(resources, resource).item()
 
 
-def gflops_range(supernet: Supernet, resources: ResourceModel) -> tuple[float, float]:
-    """(smallest structure, full supernet) GFLOPs: every width at its floor and no blocks, then everything kept."""
+def hard_gflops(resources: ResourceModel) -> float:
+    """GFLOPs of the current hard structure."""
+    return hard_figure(resources, "gflops")
+
+
+def figure_range(supernet: Supernet, resources: ResourceModel, resource: str = "gflops") -> tuple[float, float]:
+    """(smallest structure, full supernet) figures: every width at its floor and no blocks, then everything kept."""
     names = supernet.keep_ratio_masks()
     with structure_as(supernet, dict.fromkeys(names, 0.0)):
-        smallest = hard_gflops(resources)
+        smallest = hard_figure(resources, resource)
     with structure_as(supernet, dict.fromkeys(names, 1.0)):
-        full = hard_gflops(resources)
+        full = hard_figure(resources, resource)
     return smallest, full
+
+
+def describe(value: float, resource: str) -> str:
+    """A budget figure in words: '4.21 GFLOPs' or '1.23M parameters'."""
+    return f"{value:.4g}M parameters" if resource == "params" else f"{value:.4g} GFLOPs"
 
 
 def resolve_budget(
     supernet: Supernet, resources: ResourceModel, settings: SearchSettings
 ) -> tuple[float, float, float]:
-    """(smallest, full, budget) GFLOPs of a search, refusing a budget the supernet cannot reach."""
-    smallest, full = gflops_range(supernet, resources)
-    budget = settings.final_gflops(full)
+    """(smallest, full, budget) of a search in its resource's unit, refusing a budget the supernet cannot reach."""
+    resource = settings.resource
+    smallest, full = figure_range(supernet, resources, resource)
+    budget = settings.budget(full)
     imgsz = resources.imgsz[0]
     if budget > full * (1 + 1e-9):
         raise BudgetError(
-            f"budget {budget:.4g} GFLOPs is above the supernet's {full:.4g} GFLOPs at imgsz={imgsz}; "
-            "there is nothing to search (start from a larger supernet, e.g. 'yolo-dms expand')"
+            f"budget {describe(budget, resource)} is above the supernet's {describe(full, resource)} at "
+            f"imgsz={imgsz}; there is nothing to search (start from a larger supernet, e.g. 'yolo-dms expand')"
         )
     if budget < smallest:
         raise BudgetError(
-            f"budget {budget:.4g} GFLOPs is below {smallest:.4g} GFLOPs, the cost of the smallest structure this "
-            f"supernet allows at imgsz={imgsz} (8 channels per layer, no C2f blocks)"
+            f"budget {describe(budget, resource)} is below {describe(smallest, resource)}, the cost of the smallest "
+            f"structure this supernet allows at imgsz={imgsz} (8 channels per layer, no C2f blocks)"
         )
     return smallest, full, budget
 
 
-def fit_to_budget(supernet: Supernet, resources: ResourceModel, budget: float, steps: int = 40) -> float:
+def fit_to_budget(
+    supernet: Supernet, resources: ResourceModel, budget: float, resource: str = "gflops", steps: int = 40
+) -> float:
     """Scale every keep ratio by one common factor, the largest for which the hard structure fits the budget.
 
     The search approaches its target from above and ends a few percent off it, either way; one common factor
@@ -85,7 +107,7 @@ def fit_to_budget(supernet: Supernet, resources: ResourceModel, budget: float, s
 
     def fits(factor: float) -> bool:
         set_keep_ratios(supernet, {k: v * factor for k, v in learned.items()})
-        return hard_gflops(resources) <= budget
+        return hard_figure(resources, resource) <= budget
 
     saturated = 1.0 / max(min((v for v in learned.values() if v > 0), default=1.0), 1e-6)  # all ratios reach 1
     if fits(saturated):

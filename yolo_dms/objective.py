@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 
+from yolo_dms.budget import figure
 from yolo_dms.distributed import average_importance, broadcast_keep_ratios
 from yolo_dms.resources import ResourceModel
 from yolo_dms.supernet import Supernet
@@ -19,8 +20,10 @@ from yolo_dms.supernet import Supernet
 class StructureStep:
     """Owns the keep ratios' optimizer and the running task-gradient norm."""
 
-    def __init__(self, supernet: Supernet, resources: ResourceModel, lr: float, weight: float) -> None:
-        self.supernet, self.resources, self.weight = supernet, resources, weight
+    def __init__(
+        self, supernet: Supernet, resources: ResourceModel, lr: float, weight: float, resource: str = "gflops"
+    ) -> None:
+        self.supernet, self.resources, self.weight, self.resource = supernet, resources, weight, resource
         self.optimizer = torch.optim.Adam(supernet.structure_parameters(), lr=lr)
         self.task_norm: float | None = None
 
@@ -50,8 +53,8 @@ class StructureStep:
             return None
         norm = task.norm().item()
         self.task_norm = norm if self.task_norm is None else 0.9 * self.task_norm + 0.1 * norm
-        gflops = self.resources.gflops()
-        log_ratio = torch.log(gflops / target)
+        value = figure(self.resources, self.resource)
+        log_ratio = torch.log(value / target)
         resource_loss = log_ratio.abs() if two_sided else log_ratio.clamp(min=0.0)
         total = task
         if resource_loss.item() > 0:
@@ -65,7 +68,7 @@ class StructureStep:
         self.optimizer.zero_grad(set_to_none=True)
         self.supernet.clamp_keep_ratios()
         broadcast_keep_ratios(self.supernet)
-        return gflops.item(), resource_loss.item()
+        return value.item(), resource_loss.item()
 
     def state_dict(self) -> dict:
         return {"optimizer": self.optimizer.state_dict(), "task_norm": self.task_norm}

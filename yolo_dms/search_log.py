@@ -12,23 +12,24 @@ from pathlib import Path
 from yolo_dms.masks import DepthMask, WidthMask
 from yolo_dms.supernet import Supernet
 
-COLUMNS = ("iteration", "epoch", "gflops", "target", "resource_loss")
-
-
 class SearchLog:
-    """Collects (iteration, epoch, GFLOPs, target, resource loss) rows and writes them out once per epoch."""
+    """Collects (iteration, epoch, resource, target, resource loss) rows and writes them out once per epoch.
 
-    def __init__(self, save_dir: str | Path, every: int = 1) -> None:
+    The resource column is named after the budget: `gflops`, or `params` in millions.
+    """
+
+    def __init__(self, save_dir: str | Path, resource: str = "gflops", every: int = 1) -> None:
         self.path = Path(save_dir) / "search.csv"
+        self.columns = ("iteration", "epoch", resource, "target", "resource_loss")
         self.every = max(1, every)
         self.pending: list[tuple] = []
         self.epoch_losses: list[float] = []
 
-    def record(self, iteration: int, epoch: int, gflops: float, target: float, resource_loss: float) -> None:
+    def record(self, iteration: int, epoch: int, value: float, target: float, resource_loss: float) -> None:
         """Keep every `every`-th step for the trace, and every step for the epoch mean."""
         self.epoch_losses.append(resource_loss)
         if iteration % self.every == 0:
-            self.pending.append((iteration, epoch + 1, round(gflops, 6), round(target, 6), round(resource_loss, 6)))
+            self.pending.append((iteration, epoch + 1, round(value, 6), round(target, 6), round(resource_loss, 6)))
 
     def end_epoch(self) -> float:
         """Append this epoch's rows to `search.csv`; returns the epoch's mean resource loss."""
@@ -37,7 +38,7 @@ class SearchLog:
         with open(self.path, "a", newline="") as f:
             writer = csv.writer(f)
             if new:
-                writer.writerow(COLUMNS)
+                writer.writerow(self.columns)
             writer.writerows(self.pending)
         mean = sum(self.epoch_losses) / max(1, len(self.epoch_losses))
         self.pending, self.epoch_losses = [], []
@@ -54,20 +55,23 @@ def structure_columns(supernet: Supernet) -> dict[str, float]:
 
 
 def plot_search(csv_path: str | Path, out: str | Path, budget: float) -> Path:
-    """GFLOPs of the hard structure and the scheduled target over the search."""
+    """The searched resource of the hard structure and the scheduled target over the search."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     with open(csv_path) as f:
-        rows = list(csv.DictReader(f))
+        reader = csv.DictReader(f)
+        resource = reader.fieldnames[2]
+        rows = list(reader)
+    unit = "GFLOPs" if resource == "gflops" else "parameters (M)"
     steps = [int(r["iteration"]) for r in rows]
     fig, ax = plt.subplots(figsize=(8, 4.5), tight_layout=True)
-    ax.plot(steps, [float(r["gflops"]) for r in rows], label="searched structure (hard masks)")
+    ax.plot(steps, [float(r[resource]) for r in rows], label="searched structure (hard masks)")
     ax.plot(steps, [float(r["target"]) for r in rows], "--", label="scheduled target")
-    ax.axhline(budget, color="gray", linewidth=0.8, label=f"budget {budget:.3g} GFLOPs")
-    ax.set(xlabel="iteration", ylabel="GFLOPs", title="DMS search: resources over the run")
+    ax.axhline(budget, color="gray", linewidth=0.8, label=f"budget {budget:.3g}")
+    ax.set(xlabel="iteration", ylabel=unit, title="DMS search: resources over the run (flat end: refine phase)")
     ax.legend()
     fig.savefig(out, dpi=150)
     plt.close(fig)

@@ -13,6 +13,9 @@ from yolo_dms.errors import DMSError
 DEFAULTS_FILE = Path(__file__).parent / "cfg" / "default.yaml"
 
 
+RESOURCES = ("gflops", "params")  # what a budget can be given in; `params=` is a count of parameters
+
+
 class SettingsError(DMSError):
     """A search setting is missing, malformed or out of range."""
 
@@ -28,6 +31,8 @@ class SearchSettings:
 
     target: float | None = 0.5
     gflops: float | None = None
+    params: float | None = None
+    resource: str = "gflops"
     resource_weight: float = 1.0
     structure_lr: float | None = None  # None: sized to the run (schedule.SearchSchedule.auto_structure_lr)
     target_schedule: float = 0.6
@@ -42,24 +47,37 @@ class SearchSettings:
 
     @classmethod
     def from_arguments(cls, arguments: dict) -> SearchSettings:
-        """Defaults from `cfg/default.yaml` overridden by the user's values; `gflops` replaces `target`."""
+        """Defaults from `cfg/default.yaml` overridden by the user's values; one budget, relative or absolute.
+
+        `target=` is a fraction of the supernet's figure of `resource`; `gflops=` or `params=` is an absolute
+        budget that also names the resource. Two budgets, or an absolute budget of another resource than
+        `resource=`, are contradictions.
+        """
         values = {**load_defaults()["dms"], **arguments}
-        if arguments.get("gflops") is not None and arguments.get("target") is not None:
-            raise SettingsError("give either target= (a fraction of the supernet's GFLOPs) or gflops=, not both")
-        if arguments.get("gflops") is not None:
-            values["target"] = None
+        absolute = [k for k in RESOURCES if arguments.get(k) is not None]
+        if len(absolute) > 1 or (absolute and arguments.get("target") is not None):
+            given = [f"{k}=" for k in ("target", *RESOURCES) if arguments.get(k) is not None]
+            raise SettingsError(f"give one budget, not {' and '.join(given)}")
+        if absolute:
+            if arguments.get("resource", absolute[0]) != absolute[0]:
+                raise SettingsError(f"resource={arguments['resource']} contradicts the budget {absolute[0]}=")
+            values["target"], values["resource"] = None, absolute[0]
         settings = cls(**values)
         settings.validate()
         return settings
 
     def validate(self) -> None:
         """Refuse values the search cannot work with, naming the setting."""
-        if self.gflops is None and self.target is None:
-            raise SettingsError("give a budget: target= (fraction of the supernet's GFLOPs) or gflops=")
+        if self.resource not in RESOURCES:
+            raise SettingsError(f"resource must be one of {', '.join(RESOURCES)}, got {self.resource}")
+        if self.target is None and getattr(self, self.resource) is None:
+            raise SettingsError("give a budget: target= (a fraction of the supernet's figure), gflops= or params=")
         if self.target is not None and not (0 < self.target <= 1) or _nan(self.target):
-            raise SettingsError(f"target must lie in (0, 1] (a fraction of the supernet's GFLOPs), got {self.target}")
-        if self.gflops is not None and (not self.gflops > 0 or _nan(self.gflops)):
-            raise SettingsError(f"gflops must be positive, got {self.gflops}")
+            raise SettingsError(f"target must lie in (0, 1] (a fraction of the supernet's {self.resource}), got {self.target}")
+        for name in RESOURCES:
+            value = getattr(self, name)
+            if value is not None and (not value > 0 or _nan(value)):
+                raise SettingsError(f"{name} must be positive, got {value}")
         for name in ("resource_weight", "width_lam", "depth_lam"):
             if not getattr(self, name) > 0:
                 raise SettingsError(f"{name} must be positive, got {getattr(self, name)}")
@@ -75,9 +93,12 @@ class SearchSettings:
         if not 0 < self.importance_decay < 1:
             raise SettingsError(f"importance_decay must lie in (0, 1), got {self.importance_decay}")
 
-    def final_gflops(self, supernet_gflops: float) -> float:
-        """The budget in GFLOPs: `gflops`, or `target` times the supernet's GFLOPs."""
-        return self.gflops if self.gflops is not None else self.target * supernet_gflops
+    def budget(self, supernet_figure: float) -> float:
+        """The budget in the unit of `budget.figure` (GFLOPs, or millions of parameters): the absolute budget, or
+        `target` times the supernet's figure. Settings pickled before `params` existed read the class defaults."""
+        if self.target is not None:
+            return self.target * supernet_figure
+        return self.gflops if self.resource == "gflops" else self.params / 1e6
 
 
 def _nan(value: float | None) -> bool:

@@ -30,7 +30,7 @@ from ultralytics.models.yolo.detect import DetectionTrainer
 from ultralytics.utils import DEFAULT_CFG, LOGGER, RANK, colorstr
 from ultralytics.utils.torch_utils import strip_optimizer, unwrap_model
 
-from yolo_dms.budget import fit_to_budget, hard_gflops, resolve_budget, structure_as
+from yolo_dms.budget import describe, fit_to_budget, hard_figure, hard_gflops, resolve_budget, structure_as
 from yolo_dms.export import ExportResult, export_searched
 from yolo_dms.objective import StructureStep
 from yolo_dms.resources import ResourceModel
@@ -62,7 +62,7 @@ def _structure_after_batch(trainer: DMSTrainer) -> None:
     phase, the fixed structure's row of the search log."""
     trainer.structure_step()
     if trainer.frozen and trainer.search_log:
-        trainer.search_log.record(trainer.search_iteration, trainer.epoch, trainer.fit["gflops"], trainer.budget, 0.0)
+        trainer.search_log.record(trainer.search_iteration, trainer.epoch, trainer.fit["after"], trainer.budget, 0.0)
 
 
 CALLBACKS = {"on_train_batch_start": _count_batch, "on_train_batch_end": _structure_after_batch}
@@ -80,7 +80,7 @@ class DMSTrainer(DetectionTrainer):
         self.search_log: SearchLog | None = None
         self.export_result: ExportResult | None = None
         self.schedule: SearchSchedule | None = None
-        self.fit: dict = {}  # what the final fit did: GFLOPs before it, its factor, and the batch it happened at
+        self.fit: dict = {}  # what the final fit did: the figure before and after it, its factor, and its batch
         for event, callback in CALLBACKS.items():
             if callback not in self.callbacks[event]:  # DDP workers inherit the parent's callbacks
                 self.add_callback(event, callback)
@@ -131,29 +131,31 @@ class DMSTrainer(DetectionTrainer):
             group["params"] = [p for p in group["params"] if id(p) not in structure]
         settings = self.supernet.dms_settings
         self.resources = ResourceModel(self.supernet, self.args.imgsz)
-        self.structure = StructureStep(self.supernet, self.resources, settings.structure_lr or 0.0, settings.resource_weight)
+        self.structure = StructureStep(
+            self.supernet, self.resources, settings.structure_lr or 0.0, settings.resource_weight, settings.resource
+        )
         return optimizer
 
     def _setup_train(self):
         """Stock set-up (which builds the resource model with the optimizer), then the budget and the search log."""
         super()._setup_train()
         self.settings = self.supernet.dms_settings
-        smallest, self.full_gflops, self.budget = resolve_budget(self.supernet, self.resources, self.settings)
+        smallest, self.full, self.budget = resolve_budget(self.supernet, self.resources, self.settings)
         with structure_as(self.supernet, dict.fromkeys(self.supernet.keep_ratio_masks(), 1.0)):
-            self.full_params = round(self.resources.params().item())
+            self.full_gflops, self.full_params = hard_gflops(self.resources), round(self.resources.params().item())
         total_steps = self.epochs * len(self.train_loader)
         self.schedule = SearchSchedule(
-            total_steps, self.full_gflops, self.budget, self.settings.target_schedule, self.settings.refine
+            total_steps, self.full, self.budget, self.settings.target_schedule, self.settings.refine
         )
         lr = self.schedule.auto_structure_lr() if self.settings.structure_lr is None else self.settings.structure_lr
         self.structure_lr = lr
         if RANK in {-1, 0}:
-            self.search_log = SearchLog(self.save_dir, every=math.ceil(total_steps / TRACE_ROWS))
+            self.search_log = SearchLog(self.save_dir, self.settings.resource, every=math.ceil(total_steps / TRACE_ROWS))
             refine = self.schedule.total_steps - self.schedule.refine_start
             LOGGER.info(
-                f"{colorstr('DMS:')} supernet {self.full_gflops:.4g} GFLOPs at imgsz={self.args.imgsz}, budget "
-                f"{self.budget:.4g} GFLOPs ({self.budget / self.full_gflops:.1%}), smallest structure {smallest:.4g} "
-                f"GFLOPs. {total_steps} batches: the target reaches the budget after {self.schedule.schedule_steps}, "
+                f"{colorstr('DMS:')} supernet {self.describe(self.full)} at imgsz={self.args.imgsz}, budget "
+                f"{self.describe(self.budget)} ({self.budget / self.full:.1%}), smallest structure "
+                f"{self.describe(smallest)}. {total_steps} batches: the target reaches the budget after {self.schedule.schedule_steps}, "
                 f"one structure step per batch (keep-ratio lr {lr:.3g} decaying to {lr * FINAL_LR_FACTOR:.3g}"
                 f"{', auto' if self.settings.structure_lr is None else ''}), then {refine} batches at the fitted, "
                 "frozen structure"
@@ -171,7 +173,7 @@ class DMSTrainer(DetectionTrainer):
 
     # ------------------------------------------------------------------------------------------ search step
     def current_target(self) -> float:
-        """Scheduled GFLOPs target at this point of the run."""
+        """Scheduled target (in the budget's unit) at this point of the run."""
         return self.schedule.target(self.search_iteration)
 
     def preprocess_batch(self, batch):
@@ -219,16 +221,17 @@ class DMSTrainer(DetectionTrainer):
 
     def fit_structure(self) -> None:
         """Scale the live (and EMA) keep ratios by the common factor that brings them just under the budget."""
-        before = hard_gflops(self.resources)
-        factor = fit_to_budget(self.supernet, self.resources, self.budget)
+        resource = self.settings.resource
+        before = hard_figure(self.resources, resource)
+        factor = fit_to_budget(self.supernet, self.resources, self.budget, resource)
         if self.ema:
             sync_structure(self.supernet, self.ema.ema)
-        after = hard_gflops(self.resources)
-        self.fit = {"gflops_before": before, "factor": factor, "gflops": after, "iteration": self.search_iteration}
+        after = hard_figure(self.resources, resource)
+        self.fit = {"before": before, "factor": factor, "after": after, "iteration": self.search_iteration}
         if RANK in {-1, 0}:
             LOGGER.info(
-                f"{colorstr('DMS:')} structure at {before:.4g} GFLOPs fitted to the budget {self.budget:.4g}: keep "
-                f"ratios scaled by {factor:.4f}, now {after:.4g} GFLOPs"
+                f"{colorstr('DMS:')} structure at {self.describe(before)} fitted to the budget "
+                f"{self.describe(self.budget)}: keep ratios scaled by {factor:.4f}, now {self.describe(after)}"
             )
             low, high = FIT_WARNING
             if not low <= factor <= high:
@@ -240,16 +243,19 @@ class DMSTrainer(DetectionTrainer):
                 )
 
     def save_metrics(self, metrics):
-        """Stock results.csv row plus the search's columns: GFLOPs, target, resource loss, depth per stage."""
+        """Stock results.csv row plus the search's columns: GFLOPs, parameters, target (in the budget's unit),
+        resource loss, depth per stage."""
         extra = {
             "dms/GFLOPs": hard_gflops(self.resources),
+            "dms/params": hard_figure(self.resources, "params") * 1e6,
             "dms/target": self.current_target(),
             "dms/resource_loss": self.search_log.end_epoch(),
             **structure_columns(self.supernet),
         }
         LOGGER.info(
-            f"{colorstr('DMS:')} epoch {self.epoch + 1}: {extra['dms/GFLOPs']:.4g} GFLOPs (target "
-            f"{extra['dms/target']:.4g}, budget {self.budget:.4g}), mean resource loss {extra['dms/resource_loss']:.4f}"
+            f"{colorstr('DMS:')} epoch {self.epoch + 1}: {self.describe(hard_figure(self.resources, self.settings.resource))}"
+            f" (target {self.describe(extra['dms/target'])}, budget {self.describe(self.budget)}), mean resource loss "
+            f"{extra['dms/resource_loss']:.4f}"
         )
         super().save_metrics({**metrics, **extra})
 
@@ -281,7 +287,7 @@ class DMSTrainer(DetectionTrainer):
             strip_optimizer(self.last)
         supernet = deepcopy(self.ema.ema).float().eval()
         if not self.frozen:  # interrupted before the refine phase and its fit, or refine=0
-            fit_to_budget(supernet, ResourceModel(supernet, self.args.imgsz), self.budget)
+            fit_to_budget(supernet, ResourceModel(supernet, self.args.imgsz), self.budget, self.settings.resource)
         self.export_result = result = export_searched(supernet, self.save_dir, self.args.imgsz)
         self.write_summary(result)
         plot_structure(supernet, self.save_dir / "structure.png")
@@ -291,8 +297,8 @@ class DMSTrainer(DetectionTrainer):
         metrics = self.validator(model=str(result.weights_path))
         self.metrics = {k: v for k, v in metrics.items() if k != "fitness"}
         LOGGER.info(
-            f"\n{colorstr('DMS search done:')} {result.gflops:.4g} GFLOPs at imgsz={self.args.imgsz} (budget "
-            f"{self.budget:.4g}, supernet {self.full_gflops:.4g}), {result.params:,} parameters, "
+            f"\n{colorstr('DMS search done:')} {result.gflops:.4g} GFLOPs at imgsz={self.args.imgsz}, "
+            f"{result.params:,} parameters (budget {self.describe(self.budget)}, supernet {self.describe(self.full)}), "
             f"mAP50-95 {self.metrics.get('metrics/mAP50-95(B)', float('nan')):.4f} "
             f"mAP50 {self.metrics.get('metrics/mAP50(B)', float('nan')):.4f} (pruned.pt, stock validator)\n"
             f"pruned.pt and searched.yaml are taken from the last EMA weights (epoch {self.epoch + 1}).\n"
@@ -307,6 +313,10 @@ class DMSTrainer(DetectionTrainer):
             + f"Export:                yolo export model={result.weights_path} format=onnx"
         )
 
+    def describe(self, value: float) -> str:
+        """A figure in the budget's unit, in words."""
+        return describe(value, self.settings.resource)
+
     def search_source(self) -> str:
         """The model the search started from (a trained `.pt` is the natural teacher for distillation)."""
         state = getattr(self.supernet, "search_state", None) or {}
@@ -315,10 +325,10 @@ class DMSTrainer(DetectionTrainer):
     def write_summary(self, result: ExportResult) -> None:
         """`search.json`: budget, supernet and final resources, and how far the fit had to move the structure."""
         summary = {
-            "budget": {"resource": "gflops", "value": self.budget, "imgsz": self.args.imgsz},
+            "budget": {"resource": self.settings.resource, "value": self.budget, "imgsz": self.args.imgsz},
             "supernet": {"gflops": self.full_gflops, "params": self.full_params},
             "final": {"gflops": result.gflops, "params": result.params},
-            "gflops_before_fit": self.fit.get("gflops_before"),
+            "before_fit": self.fit.get("before"),
             "fit_factor": self.fit.get("factor", 1.0),
             "fit_iteration": self.fit.get("iteration"),
             "total_iterations": self.schedule.total_steps,
