@@ -46,7 +46,7 @@ fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 export YOLO_OFFLINE=1 YOLO_CONFIG_DIR="$WORK/ultralytics-config"  # no download attempts; settings kept apart
 mkdir -p "$OUT" "$WORK" "$YOLO_CONFIG_DIR"
-"$PYTHON" -c "import ultralytics"  # writes its settings file once, before parallel processes race to
+"$PYTHON" -c "import ultralytics"  # writes its settings file once, so the parallel processes only read it
 
 start=$(date +%s)
 pids=()
