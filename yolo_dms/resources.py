@@ -1,8 +1,9 @@
 """Analytic FLOPs and parameter counts of a supernet as differentiable functions of its masks.
 
 Counting follows THOP as Ultralytics' `get_flops` uses it: a convolution costs `out_h * out_w * C_out *
-C_in / groups * k_h * k_w` multiply-adds, a BatchNorm `4 * numel`, activations, pooling, nearest upsampling
-and concatenation nothing; GFLOPs are `2 * MACs / 1e9`. Channel counts are straight-through (hard forward,
+C_in / groups * k_h * k_w` multiply-adds, a BatchNorm `4 * numel`, an attention's two matrix products
+`heads * N^2 * (key_dim + head_dim)`, activations, pooling, nearest upsampling and concatenation nothing;
+GFLOPs are `2 * MACs / 1e9`. An end-to-end head counts the branch that `fuse()` keeps for deployment. Channel counts are straight-through (hard forward,
 soft backward), so the figure at hard masks is exactly the pruned model's `get_flops`, while its gradient
 reaches every keep ratio. The wiring is compiled once into index tensors, so a figure costs a handful of
 vector operations (in float64, exact for any model size) however many convolutions the model has.
@@ -75,7 +76,13 @@ class ResourceModel:
         self.bn = tensor([s.bn for s in sites], torch.float64)
         self.depthwise = tensor([s.depthwise for s in sites], torch.bool)
         self.counted = tensor([s.counted for s in sites], torch.float64)
-        self.layer = [int(s.path.split(".")[1]) for s in sites]
+        attention = self.supernet.attention_sites
+        self.attention_macs = tensor(
+            [a.heads * (a.key_dim + a.head_dim) * self.shapes[f"{a.path}.qkv.conv"].positions ** 2 for a in attention],
+            torch.float64,
+        )
+        self.attention_block = tensor([gate(a.block) for a in attention])
+        self.layer = [int(s.path.split(".")[1]) for s in (*sites, *attention)]
 
     def _trace(self) -> dict[str, SiteShape]:
         """Run the supernet once at `imgsz` to record each convolution's output positions."""
@@ -102,7 +109,8 @@ class ResourceModel:
         return shapes
 
     def _site_costs(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(MACs, parameters) of every convolution site, as straight-through float64 vectors.
+        """(MACs, parameters) of every convolution site, then of every attention's products, as straight-through
+        float64 vectors.
 
         A depthwise site costs its kernel once per channel; a site that is not `counted` (a training-only
         branch) has parameters but no deployed MACs.
@@ -114,7 +122,7 @@ class ResourceModel:
         gate = torch.cat([*(gates[n].double() for n in self.depths), torch.ones(1, dtype=torch.float64, device=device)])
         names = ("in_site", "in_channel", "in_gate", "out_site", "out_channel", "block")
         idx = {k: getattr(self, k).to(device) for k in names}
-        c_in = torch.zeros(len(self.layer), dtype=torch.float64, device=device).index_add(
+        c_in = torch.zeros(len(self.kernel), dtype=torch.float64, device=device).index_add(
             0, idx["in_site"], width[idx["in_channel"]] * gate[idx["in_gate"]]
         )
         c_out = torch.zeros_like(c_in).index_add(0, idx["out_site"], width[idx["out_channel"]])
@@ -125,7 +133,8 @@ class ResourceModel:
         weights = kernel * torch.where(depthwise, torch.ones_like(c_in), c_in) * c_out
         macs = counted * keep * (positions * weights + 4 * positions * c_out * bn)
         params = keep * (weights + c_out * bias + 2 * c_out * bn)
-        return macs, params
+        attention = self.attention_macs.to(device) * gate[self.attention_block.to(device)]
+        return torch.cat([macs, attention]), torch.cat([params, torch.zeros_like(attention)])
 
     def gflops(self) -> torch.Tensor:
         """GFLOPs in Ultralytics' units; exact at hard masks, differentiable in the keep ratios."""

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from ultralytics.nn.tasks import DetectionModel
 
-from yolo_dms.handlers import ConvSite, LayerHandler, Layout, Space, Wiring, handlers_for
+from yolo_dms.handlers import AttentionSite, ConvSite, LayerHandler, Layout, Space, Wiring, handlers_for
 from yolo_dms.masks import DepthMask, DerivedWidthMask, KeepRatioMask, WidthMask, straight_through
 from yolo_dms.model_io import load_detection_model
 
@@ -48,6 +48,7 @@ class Supernet(DetectionModel):
         wiring = Wiring(self.masks, lam, depth_lam, decay, divisor)
         self._wire(wiring, model.yaml.get("channels", 3))
         self.sites: list[ConvSite] = wiring.sites
+        self.attention_sites: list[AttentionSite] = wiring.attention_sites
         self.gated_convs: dict[str, Layout] = wiring.gated_convs  # Conv module path -> spaces of its output
         self.gated_csps: dict[str, str] = wiring.gated_csps  # depth-gated CSP layer path -> depth mask name
         self.to(next(model.parameters()).device)

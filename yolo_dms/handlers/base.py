@@ -53,6 +53,18 @@ class ConvSite:
 
 
 @dataclass(frozen=True)
+class AttentionSite:
+    """The two matrix products of an `Attention` at its built width, `heads * N^2 * (key_dim + head_dim)`
+    multiply-adds over N positions (THOP counts them), paid only while `block` is kept. No parameters."""
+
+    path: str  # the Attention module; N is the output size of its `qkv` convolution
+    heads: int
+    key_dim: int
+    head_dim: int
+    block: BlockRef | None = None
+
+
+@dataclass(frozen=True)
 class Transfer:
     """Copy one supernet convolution into the pruned model.
 
@@ -96,6 +108,7 @@ class Wiring:
     def __init__(self, masks: nn.ModuleDict, lam: float, depth_lam: float, decay: float, divisor: int) -> None:
         self.masks, self.lam, self.depth_lam, self.decay, self.divisor = masks, lam, depth_lam, decay, divisor
         self.sites: list[ConvSite] = []
+        self.attention_sites: list[AttentionSite] = []
         self.gated_convs: dict[str, Layout] = {}  # Conv module path -> spaces of its output
         self.gated_csps: dict[str, str] = {}  # depth-gated CSP layer path -> depth mask name
 
@@ -153,6 +166,10 @@ class Wiring:
     def plain_conv(self, path: str, inputs: Layout, outputs: Layout, counted: bool = True) -> None:
         """Record a bare `nn.Conv2d` with bias (a head's prediction layer), never gated."""
         self.sites.append(ConvSite(path, tuple((c, None) for c in inputs), tuple(outputs), bn=False, counted=counted))
+
+    def attention(self, path: str, attn: nn.Module, block: BlockRef | None = None) -> None:
+        """Record the matrix products of an Ultralytics `Attention` at its built width."""
+        self.attention_sites.append(AttentionSite(path, attn.num_heads, attn.key_dim, attn.head_dim, block))
 
     def depth_gated(self, path: str, module: nn.Module, cls: type, depth: str) -> None:
         """Give `module` the depth-gated forward of `cls`, gated by depth mask `depth`."""

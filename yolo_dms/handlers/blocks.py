@@ -115,6 +115,7 @@ def wire_psa_block(w: Wiring, path: str, block: PSABlock, x: Channels, ref: Bloc
     w.conv(f"{path}.attn.qkv", attn.qkv, (x,), (attn.qkv.conv.out_channels,), ref)
     w.conv(f"{path}.attn.pe", attn.pe, (), (x,), ref, depthwise=True)
     w.conv(f"{path}.attn.proj", attn.proj, (x,), (x,), ref)
+    w.attention(f"{path}.attn", attn, ref)
     w.conv(f"{path}.ffn.0", block.ffn[0], (x,), (block.ffn[0].conv.out_channels,), ref)
     w.conv(f"{path}.ffn.1", block.ffn[1], (block.ffn[0].conv.out_channels,), (x,), ref)
 
