@@ -54,7 +54,7 @@ def run_without_yolo_dms(code: str, cwd, timeout: int = 600) -> subprocess.Compl
     )
 
 
-def yolo_dms(*args: str, cwd) -> subprocess.CompletedProcess:
-    """Run the installed `yolo-dms` console script, as a user would."""
+def yolo_dms(*args: str, cwd, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run the installed `yolo-dms` console script, as a user would (in `env`, by default this one's)."""
     exe = Path(sys.executable).with_name("yolo-dms")
-    return subprocess.run([str(exe), *args], cwd=cwd, capture_output=True, text=True, timeout=900)
+    return subprocess.run([str(exe), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=900)

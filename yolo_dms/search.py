@@ -6,7 +6,7 @@ from __future__ import annotations
 import difflib
 from pathlib import Path
 
-from ultralytics.cfg import get_cfg
+from ultralytics.cfg import get_cfg, get_save_dir
 from ultralytics.utils import DEFAULT_CFG_DICT
 
 from yolo_dms.budget import resolve_budget
@@ -52,8 +52,15 @@ def preflight(model: str, nc: int, imgsz: int, settings: SearchSettings) -> tupl
     return resolve_budget(supernet, ResourceModel(supernet, imgsz), settings)
 
 
-def resume_checkpoint(resume: bool | str | Path) -> Path:
-    """The interrupted search to continue: an explicit last.pt, or the newest last.pt under runs/dms.
+def search_project(arguments: dict) -> Path:
+    """The directory that holds the searches, resolved as Ultralytics resolves `project` (8.4 puts a relative one
+    under `runs_dir/detect`)."""
+    train = {**load_defaults()["train"], **{k: v for k, v in arguments.items() if k == "project"}}
+    return get_save_dir(get_cfg(DEFAULT_CFG_DICT, {**train, "task": "detect", "mode": "train"})).parent
+
+
+def resume_checkpoint(resume: bool | str | Path, project: Path) -> Path:
+    """The interrupted search to continue: an explicit last.pt, or the newest last.pt under `project`.
 
     A finished search is refused: Ultralytics strips the optimizer from its last.pt and marks it epoch -1 before
     searched.yaml and pruned.pt are written (a run killed after its last epoch but before that has trained
@@ -61,7 +68,6 @@ def resume_checkpoint(resume: bool | str | Path) -> Path:
     """
     newest = not isinstance(resume, str | Path)
     if newest:
-        project = Path(load_defaults()["train"]["project"])
         candidates = sorted(project.glob("*/weights/last.pt"), key=lambda p: p.stat().st_mtime)
         if not candidates:
             raise DMSError(f"no search checkpoint to resume under '{project}'; pass resume=path/to/weights/last.pt")
@@ -94,7 +100,7 @@ def resume_overrides(arguments: dict) -> dict:
             "applied; drop it, or start a new search to use it"
         )
     check_train_arguments(arguments)
-    last = str(resume_checkpoint(arguments["resume"]))
+    last = str(resume_checkpoint(arguments["resume"], search_project(arguments)))
     return {**arguments, "resume": last, "model": last}
 
 
