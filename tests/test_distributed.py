@@ -1,63 +1,122 @@
-"""Two gloo processes run search steps of one supernet under DDP and must end with the same structure."""
+"""A two-process search launched the way Ultralytics launches multi-GPU training, on CPU with gloo.
+
+The parent `DMSTrainer` goes through its own DDP branch: it builds the supernet, Ultralytics' `generate_ddp_file`
+pickles the trainer class, its arguments, the supernet and the parent's callbacks (cloudpickle), and
+`torch.distributed.run` starts two workers running Ultralytics' generated script, which rebuilds each trainer
+from that state and wraps the supernet in DDP with `broadcast_buffers=False`. Only what needs CUDA is swapped
+in the workers (`CPU_WORKER`): the device count, NCCL, and DDP's `device_ids`.
+
+Every rank must run the same search clock as one process (a callback registered twice would double it), and
+the ranks must hold the same structure after every batch.
+"""
 
 from __future__ import annotations
 
-import copy
-import os
-import socket
+import json
+import subprocess
+import sys
 
+import pytest
+from ultralytics.engine import trainer as ultralytics_trainer
+from ultralytics.utils import RANK
+
+from yolo_dms.demo_data import make_dataset
+from yolo_dms.settings import SearchSettings
+from yolo_dms.trainer import DMSTrainer
+
+IMGSZ, WORLD = 64, 2
+
+# Runs each worker's copy of Ultralytics' DDP script on CPU: the script and everything it loads stay as they are.
+CPU_WORKER = """
+import os, runpy, sys
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
-from torch.nn.parallel import DistributedDataParallel
-from ultralytics.nn.tasks import DetectionModel
-from ultralytics.utils import DEFAULT_CFG
+from ultralytics.engine.trainer import BaseTrainer
 
-from yolo_dms import ResourceModel, Supernet
-from yolo_dms.demo_data import random_batch
-from yolo_dms.objective import StructureStep
+init = BaseTrainer.__init__
 
-IMGSZ, STEPS = 64, 4
+def init_on_cpu(self, *args, **kwargs):
+    init(self, *args, **kwargs)
+    self.world_size = int(os.environ["WORLD_SIZE"])  # what device='0,1' counts on a GPU machine
 
+class CpuDDP(torch.nn.parallel.DistributedDataParallel):
+    def __init__(self, module, device_ids=None, **kwargs):
+        super().__init__(module, device_ids=None, **kwargs)  # Ultralytics passes the CUDA index, None on CPU
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def search_steps(rank: int, world: int, port: int, out: str) -> None:
-    """What DMSTrainer does per optimizer step, on each rank's own data."""
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    torch.manual_seed(0)
-    base = DetectionModel("yolov8n.yaml", nc=3, verbose=False)
-    base.args = copy.copy(DEFAULT_CFG)
-    supernet = Supernet(base).train()
-    model = DistributedDataParallel(supernet, find_unused_parameters=True)
-    weights = torch.optim.SGD([p for n, p in supernet.named_parameters() if "keep_ratio" not in n], lr=1e-3)
-    structure = StructureStep(supernet, ResourceModel(supernet, IMGSZ), lr=0.05, weight=1.0)
-    target = 0.5 * structure.resources.gflops().item()
-    for step in range(STEPS):
-        loss, _ = model(random_batch(2, IMGSZ, nc=3, seed=100 * rank + step))  # different data on each rank
-        loss.sum().backward()
-        structure.step(target)
-        weights.step()
-        weights.zero_grad()
-    supernet.eval()
-    counts = supernet.hard_counts()
-    hard = {name: mask.hard_masks(counts[name]) for name, mask in supernet.masks.items()}
-    torch.save({"masks": supernet.masks.state_dict(), "hard": hard}, f"{out}/rank{rank}.pt")
-    dist.destroy_process_group()
+BaseTrainer.__init__ = init_on_cpu
+BaseTrainer._setup_ddp = lambda self: dist.init_process_group("gloo", rank=int(os.environ["RANK"]), world_size=self.world_size)
+torch.nn.parallel.DistributedDataParallel = CpuDDP
+runpy.run_path(sys.argv[1], run_name="__main__")
+"""
 
 
-def test_two_ranks_keep_identical_keep_ratios_importance_and_masks(tmp_path):
-    mp.spawn(search_steps, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
-    rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
-    ratios = [k for k in rank0["masks"] if k.endswith("keep_ratio")]
-    assert any(rank0["masks"][k] < 1 for k in ratios), "the structure never moved, so the test proves nothing"
-    assert any(rank0["masks"][k].abs().sum() > 0 for k in rank0["masks"] if k.endswith("importance"))
-    for key, value in rank0["masks"].items():
-        assert torch.equal(value, rank1["masks"][key]), key
-    for key, value in rank0["hard"].items():
-        assert torch.equal(value, rank1["hard"][key]), key
+def record_batch(trainer: DMSTrainer) -> None:
+    """Callback: this rank's search clock and structure after each batch, one JSON line per batch."""
+    state = {
+        "iteration": trainer.search_iteration,
+        "target": trainer.current_target(),
+        "frozen": trainer.frozen,
+        "masks": {k: v.flatten().tolist() for k, v in trainer.supernet.masks.state_dict().items()},
+    }
+    with open(trainer.save_dir.parent / f"{trainer.save_dir.name}-rank{RANK}.jsonl", "a") as f:
+        f.write(json.dumps(state) + "\n")
+
+
+class WorkersFailed(Exception):
+    """The DDP workers did not exit cleanly."""
+
+
+def read_records(path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def search_args(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("ddp")
+    data = make_dataset(root / "data", n_train=32, n_val=8, imgsz=IMGSZ, seed=4)
+    return dict(
+        model="yolov8n.yaml", data=str(data), epochs=2, imgsz=IMGSZ, batch=8, nbs=8, workers=0, device="cpu",
+        plots=False, val=False, project=str(root), warmup_epochs=0, seed=0, deterministic=True, exist_ok=True,
+    )
+
+
+@pytest.mark.xfail(
+    raises=WorkersFailed, strict=True,
+    reason="DMSTrainer.final_eval returns at once on ranks other than 0, so rank 0's stock validator waits at a "
+    "DDP barrier no other rank reaches (stock final_eval runs on every rank); remove this mark once it is fixed",
+)
+def test_two_ddp_workers_keep_one_process_search_clock_and_agree_on_structure(search_args, monkeypatch, tmp_path):
+    settings = SearchSettings.from_arguments({"target": 0.5})
+    single = DMSTrainer(overrides={**search_args, "name": "single"}, settings=settings)
+    single.add_callback("on_train_batch_end", record_batch)
+    single.train()
+
+    parent = DMSTrainer(overrides={**search_args, "name": "ddp"}, settings=settings)
+    parent.add_callback("on_train_batch_end", record_batch)  # reaches the workers with the parent's callbacks
+    parent.ddp, parent.world_size = True, WORLD  # what device='0,1' sets on a GPU machine
+    worker = tmp_path / "cpu_worker.py"
+    worker.write_text(CPU_WORKER)
+    run, workers = subprocess.run, []
+
+    def launch(cmd, check):  # Ultralytics' command: python -m torch.distributed.run ... <ddp file>
+        assert cmd[-1].endswith(".py") and f"--nproc_per_node {WORLD}" in " ".join(cmd)
+        workers.append(run([*cmd[:-1], str(worker), cmd[-1]], capture_output=True, text=True))
+
+    monkeypatch.setattr(ultralytics_trainer.subprocess, "run", launch)  # the subprocess module Ultralytics uses
+    parent.train()
+
+    root = parent.save_dir.parent
+    reference = read_records(root / "single-rank-1.jsonl")
+    ranks = [read_records(root / f"ddp-rank{r}.jsonl") for r in range(WORLD)]
+    clock = [(r["iteration"], r["target"], r["frozen"]) for r in reference]
+    assert len(clock) == 8 and clock[-1][0] == 8, "2 epochs of 4 batches"
+    for records in ranks:
+        assert [(r["iteration"], r["target"], r["frozen"]) for r in records] == clock
+    assert any(r["frozen"] for r in reference) and reference[0]["target"] > reference[-1]["target"]
+    for step0, step1 in zip(*ranks):
+        assert step0["masks"] == step1["masks"], f"ranks split at batch {step0['iteration']}"
+    assert ranks[0][-1]["masks"] != ranks[0][0]["masks"], "the structure never moved, so the test proves nothing"
+
+    (done,) = workers
+    if done.returncode != 0 or not (root / "ddp" / "pruned.pt").is_file():
+        raise WorkersFailed(f"{done.stdout[-2000:]}\n{done.stderr[-4000:]}")
