@@ -1,24 +1,58 @@
-"""The exactness contract (DESIGN.md section 3) over several scales and random searched structures.
+"""The exactness contract (DESIGN.md sections 3 and 3b) over families, scales and random searched structures.
 
 (a) the exported YAML rebuilds a model with the pruned model's exact parameter names and shapes;
 (b) the supernet at hard masks and the pruned model compute the same outputs;
 (c) the resource model's hard GFLOPs and parameters equal the pruned model's `get_flops` and size.
+
+The cases are checked against the handler registry: every registered layer and block type must occur in
+them, so a new handler without a test model fails here.
 """
 
 from __future__ import annotations
 
+from functools import cache
+
 import pytest
 import torch
 from helpers import randomize_structure
+from torch import nn
 from ultralytics.nn.tasks import DetectionModel
-from ultralytics.utils.torch_utils import get_flops
 
 from yolo_dms import ResourceModel, Supernet, prune, searched_yaml
+from yolo_dms.handlers import HANDLERS
+from yolo_dms.handlers.blocks import BLOCKS
 from yolo_dms.model_io import write_model_yaml
+from yolo_dms.resources import deployed_gflops
 
 IMGSZ = 128
 FORWARD_CASES = [(cfg, seed) for cfg in ("yolov8n.yaml", "yolov8s.yaml") for seed in range(5)]
 FORWARD_CASES += [("yolov8n-p2.yaml", 0), ("yolov8n-p6.yaml", 0)]
+FORWARD_CASES += [(f"yolo{v}{s}.yaml", seed) for v in (11, 26) for s in "ns" for seed in range(3)]
+LARGE_CASES = ["yolov8m.yaml", "yolov8l.yaml", "yolov8x.yaml", "yolo11m.yaml", "yolo26m.yaml"]
+
+
+@cache
+def layer_types_tested() -> set[type]:
+    """Every layer type, and every block type inside a CSP layer, of the models the forward cases build."""
+    found = set()
+    for cfg in {cfg for cfg, _ in FORWARD_CASES}:
+        for layer in DetectionModel(cfg, verbose=False).model:
+            found.add(type(layer))
+            blocks = getattr(layer, "m", None)
+            found |= {type(b) for b in blocks} if isinstance(blocks, nn.ModuleList | nn.Sequential) else set()
+    return found
+
+
+@pytest.mark.parametrize("layer_type", [*HANDLERS, *BLOCKS], ids=lambda t: t.__name__)
+def test_every_handler_is_exercised_by_the_exactness_cases(layer_type):
+    assert layer_type in layer_types_tested(), f"no exactness case builds a {layer_type.__name__}"
+
+
+def raw_heads(output) -> dict[str, torch.Tensor]:
+    """Raw head outputs (box distributions, class logits) of every branch of an eval-mode forward."""
+    raw = output[1]
+    branches = {name: raw[name] for name in ("one2many", "one2one")} if "one2many" in raw else {"": raw}
+    return {f"{b}/{k}": v[k] for b, v in branches.items() for k in ("boxes", "scores")}
 
 
 def state_shapes(model: torch.nn.Module) -> dict[str, tuple[int, ...]]:
@@ -33,7 +67,7 @@ def assert_yaml_rebuilds(supernet: Supernet, pruned: DetectionModel, tmp_path) -
 
 def assert_resources_match(supernet: Supernet, pruned: DetectionModel, imgsz: int) -> None:
     resources = ResourceModel(supernet, imgsz)
-    expected = get_flops(pruned, imgsz)
+    expected = deployed_gflops(pruned, imgsz)
     assert expected > 0
     assert resources.gflops().item() == pytest.approx(expected, rel=1e-6)
     assert round(resources.params().item()) == sum(p.numel() for p in pruned.parameters())
@@ -47,23 +81,24 @@ def test_pruned_model_is_exact(cfg, seed, tmp_path):
     pruned = prune(supernet).eval()
     assert type(pruned) is DetectionModel
     assert all(type(m).__module__.startswith(("ultralytics", "torch")) for m in pruned.modules())
-    assert any(len(m) == 0 for m in pruned.modules() if type(m).__name__ == "ModuleList"), "no C2f lost all blocks"
+    chains = [layer.m for layer in pruned.model if isinstance(getattr(layer, "m", None), nn.ModuleList | nn.Sequential)]
+    assert any(len(m) == 0 for m in chains), "no CSP layer lost all its blocks"
 
     assert_yaml_rebuilds(supernet, pruned, tmp_path)
     assert_resources_match(supernet, pruned, IMGSZ)
 
     x = torch.rand(2, 3, IMGSZ, IMGSZ, generator=torch.Generator().manual_seed(seed))
     with torch.no_grad():  # float32: raw head outputs (box distributions, class logits) within 1e-4
-        super_raw, pruned_raw = supernet(x)[1], pruned(x)[1]
-    for key in ("boxes", "scores"):
-        assert (super_raw[key] - pruned_raw[key]).abs().max().item() < 1e-4
+        super_raw, pruned_raw = raw_heads(supernet(x)), raw_heads(pruned(x))
+    for key in super_raw:
+        assert (super_raw[key] - pruned_raw[key]).abs().max().item() < 1e-4, key
     supernet.double(), pruned.double()
     with torch.no_grad():  # float64: decoded boxes and scores agree to rounding
         a, b = supernet(x.double())[0], pruned(x.double())[0]
     assert (a - b).abs().max().item() < 1e-9 * a.abs().max().item()
 
 
-@pytest.mark.parametrize("cfg", ["yolov8m.yaml", "yolov8l.yaml", "yolov8x.yaml"])
+@pytest.mark.parametrize("cfg", LARGE_CASES)
 def test_large_scales_rebuild_and_count_exactly(cfg, tmp_path):
     supernet = Supernet.from_source(cfg, nc=80)
     randomize_structure(supernet, seed=7, empty_c2f=3)
@@ -72,16 +107,18 @@ def test_large_scales_rebuild_and_count_exactly(cfg, tmp_path):
     assert_resources_match(supernet, pruned, 64)
 
 
-def test_full_supernet_counts_match_stock_model():
-    """Before any pruning the resource model equals `get_flops` of the unmodified stock model."""
-    stock = DetectionModel("yolov8s.yaml", nc=80, verbose=False)
-    expected = get_flops(stock, 640)
+@pytest.mark.parametrize("cfg", ["yolov8s.yaml", "yolo11s.yaml", "yolo26s.yaml"])
+def test_full_supernet_counts_match_stock_model(cfg):
+    """Before any pruning the resource model equals `get_flops` of the unmodified stock model, as deployed."""
+    stock = DetectionModel(cfg, nc=80, verbose=False)
+    expected = deployed_gflops(stock, 640)
     supernet = Supernet(stock)
     assert ResourceModel(supernet, 640).gflops().item() == pytest.approx(expected, rel=1e-6)
 
 
-def test_resource_gradient_reaches_every_keep_ratio():
-    supernet = Supernet.from_source("yolov8n.yaml", nc=3)
+@pytest.mark.parametrize("cfg", ["yolov8n.yaml", "yolo11n.yaml", "yolo26n.yaml"])
+def test_resource_gradient_reaches_every_keep_ratio(cfg):
+    supernet = Supernet.from_source(cfg, nc=3)
     randomize_structure(supernet, seed=1)
     for mask in supernet.keep_ratio_masks().values():  # keep every block alive so every ratio costs something
         if mask.min_ratio == 0:

@@ -20,16 +20,17 @@ def tiny_data(tmp_path_factory):
     return make_dataset(tmp_path_factory.mktemp("data"), n_train=16, n_val=8, imgsz=IMGSZ, seed=0)
 
 
-def test_pruned_checkpoint_loads_predicts_validates_and_trains_without_plugin(tiny_data, tmp_path):
+@pytest.mark.parametrize("cfg", ["yolov8n.yaml", "yolo11n.yaml", "yolo26n.yaml"])
+def test_pruned_checkpoint_loads_predicts_validates_trains_and_exports_without_plugin(cfg, tiny_data, tmp_path):
     nc = yaml.safe_load(tiny_data.read_text())["nc"]
-    supernet = Supernet.from_source("yolov8n.yaml", nc=nc)
+    supernet = Supernet.from_source(cfg, nc=nc)
     randomize_structure(supernet, seed=3, empty_c2f=1)
     supernet.eval()
     result = export_searched(supernet, tmp_path / "search", imgsz=IMGSZ)
     assert result.gflops > 0 and result.params > 0
 
     code = f"""
-        import numpy as np
+        import numpy as np, onnxruntime as ort, torch
         from ultralytics import YOLO
         from ultralytics.cfg import entrypoint
 
@@ -44,6 +45,13 @@ def test_pruned_checkpoint_loads_predicts_validates_and_trains_without_plugin(ti
         print("YAML_PARAMS", sum(p.numel() for p in rebuilt.model.parameters()))
         entrypoint("yolo train model={result.weights_path} data={tiny_data} epochs=1 imgsz={IMGSZ} batch=4 "
                    "workers=0 device=cpu plots=False val=False project={tmp_path / 'runs'} name=finetune")
+        onnx_path = model.export(format="onnx", imgsz={IMGSZ})
+        x = np.random.default_rng(0).random((1, 3, {IMGSZ}, {IMGSZ}), dtype=np.float32)
+        session = ort.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
+        onnx_out = session.run(None, {{session.get_inputs()[0].name: x}})[0]
+        with torch.no_grad():
+            torch_out = YOLO({str(result.weights_path)!r}).model.float().eval()(torch.from_numpy(x))[0].numpy()
+        print("ONNX_DIFF", float(np.abs(onnx_out - torch_out).max()))
     """
     proc = run_without_yolo_dms(code, cwd=tmp_path)
     output = proc.stdout + proc.stderr
@@ -55,3 +63,4 @@ def test_pruned_checkpoint_loads_predicts_validates_and_trains_without_plugin(ti
     assert transferred, output[-4000:]
     assert transferred.group(1) == transferred.group(2), transferred.group(0)
     assert (tmp_path / "runs" / "finetune" / "weights" / "last.pt").exists()
+    assert float(re.search(r"ONNX_DIFF ([0-9.eE+-]+)", output).group(1)) < 1e-3

@@ -6,13 +6,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ultralytics.utils.checks import check_imgsz
-from ultralytics.utils.torch_utils import get_flops
-
 from yolo_dms.budget import fit_to_budget, resolve_budget
 from yolo_dms.errors import DMSError, first_line
 from yolo_dms.model_io import load_search_checkpoint, write_checkpoint, write_model_yaml
 from yolo_dms.prune import prune, searched_yaml
-from yolo_dms.resources import ResourceModel
+from yolo_dms.resources import ResourceModel, deployed_gflops
 from yolo_dms.supernet import Supernet
 
 YAML_HEADER = """Searched by yolo-dms (Differentiable Model Scaling). A standard Ultralytics model YAML:
@@ -36,7 +34,7 @@ def export_searched(supernet: Supernet, directory: str | Path, imgsz: int = 640)
     yaml_path = write_model_yaml(searched_yaml(supernet), directory / "searched.yaml", YAML_HEADER)
     weights_path = write_checkpoint(pruned, directory / "pruned.pt", {"imgsz": imgsz})
     return ExportResult(
-        yaml_path, weights_path, get_flops(pruned, imgsz), sum(p.numel() for p in pruned.parameters())
+        yaml_path, weights_path, deployed_gflops(pruned, imgsz), sum(p.numel() for p in pruned.parameters())
     )
 
 

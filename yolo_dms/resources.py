@@ -11,14 +11,25 @@ vector operations (in float64, exact for any model size) however many convolutio
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
 from torch import nn
+from ultralytics.nn.tasks import DetectionModel
+from ultralytics.utils.torch_utils import get_flops
 
 from yolo_dms.masks import DepthMask
 from yolo_dms.handlers import Channels, Space
 from yolo_dms.supernet import Supernet
+
+
+def deployed_gflops(model: DetectionModel, imgsz: int | tuple[int, int] = 640) -> float:
+    """`get_flops` of `model` as deployed: an end-to-end head without the branch `fuse()` drops (YOLO26 keeps
+    both for training), which is what `ResourceModel.gflops()` counts."""
+    deployed = copy.deepcopy(model)
+    deployed.model[-1].fuse()
+    return get_flops(deployed, imgsz)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,104 @@
+"""YOLO11 and YOLO26 end to end: `yolo-dms search` through the CLI on tiny data, then every point of the
+exactness contract on what it wrote (searched.yaml, pruned.pt), the last checks in a process without yolo_dms.
+Heads DMS cannot prune (segmentation, pose, OBB) are refused with one line naming the layer."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import run_without_yolo_dms, yolo_dms
+from ultralytics.nn.tasks import DetectionModel, OBBModel, PoseModel, SegmentationModel
+
+from yolo_dms import ResourceModel, Supernet, UnsupportedModelError
+from yolo_dms.demo_data import make_dataset
+from yolo_dms.model_io import load_checkpoint_model
+from yolo_dms.resources import deployed_gflops
+
+IMGSZ = 64
+FAMILIES = ["yolo11n.yaml", "yolo26n.yaml", "yolo11s.yaml"]
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("families")
+
+
+@pytest.fixture(scope="module")
+def tiny_data(workdir) -> Path:
+    return make_dataset(workdir / "data", n_train=16, n_val=8, imgsz=IMGSZ, seed=0)
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def search_run(request, workdir, tiny_data) -> Path:
+    name = Path(request.param).stem
+    proc = yolo_dms(
+        "search", f"model={request.param}", f"data={tiny_data}", "target=0.7", "epochs=1", f"imgsz={IMGSZ}",
+        "batch=8", "workers=0", "device=cpu", "plots=False", "seed=0", f"project={workdir / 'runs'}", f"name={name}",
+        cwd=workdir,
+    )
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    return workdir / "runs" / name
+
+
+def raw_heads(output) -> dict[str, torch.Tensor]:
+    raw = output[1]
+    branches = {name: raw[name] for name in ("one2many", "one2one")} if "one2many" in raw else {"": raw}
+    return {f"{b}/{k}": v[k] for b, v in branches.items() for k in ("boxes", "scores")}
+
+
+def test_searched_outputs_are_exact(search_run):
+    """YAML rebuilds pruned.pt's names and shapes; the searched supernet equals pruned.pt; FLOPs agree."""
+    supernet = load_checkpoint_model(search_run / "weights" / "last.pt").eval()
+    pruned = load_checkpoint_model(search_run / "pruned.pt").eval()
+    assert isinstance(supernet, Supernet) and type(pruned) is DetectionModel
+    rebuilt = DetectionModel(str(search_run / "searched.yaml"), verbose=False)
+    shapes = {k: v.shape for k, v in pruned.state_dict().items()}
+    assert {k: v.shape for k, v in rebuilt.state_dict().items()} == shapes
+    assert deployed_gflops(pruned, IMGSZ) == pytest.approx(ResourceModel(supernet, IMGSZ).gflops().item(), rel=5e-3)
+    x = torch.rand(2, 3, IMGSZ, IMGSZ, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        searched, exported = raw_heads(supernet(x)), raw_heads(pruned(x))
+    for key in searched:
+        assert (searched[key] - exported[key]).abs().max().item() < 1e-4, key
+
+
+def test_stock_ultralytics_trains_every_weight_and_exports_onnx(search_run, tiny_data):
+    runs = search_run / "stock"
+    code = f"""
+        import numpy as np, onnxruntime as ort, torch
+        from ultralytics import YOLO
+        from ultralytics.cfg import entrypoint
+        common = "data={tiny_data} epochs=1 imgsz={IMGSZ} batch=8 workers=0 device=cpu plots=False val=False"
+        entrypoint(f"yolo train model={search_run / 'pruned.pt'} {{common}} project={runs} name=finetune")
+        entrypoint(f"yolo train model={search_run / 'searched.yaml'} {{common}} project={runs} name=scratch")
+        onnx_path = YOLO({str(search_run / 'pruned.pt')!r}).export(format="onnx", imgsz={IMGSZ})
+        x = np.random.default_rng(0).random((1, 3, {IMGSZ}, {IMGSZ}), dtype=np.float32)
+        session = ort.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
+        onnx_out = session.run(None, {{session.get_inputs()[0].name: x}})[0]
+        with torch.no_grad():
+            torch_out = YOLO({str(search_run / 'pruned.pt')!r}).model.float().eval()(torch.from_numpy(x))[0].numpy()
+        print("ONNX_DIFF", float(np.abs(onnx_out - torch_out).max()))
+    """
+    proc = run_without_yolo_dms(code, cwd=search_run)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output[-4000:]
+    transferred = re.findall(r"Transferred (\d+)/(\d+) items", output)
+    assert transferred and transferred[0][0] == transferred[0][1], transferred
+    assert (runs / "scratch" / "weights" / "last.pt").exists()
+    assert float(re.search(r"ONNX_DIFF ([0-9.eE+-]+)", output).group(1)) < 1e-3
+
+
+@pytest.mark.parametrize(
+    ("model_class", "cfg", "layer"),
+    [
+        (SegmentationModel, "yolo11n-seg.yaml", "Segment"),
+        (PoseModel, "yolo26n-pose.yaml", "Pose26"),
+        (OBBModel, "yolo11n-obb.yaml", "OBB"),
+    ],
+)
+def test_other_heads_are_refused_by_name(model_class, cfg, layer):
+    with pytest.raises(UnsupportedModelError, match=rf"^DMS cannot search layer 23 \({layer}\);[^\n]*$"):
+        Supernet(model_class(cfg, verbose=False))
