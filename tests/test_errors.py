@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from ultralytics.nn.tasks import DetectionModel
 
 from yolo_dms import ModelSourceError, Supernet, UnsupportedModelError
 
@@ -47,3 +48,21 @@ def test_keep_ratio_outside_unit_interval_is_refused():
         supernet.masks["l0"].set_keep_ratio(1.5)
     with pytest.raises(ValueError, match=r"keep ratio must lie in \(0, 1\], got 0.0"):
         supernet.masks["l4_hidden"].set_keep_ratio(0.0)
+
+
+def test_checkpoint_is_rebuilt_from_its_yaml_and_refused_when_its_weights_do_not_fit(tmp_path):
+    stock = DetectionModel("yolov8n.yaml", nc=3, verbose=False)
+    stock.yaml = {**stock.yaml, "scale": "s"}  # the YAML now builds yolov8s, twice as wide
+    path = tmp_path / "mismatch.pt"
+    torch.save({"model": stock}, path)
+    with pytest.raises(ModelSourceError, match="do not fit the model its YAML builds") as refused:
+        Supernet.from_source(str(path))
+    assert "\n" not in str(refused.value)
+
+
+def test_a_missing_checkpoint_that_is_not_a_release_name_is_not_looked_up_online(monkeypatch):
+    import ultralytics.utils.downloads as downloads
+
+    monkeypatch.setattr(downloads, "get_github_assets", lambda *a, **k: pytest.fail("looked up online"))
+    with pytest.raises(ModelSourceError, match="does not exist: looked in"):
+        Supernet.from_source("my-typo.pt")

@@ -36,7 +36,8 @@ def resolve_model(source: str | Path) -> str:
 
     A YAML passes through: Ultralytics resolves packaged names (`yolov8s.yaml`) when it reads it. A checkpoint
     is a file here, a file in the weights directory (`SETTINGS['weights_dir']`), or a release asset
-    (`yolov8n.pt`, or the stem `yolov8n`) that `attempt_download_asset` downloads there when online.
+    (`yolov8n.pt`, or the stem `yolov8n`) or URL that `attempt_download_asset` downloads when online. Other
+    missing names are not looked up online, so a mistyped path fails at once.
     """
     name = str(check_model_file_from_stem(str(source)))
     suffix = Path(name).suffix.lower()
@@ -45,7 +46,7 @@ def resolve_model(source: str | Path) -> str:
     if suffix != ".pt":
         raise ModelSourceError(f"model must be a .yaml or .pt file, got '{source}'")
     weights_dir = Path(SETTINGS["weights_dir"])
-    release = name in GITHUB_ASSETS_NAMES
+    release = name in GITHUB_ASSETS_NAMES or name.lower().startswith(("http://", "https://"))
     if Path(name).is_file() or (weights_dir / name).is_file() or (release and is_online()):
         try:
             found = Path(attempt_download_asset(name))
@@ -54,7 +55,7 @@ def resolve_model(source: str | Path) -> str:
         if found.is_file():
             return str(found)
     looked = f"looked in {Path.cwd()} and in the weights directory {weights_dir.resolve()} ({SETTINGS.file})"
-    offline = "; offline, so it was not downloaded from the Ultralytics releases" if release else ""
+    offline = "; offline, so it was not downloaded" if release else ""
     raise ModelSourceError(f"model file '{source}' does not exist: {looked}{offline}")
 
 
