@@ -12,7 +12,7 @@ import pytest
 import yaml
 from ultralytics.nn.tasks import DetectionModel, yaml_model_load
 
-from yolo_dms.benchmark import ARMS, merge_results, run_benchmark
+from yolo_dms.benchmark import ARMS, COLUMNS, merge_results, run_benchmark, summarize
 from yolo_dms.cli import main
 from yolo_dms.demo_data import make_dataset
 from yolo_dms.model_io import write_checkpoint
@@ -85,8 +85,15 @@ def test_merge_joins_parallel_runs(benchmark_run):
         assert len(list(csv.DictReader(f))) == len(rows)
 
 
+def test_skipped_onnx_timing_reads_as_a_dash():
+    row = {"arm": "dms", "target": 0.5, "budget": 1.0, "seed": 0, **dict.fromkeys(COLUMNS, 0.5),
+           "onnx_ms": float("nan")}
+    line = next(line for line in summarize([row, {**row, "seed": 1}]).splitlines() if line.startswith("| dms |"))
+    assert line.split(" | ")[6] == "-" and "nan" not in line
+
+
 @pytest.mark.parametrize("args, message", [
-    (["data=/nonexistent/data.yaml"], "dataset '/nonexistent/data.yaml' cannot be used"),
+    (["data=/nonexistent/data.yaml"], "dataset YAML '/nonexistent/data.yaml' does not exist"),
     (["model=/nonexistent/model.pt"], "model file '/nonexistent/model.pt' does not exist"),
     (["arms=dms,bogus"], "unknown arm(s) ['bogus']"),
     (["epochs=3", "search_epochs=3"], "search_epochs must be"),

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import math
 import statistics
 import time
 from collections.abc import Callable
@@ -39,10 +40,17 @@ from ultralytics.nn.tasks import DetectionModel
 from ultralytics.utils import LOGGER
 from ultralytics.utils.torch_utils import get_flops, select_device
 
+from yolo_dms.data import resolve_data
 from yolo_dms.demo_data import make_dataset
 from yolo_dms.errors import DMSError
 from yolo_dms.evaluation import onnx_report, validate
-from yolo_dms.model_io import load_checkpoint_model, load_detection_model, load_model_yaml, write_model_yaml
+from yolo_dms.model_io import (
+    load_checkpoint_model,
+    load_detection_model,
+    load_model_yaml,
+    resolve_model,
+    write_model_yaml,
+)
 from yolo_dms.overhead import measure_overhead
 from yolo_dms.search import run_search
 from yolo_dms.settings import SearchSettings, SettingsError
@@ -59,39 +67,6 @@ MAGNITUDE_ARMS = {"magnitude_uniform": False, "magnitude_global": True}  # arm -
 
 
 # ----------------------------------------------------------------------------------------------- inputs
-def resolve_model(model: str) -> str:
-    """A model as `yolo train` finds it: a `.pt` path, in the weights directory or from Ultralytics' release
-    download; a YAML path or stock name (`yolov8s.yaml`) is resolved where it is read."""
-    path = Path(str(model))
-    if path.is_file():
-        return str(path.resolve())
-    if path.suffix != ".pt":  # a stock YAML name, found by Ultralytics when it is read
-        return str(model)
-    if path.parent != Path("."):  # a path, not a name: nothing to look up elsewhere
-        raise DMSError(f"model file '{model}' does not exist")
-    from ultralytics.utils.downloads import attempt_download_asset
-
-    try:
-        found = Path(attempt_download_asset(str(model)))
-    except Exception as e:  # offline, unknown asset name: Ultralytics raises several types
-        raise DMSError(f"model '{model}' cannot be found or downloaded: {str(e).strip().splitlines()[0]}") from None
-    if not found.is_file():
-        raise DMSError(f"model '{model}' is neither here, nor in Ultralytics' weights directory, nor downloadable")
-    return str(found.resolve())
-
-
-def resolve_data(data: str) -> tuple[Path, int]:
-    """(The dataset YAML, its class count) as `yolo train` resolves `data`: Ultralytics' `check_det_dataset`
-    (packaged names, `datasets_dir`, autodownload, absolute or relative split paths)."""
-    from ultralytics.data.utils import check_det_dataset
-
-    try:
-        info = check_det_dataset(str(data))
-    except Exception as e:  # Ultralytics raises several types for a bad dataset; all mean the same here
-        raise DMSError(f"dataset '{data}' cannot be used: {str(e).strip().splitlines()[0]}") from None
-    return Path(info["yaml_file"]).resolve(), int(info["nc"])
-
-
 def model_cfg(model: str, nc: int) -> dict:
     """The model's architecture as a YAML dict for `nc` classes: a checkpoint's own YAML, or a YAML file."""
     cfg = load_detection_model(model).yaml if model.endswith(".pt") else load_model_yaml(model)
@@ -198,7 +173,7 @@ def magnitude_prune(weights: Path, budget: float, imgsz: int, global_pruning: bo
         p.requires_grad_(True)
     head = model.model[-1]
     ignored = [head.dfl, *(seq[-1] for seq in head.cv2), *(seq[-1] for seq in head.cv3)]
-    example = torch.zeros(1, 3, imgsz, imgsz)
+    example = torch.zeros(1, 3, 64, 64)  # traces the graph only; any size the strides divide will do
     pruner = tp.pruner.MagnitudePruner(model, example, importance=tp.importance.MagnitudeImportance(p=2),
                                        global_pruning=global_pruning, iterative_steps=400, pruning_ratio=0.95,
                                        ignored_layers=ignored)
@@ -254,15 +229,19 @@ def run_seed(seed: int, arms: list[str], options: dict, data: Path, cfg: dict, b
         teacher = {"distill_model": model} if arm == "dms_kd" else {}
         return lambda: train(pruned, data, rest, seed, out, arm, options, **teacher), search_min
 
+    def score(weights: Path, arm: str) -> dict:
+        """GFLOPs, params, both mAPs and ONNX Runtime latency; `latency_runs=0` skips ONNX (NaN), for runs that
+        share the CPU with others, where a timing would not mean much."""
+        scores = validate(weights, data, imgsz, options["device"], save_json=True, project=str(out / arm),
+                          name="val", exist_ok=True)[0]
+        runs = options["latency_runs"]
+        return {**scores, "onnx_ms": onnx_report(weights, imgsz, runs).latency_ms if runs else math.nan}
+
     rows = []
     for arm in arms:
         final_training, structure_min = structure(arm)
         weights, train_min = timed(final_training)
-        scores, eval_min = timed(lambda: {
-            **validate(weights, data, imgsz, options["device"], save_json=True, project=str(out / arm),
-                       name="val", exist_ok=True)[0],
-            "onnx_ms": onnx_report(weights, imgsz, options["latency_runs"]).latency_ms,
-        })
+        scores, eval_min = timed(lambda: score(weights, arm))
         phases = {"structure_min": structure_min, "train_min": train_min, "eval_min": eval_min}
         row = {"arm": arm, "target": options["target"], "budget": budget, "seed": seed, **scores, **phases,
                "total_min": sum(phases.values())}
@@ -293,6 +272,9 @@ def summarize(rows: list[dict], overhead: str = "") -> str:
             cells = []
             for key in COLUMNS:
                 values = [float(r[key]) for r in group if r["arm"] == arm]
+                if any(math.isnan(v) for v in values):  # not measured (ONNX timing skipped)
+                    cells.append("-")
+                    continue
                 mean, spread = statistics.mean(values), statistics.pstdev(values)
                 fmt = "{:,.0f}" if key == "params" else "{:.4f}" if "map" in key or key == "gflops" else "{:.2f}"
                 cells.append(fmt.format(mean) + (f" ± {fmt.format(spread)}" if spread else ""))
@@ -367,9 +349,10 @@ def run_benchmark(**overrides) -> str:
     out = Path(options["out"]).resolve()
     options["out"] = out
     out.mkdir(parents=True, exist_ok=True)
-    data, nc = resolve_data(options["data"] or make_dataset(
+    info = resolve_data(options["data"] or make_dataset(
         out / "data", n_train=options["n_train"], n_val=options["n_val"], imgsz=options["imgsz"]))
-    cfg = model_cfg(model, nc)
+    data = Path(info["yaml_file"]).resolve()  # the YAML `data=` named, wherever Ultralytics found it
+    cfg = model_cfg(model, info["nc"])
     budget = float(options["target"]) * get_flops(DetectionModel(copy.deepcopy(cfg), verbose=False), options["imgsz"])
     seeds = options["seeds"]  # "0,1" from Python, (0, 1) once the CLI has typed it
     seeds = [int(x) for x in (seeds if isinstance(seeds, list | tuple) else str(seeds).split(",")) if str(x).strip()]
