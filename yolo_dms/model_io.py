@@ -59,6 +59,10 @@ def resolve_model(source: str | Path) -> str:
     raise ModelSourceError(f"model file '{source}' does not exist: {looked}{offline}")
 
 
+def is_checkpoint(path: str | Path) -> bool:
+    return Path(path).suffix.lower() == ".pt"
+
+
 def load_model_yaml(path: str | Path) -> dict:
     """Model dict from a YAML path or a stock Ultralytics name such as `yolov8s.yaml`."""
     try:
@@ -72,10 +76,10 @@ def load_model_yaml(path: str | Path) -> dict:
     return cfg
 
 
-def read_checkpoint(source: str | Path) -> tuple[dict, Path]:
-    """The checkpoint dictionary `source` names (resolved like `yolo train` resolves it), and its path."""
+def read_checkpoint(source: str | Path) -> dict:
+    """The checkpoint dictionary `source` names (resolved like `yolo train` resolves it)."""
     path = resolve_model(source)
-    if not path.endswith(".pt"):
+    if not is_checkpoint(path):
         raise ModelSourceError(f"'{source}' is not a checkpoint (.pt)")
     try:
         ckpt, _ = torch_safe_load(path)
@@ -83,7 +87,7 @@ def read_checkpoint(source: str | Path) -> tuple[dict, Path]:
         raise ModelSourceError(f"'{source}' is not a readable checkpoint: {first_line(e)}") from None
     if not isinstance(ckpt, dict):
         raise ModelSourceError(f"'{source}' holds no Ultralytics model")
-    return ckpt, Path(path)
+    return ckpt
 
 
 def stored_model(ckpt: dict) -> torch.nn.Module | None:
@@ -103,7 +107,7 @@ def load_checkpoint_model(source: str | Path, nc: int | None = None) -> Detectio
     """
     from yolo_dms.supernet import Supernet  # supernet.py builds on this module
 
-    model = stored_model(read_checkpoint(source)[0])
+    model = stored_model(read_checkpoint(source))
     if model is None:
         raise ModelSourceError(f"'{source}' holds no Ultralytics model")
     if isinstance(model, Supernet):
@@ -118,7 +122,7 @@ def load_search_checkpoint(source: str | Path, hint: str) -> tuple[Supernet, dic
     `hint` saying what the mode needs."""
     from yolo_dms.supernet import Supernet  # supernet.py builds on this module
 
-    ckpt, _ = read_checkpoint(source)
+    ckpt = read_checkpoint(source)
     model = stored_model(ckpt)
     if not isinstance(model, Supernet):
         held = f"a plain {type(model).__name__}" if model is not None else "no model"
@@ -128,6 +132,8 @@ def load_search_checkpoint(source: str | Path, hint: str) -> tuple[Supernet, dic
 
 def rebuild(model: DetectionModel, source: str | Path, nc: int | None = None) -> DetectionModel:
     """A stock `DetectionModel` built from `model.yaml`, holding `model`'s weights and class names."""
+    if not isinstance(getattr(model, "yaml", None), dict):
+        raise ModelSourceError(f"the model in '{source}' carries no model YAML to rebuild it from")
     same_classes = nc is None or nc == model.yaml.get("nc")
     try:
         fresh = DetectionModel(deepcopy(model.yaml), nc=None if same_classes else nc, verbose=False)
@@ -149,7 +155,7 @@ def rebuild(model: DetectionModel, source: str | Path, nc: int | None = None) ->
 def load_detection_model(source: str | Path, nc: int | None = None) -> DetectionModel:
     """A YOLO detection model built from a YAML or loaded from a checkpoint; clear errors for anything else."""
     source = resolve_model(source)
-    if not source.endswith(".pt"):
+    if not is_checkpoint(source):
         cfg = load_model_yaml(source)
         task = guess_model_task(cfg)
         if task not in {"detect", None}:  # None: an unknown head, named layer by layer by the supernet
