@@ -15,6 +15,7 @@ from torch import nn
 from ultralytics.nn.tasks import DetectionModel
 
 from yolo_dms.handlers import Channels, Space, Transfer
+from yolo_dms.handlers.heads import channels_per_element
 from yolo_dms.supernet import Supernet
 
 
@@ -60,7 +61,10 @@ def _apply(t: Transfer, supernet: Supernet, pruned: DetectionModel, kept: dict[S
     device = next(supernet.parameters()).device
 
     def size(c: Channels) -> int:
-        return supernet.masks[c.mask].size if isinstance(c, Space) else c
+        if not isinstance(c, Space):
+            return c
+        mask = supernet.masks[c.mask]
+        return mask.size * channels_per_element(mask, c.row)
 
     def chosen(c: Channels) -> torch.Tensor:
         return kept[c].to(device) if isinstance(c, Space) else torch.arange(c, device=device)

@@ -3,9 +3,9 @@
 Counting follows THOP as Ultralytics' `get_flops` uses it: a convolution costs `out_h * out_w * C_out *
 C_in / groups * k_h * k_w` multiply-adds, a BatchNorm `4 * numel`, an attention's two matrix products
 `heads * N^2 * (key_dim + head_dim)`, activations, pooling, nearest upsampling and concatenation nothing;
-GFLOPs are `2 * MACs / 1e9`. An end-to-end head counts the branch that `fuse()` keeps for deployment. Channel counts are straight-through (hard forward,
-soft backward), so the figure at hard masks is exactly the pruned model's `get_flops`, while its gradient
-reaches every keep ratio. The wiring is compiled once into index tensors, so a figure costs a handful of
+GFLOPs are `2 * MACs / 1e9`. An end-to-end head counts the branch that `fuse()` keeps for deployment.
+Channel counts are straight-through (hard forward, soft backward), so the figure at hard masks is exactly the
+pruned model's `get_flops` as deployed, while its gradient reaches every keep ratio. The wiring is compiled once into index tensors, so a figure costs a handful of
 vector operations (in float64, exact for any model size) however many convolutions the model has.
 """
 
@@ -21,6 +21,7 @@ from ultralytics.utils.torch_utils import get_flops
 
 from yolo_dms.masks import DepthMask
 from yolo_dms.handlers import Channels, Space
+from yolo_dms.handlers.heads import channels_per_element
 from yolo_dms.supernet import Supernet
 
 
@@ -55,7 +56,9 @@ class ResourceModel:
         sites = self.supernet.sites
         self.widths = list(self.supernet.soft_counts())  # every width mask, own or derived
         self.depths = [n for n, m in self.supernet.masks.items() if isinstance(m, DepthMask)]
-        constants = sorted({c for s in sites for c in (*(c for c, _ in s.inputs), *s.outputs) if isinstance(c, int)})
+        attention = self.supernet.attention_sites
+        constants = {c for s in sites for c in (*(c for c, _ in s.inputs), *s.outputs) if isinstance(c, int)}
+        constants = sorted(constants | {a.heads for a in attention if isinstance(a.heads, int)})
         channel = {n: i for i, n in enumerate(self.widths)}
         channel.update({c: len(self.widths) + i for i, c in enumerate(constants)})
         gate_offset, offset = {}, 0
@@ -70,15 +73,20 @@ class ResourceModel:
         def index(c: Channels) -> int:
             return channel[c.mask if isinstance(c, Space) else c]
 
+        def scale(c: Channels) -> int:  # channels per counted element (attention heads count whole)
+            return channels_per_element(self.supernet.masks[c.mask], c.row) if isinstance(c, Space) else 1
+
         def tensor(values, dtype=torch.long) -> torch.Tensor:
             return torch.tensor(values, dtype=dtype)
 
         self.constants = tensor(constants, torch.float64)
         self.in_site = tensor([i for i, s in enumerate(sites) for _ in s.inputs])
         self.in_channel = tensor([index(c) for s in sites for c, _ in s.inputs])
+        self.in_scale = tensor([scale(c) for s in sites for c, _ in s.inputs], torch.float64)
         self.in_gate = tensor([gate(ref) for s in sites for _, ref in s.inputs])
         self.out_site = tensor([i for i, s in enumerate(sites) for _ in s.outputs])
         self.out_channel = tensor([index(c) for s in sites for c in s.outputs])
+        self.out_scale = tensor([scale(c) for s in sites for c in s.outputs], torch.float64)
         self.block = tensor([gate(s.block) for s in sites])
         shapes = [self.shapes[s.path] for s in sites]
         self.positions = tensor([sh.positions for sh in shapes], torch.float64)
@@ -87,11 +95,11 @@ class ResourceModel:
         self.bn = tensor([s.bn for s in sites], torch.float64)
         self.depthwise = tensor([s.depthwise for s in sites], torch.bool)
         self.counted = tensor([s.counted for s in sites], torch.float64)
-        attention = self.supernet.attention_sites
-        self.attention_macs = tensor(
-            [a.heads * (a.key_dim + a.head_dim) * self.shapes[f"{a.path}.qkv.conv"].positions ** 2 for a in attention],
+        self.attention_macs = tensor(  # per head
+            [(a.key_dim + a.head_dim) * self.shapes[f"{a.path}.qkv.conv"].positions ** 2 for a in attention],
             torch.float64,
         )
+        self.attention_heads = tensor([index(a.heads) for a in attention])
         self.attention_block = tensor([gate(a.block) for a in attention])
         self.layer = [int(s.path.split(".")[1]) for s in (*sites, *attention)]
 
@@ -131,12 +139,12 @@ class ResourceModel:
         counts, gates = self.supernet.channel_counts(hard), self.supernet.depth_gates(hard)
         width = torch.cat([torch.stack([counts[n] for n in self.widths]).double(), self.constants.to(device)])
         gate = torch.cat([*(gates[n].double() for n in self.depths), torch.ones(1, dtype=torch.float64, device=device)])
-        names = ("in_site", "in_channel", "in_gate", "out_site", "out_channel", "block")
+        names = ("in_site", "in_channel", "in_scale", "in_gate", "out_site", "out_channel", "out_scale", "block")
         idx = {k: getattr(self, k).to(device) for k in names}
         c_in = torch.zeros(len(self.kernel), dtype=torch.float64, device=device).index_add(
-            0, idx["in_site"], width[idx["in_channel"]] * gate[idx["in_gate"]]
+            0, idx["in_site"], width[idx["in_channel"]] * idx["in_scale"] * gate[idx["in_gate"]]
         )
-        c_out = torch.zeros_like(c_in).index_add(0, idx["out_site"], width[idx["out_channel"]])
+        c_out = torch.zeros_like(c_in).index_add(0, idx["out_site"], width[idx["out_channel"]] * idx["out_scale"])
         positions, kernel, bias, bn, depthwise, counted = (
             getattr(self, k).to(device) for k in ("positions", "kernel", "bias", "bn", "depthwise", "counted")
         )
@@ -144,7 +152,8 @@ class ResourceModel:
         weights = kernel * torch.where(depthwise, torch.ones_like(c_in), c_in) * c_out
         macs = counted * keep * (positions * weights + 4 * positions * c_out * bn)
         params = keep * (weights + c_out * bias + 2 * c_out * bn)
-        attention = self.attention_macs.to(device) * gate[self.attention_block.to(device)]
+        heads = width[self.attention_heads.to(device)]
+        attention = self.attention_macs.to(device) * heads * gate[self.attention_block.to(device)]
         return torch.cat([macs, attention]), torch.cat([params, torch.zeros_like(attention)])
 
     def gflops(self) -> torch.Tensor:

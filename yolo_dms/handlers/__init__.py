@@ -5,7 +5,17 @@ Importing this package registers every handler. Adding a layer type is one handl
 """
 
 from yolo_dms.handlers import csp, detect, simple, sppf  # noqa: F401  (registration)
-from yolo_dms.handlers.base import AttentionSite, BlockRef, Channels, ConvSite, LayerHandler, Layout, Space, Transfer, Wiring
+from yolo_dms.handlers.base import (
+    AttentionSite,
+    BlockRef,
+    Channels,
+    ConvSite,
+    LayerHandler,
+    Layout,
+    Space,
+    Transfer,
+    Wiring,
+)
 from yolo_dms.handlers.registry import HANDLERS, handlers_for, register
 
 __all__ = [

@@ -16,6 +16,7 @@ from ultralytics.utils.ops import make_divisible
 
 from yolo_dms.errors import UnsupportedModelError
 from yolo_dms.handlers.gates import GatedConv, become
+from yolo_dms.handlers.heads import HeadMask
 from yolo_dms.masks import DepthMask, DerivedWidthMask, WidthMask
 
 
@@ -58,7 +59,7 @@ class AttentionSite:
     multiply-adds over N positions (THOP counts them), paid only while `block` is kept. No parameters."""
 
     path: str  # the Attention module; N is the output size of its `qkv` convolution
-    heads: int
+    heads: Channels  # kept heads: a head mask, or a fixed number
     key_dim: int
     head_dim: int
     block: BlockRef | None = None
@@ -167,9 +168,20 @@ class Wiring:
         """Record a bare `nn.Conv2d` with bias (a head's prediction layer), never gated."""
         self.sites.append(ConvSite(path, tuple((c, None) for c in inputs), tuple(outputs), bn=False, counted=counted))
 
-    def attention(self, path: str, attn: nn.Module, block: BlockRef | None = None) -> None:
-        """Record the matrix products of an Ultralytics `Attention` at its built width."""
-        self.attention_sites.append(AttentionSite(path, attn.num_heads, attn.key_dim, attn.head_dim, block))
+    def heads(self, name: str, attn: nn.Module, width: Channels) -> tuple[Channels, Channels]:
+        """The heads of `attn` in a block of `width` channels, as (`qkv` output, values) spaces; fixed numbers
+        when the width is fixed."""
+        if isinstance(width, int):
+            return attn.qkv.conv.out_channels, width
+        units = (2 * attn.key_dim + attn.head_dim, attn.head_dim)
+        mask = HeadMask(attn.num_heads, (width.mask,), attn.head_dim, units)
+        mask.lam, mask.decay = self.lam, self.decay
+        self.masks[name] = mask
+        return Space(name, 0), Space(name, 1)
+
+    def attention(self, path: str, attn: nn.Module, heads: Channels, block: BlockRef | None = None) -> None:
+        """Record the matrix products of an Ultralytics `Attention` keeping `heads` heads."""
+        self.attention_sites.append(AttentionSite(path, heads, attn.key_dim, attn.head_dim, block))
 
     def depth_gated(self, path: str, module: nn.Module, cls: type, depth: str) -> None:
         """Give `module` the depth-gated forward of `cls`, gated by depth mask `depth`."""

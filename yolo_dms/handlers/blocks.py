@@ -11,15 +11,17 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from torch import nn
-from ultralytics.nn.modules.block import C3k, Bottleneck, PSABlock
+from ultralytics.nn.modules.block import Bottleneck, C3k, PSABlock
 
 from yolo_dms.errors import UnsupportedModelError
-from yolo_dms.handlers.base import BlockRef, Channels, Wiring
+from yolo_dms.handlers.base import BlockRef, Channels, Space, Wiring
 
 BLOCKS: dict[type, type[BlockHandler]] = {}
 
 
 def register_block(block_type: type):
+    """Class decorator: `cls` wires every chained block of exactly `block_type`."""
+
     def decorate(cls: type[BlockHandler]) -> type[BlockHandler]:
         BLOCKS[block_type] = cls
         return cls
@@ -38,11 +40,13 @@ def block_handler(block: nn.Module, path: str) -> BlockHandler:
 class BlockHandler:
     """Wiring of one block type inside a CSP chain."""
 
-    fixed_width = False  # the block only works at its built width (attention): its chain's width stays fixed
-
     @staticmethod
     def accepts(block: nn.Module) -> bool:
         return True
+
+    def chain_step(self, block: nn.Module) -> int | None:
+        """The multiple the chain width must keep for this block to rebuild exactly; None: its width is fixed."""
+        return 1
 
     def residual(self, block: nn.Module) -> bool:
         """Whether the block adds its input to its output (then its output is its input's channel space)."""
@@ -53,7 +57,8 @@ class BlockHandler:
         raise NotImplementedError
 
     def wire(self, w: Wiring, path: str, block: nn.Module, x: Channels, out: Channels, ref: BlockRef,
-             inner: Iterator[Channels]) -> None:
+             inner: Iterator[Channels], name: str) -> None:
+        """Record the block's convolutions; `name` prefixes any mask of its own."""
         raise NotImplementedError
 
 
@@ -74,7 +79,7 @@ class BottleneckBlock(BlockHandler):
     def inner_rows(self, block: Bottleneck) -> int:
         return 1
 
-    def wire(self, w, path, block, x, out, ref, inner) -> None:
+    def wire(self, w, path, block, x, out, ref, inner, name) -> None:
         wire_bottleneck(w, path, block, x, next(inner), out, ref)
 
 
@@ -90,7 +95,7 @@ class C3kBlock(BlockHandler):
     def inner_rows(self, block: C3k) -> int:
         return 2 + sum(1 if b.add else 2 for b in block.m)
 
-    def wire(self, w, path, block, x, out, ref, inner) -> None:
+    def wire(self, w, path, block, x, out, ref, inner, name) -> None:
         half, side = next(inner), next(inner)
         w.conv(f"{path}.cv1", block.cv1, (x,), (half,), ref)
         w.conv(f"{path}.cv2", block.cv2, (x,), (side,), ref)
@@ -103,28 +108,36 @@ class C3kBlock(BlockHandler):
         w.conv(f"{path}.cv3", block.cv3, (prev, side), (out,), ref)
 
 
-def wire_psa_block(w: Wiring, path: str, block: PSABlock, x: Channels, ref: BlockRef) -> None:
-    """PSABlock at its built width (attention, then a c -> 2c -> c FFN, both residual), all widths fixed.
+def wire_psa_block(w: Wiring, path: str, block: PSABlock, x: Channels, ref: BlockRef, name: str) -> None:
+    """PSABlock (attention, then a c -> 2c -> c FFN, both residual) on the chain's channels `x`.
 
-    `Attention` recomputes its head count as `max(c // 64, 1)` when rebuilt and splits `qkv` per head, so
-    its width is kept as built; the block is still removable (it is residual, so removed it is the identity).
+    Heads are kept or dropped whole (see `heads.py`); the FFN's hidden width is `2 x`, its channels by
+    importance. At a fixed width (a single head) everything is fixed and only the block is removable.
     """
-    if not isinstance(x, int) or not block.add:
-        raise UnsupportedModelError(f"{path}: a PSABlock must be residual and at a fixed width")
+    if not block.add:
+        raise UnsupportedModelError(f"{path}: only residual PSABlocks can be searched")
     attn = block.attn
-    w.conv(f"{path}.attn.qkv", attn.qkv, (x,), (attn.qkv.conv.out_channels,), ref)
-    w.conv(f"{path}.attn.pe", attn.pe, (), (x,), ref, depthwise=True)
-    w.conv(f"{path}.attn.proj", attn.proj, (x,), (x,), ref)
-    w.attention(f"{path}.attn", attn, ref)
-    w.conv(f"{path}.ffn.0", block.ffn[0], (x,), (block.ffn[0].conv.out_channels,), ref)
-    w.conv(f"{path}.ffn.1", block.ffn[1], (block.ffn[0].conv.out_channels,), (x,), ref)
+    qkv, values = w.heads(f"{name}_heads", attn, x)
+    w.conv(f"{path}.attn.qkv", attn.qkv, (x,), (qkv,), ref)
+    w.conv(f"{path}.attn.pe", attn.pe, (), (values,), ref, depthwise=True)
+    w.conv(f"{path}.attn.proj", attn.proj, (values,), (x,), ref)
+    w.attention(f"{path}.attn", attn, attn.num_heads if isinstance(x, int) else Space(f"{name}_heads"), ref)
+    (ffn,) = w.derived(f"{name}_ffn", block.ffn[0].conv.out_channels, (x, x), div=1)
+    w.conv(f"{path}.ffn.0", block.ffn[0], (x,), (ffn,), ref)
+    w.conv(f"{path}.ffn.1", block.ffn[1], (ffn,), (x,), ref)
+
+
+def attention_step(attn) -> int | None:
+    """The step an attention block's width moves in: whole heads, or None (fixed) with a single head."""
+    return attn.head_dim if attn.num_heads > 1 else None
 
 
 @register_block(PSABlock)
 class PSABlockHandler(BlockHandler):
     """A PSABlock of C2PSA."""
 
-    fixed_width = True
+    def chain_step(self, block: PSABlock) -> int | None:
+        return attention_step(block.attn)
 
     def residual(self, block: PSABlock) -> bool:
         return True
@@ -132,19 +145,20 @@ class PSABlockHandler(BlockHandler):
     def inner_rows(self, block: PSABlock) -> int:
         return 0
 
-    def wire(self, w, path, block, x, out, ref, inner) -> None:
-        wire_psa_block(w, path, block, x, ref)
+    def wire(self, w, path, block, x, out, ref, inner, name) -> None:
+        wire_psa_block(w, path, block, x, ref, name)
 
 
 @register_block(nn.Sequential)
 class AttentionBlock(BlockHandler):
     """C3k2's attention block (YOLO26): a residual Bottleneck then a PSABlock, both at the chain width."""
 
-    fixed_width = True
-
     @staticmethod
     def accepts(block: nn.Sequential) -> bool:
         return [type(b) for b in block] == [Bottleneck, PSABlock] and block[0].add
+
+    def chain_step(self, block: nn.Sequential) -> int | None:
+        return attention_step(block[1].attn)
 
     def residual(self, block: nn.Sequential) -> bool:
         return True
@@ -152,6 +166,6 @@ class AttentionBlock(BlockHandler):
     def inner_rows(self, block: nn.Sequential) -> int:
         return 1
 
-    def wire(self, w, path, block, x, out, ref, inner) -> None:
+    def wire(self, w, path, block, x, out, ref, inner, name) -> None:
         wire_bottleneck(w, f"{path}.0", block[0], x, next(inner), x, ref)
-        wire_psa_block(w, f"{path}.1", block[1], x, ref)
+        wire_psa_block(w, f"{path}.1", block[1], x, ref, name)

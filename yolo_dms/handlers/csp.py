@@ -10,6 +10,8 @@ linear before its BatchNorm), which keeps the pruned model exact.
 
 from __future__ import annotations
 
+import math
+
 from ultralytics.nn.modules import C2, C2PSA, C2f, C3k2
 from ultralytics.nn.modules.block import C3k
 
@@ -48,10 +50,11 @@ class CSPHandler(LayerHandler):
         blocks = [block_handler(b, f"{self.path}.m.{j}") for j, b in enumerate(layer.m)]
         self.out = self.output(w, layer, inputs)
         own_rows = 2 + sum(not h.residual(b) for h, b in zip(blocks, layer.m))
-        if any(h.fixed_width for h in blocks):
+        steps = [h.chain_step(b) for h, b in zip(blocks, layer.m)]
+        if None in steps:
             hidden: list[Channels] = [c] * own_rows
         else:
-            hidden = w.width(f"l{i}_hidden", c, own_rows, self.hidden_divisor)
+            hidden = w.width(f"l{i}_hidden", c, own_rows, math.lcm(self.hidden_divisor, *steps))
         self.hidden = hidden[0]
         inner_rows = sum(h.inner_rows(b) for h, b in zip(blocks, layer.m))
         inner = iter(w.derived(f"l{i}_inner", c // self.inner_div, (hidden[0],), self.inner_div, 0, inner_rows)
@@ -68,7 +71,7 @@ class CSPHandler(LayerHandler):
         for j, (h, block) in enumerate(zip(blocks, layer.m)):
             ref = (self.depth, j)
             out = prev if h.residual(block) else next(rows)
-            h.wire(w, f"{self.path}.m.{j}", block, prev, out, ref, inner)
+            h.wire(w, f"{self.path}.m.{j}", block, prev, out, ref, inner, f"l{i}_m{j}")
             self.block_io.append((prev, out))
             joined.append((out, ref))
             prev = out
@@ -133,7 +136,7 @@ class C3k2Handler(CSPHandler):
     """C3k2 (YOLO11, YOLO26): a C2f whose blocks are Bottlenecks (`e=0.5`), C3k blocks or attention blocks.
 
     Inner widths are `c // 2`, so the chain width moves in steps of 2 (never a zero-width inner layer). With
-    attention blocks the chain width stays as built (see `blocks.wire_psa_block`).
+    attention blocks it moves in whole heads, or stays as built for a single head (see `heads.py`).
     """
 
     gated = DepthGatedC3k2
@@ -153,8 +156,8 @@ class C3k2Handler(CSPHandler):
 @register(C2PSA)
 class C2PSAHandler(CSPHandler):
     """C2PSA (YOLO11, YOLO26): residual PSABlocks chained on `b`, joined after `a`. Its output must equal its
-    input width (`c1 == c2`), so it is derived from the input, channels by importance; the chain width stays
-    as built (attention), written as `e`; blocks are removable."""
+    input width (`c1 == c2`), so it is derived from the input, channels by importance; the chain width moves
+    in whole attention heads (fixed for a single head), written as `e`; blocks are removable."""
 
     gated = DepthGatedC2PSA
     join_all = False
