@@ -12,7 +12,7 @@ import torch
 from helpers import run_without_yolo_dms, yolo_dms
 from ultralytics.nn.tasks import DetectionModel, OBBModel, PoseModel, SegmentationModel
 
-from yolo_dms import ResourceModel, Supernet, UnsupportedModelError
+from yolo_dms import ResourceModel, Supernet, UnsupportedModelError, prune
 from yolo_dms.demo_data import make_dataset
 from yolo_dms.model_io import load_checkpoint_model
 from yolo_dms.resources import deployed_gflops
@@ -89,6 +89,22 @@ def test_stock_ultralytics_trains_every_weight_and_exports_onnx(search_run, tiny
     assert transferred and transferred[0][0] == transferred[0][1], transferred
     assert (runs / "scratch" / "weights" / "last.pt").exists()
     assert float(re.search(r"ONNX_DIFF ([0-9.eE+-]+)", output).group(1)) < 1e-3
+
+
+def test_attention_narrows_in_whole_heads():
+    """yolo11s's C2PSA has 4 heads of 64 channels: half its width rebuilds as 2 heads of the same split."""
+    supernet = Supernet.from_source("yolo11s.yaml", nc=3)
+    for mask in supernet.masks.values():
+        mask.importance.copy_(torch.rand(mask.importance.shape, generator=torch.Generator().manual_seed(0)))
+    supernet.masks["l10_hidden"].set_keep_ratio(0.45)  # 115 of 256 channels, rounded to 2 whole heads
+    supernet.eval()
+    pruned = prune(supernet).eval()
+    attn = pruned.model[10].m[0].attn
+    assert (attn.num_heads, attn.head_dim, attn.key_dim) == (2, 64, 32)
+    x = torch.rand(1, 3, IMGSZ, IMGSZ, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        searched, exported = raw_heads(supernet(x)), raw_heads(pruned(x))
+    assert all((searched[k] - exported[k]).abs().max().item() < 1e-4 for k in searched)
 
 
 @pytest.mark.parametrize(
