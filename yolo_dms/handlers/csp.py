@@ -42,6 +42,7 @@ class CSPHandler(LayerHandler):
     hidden_divisor = 1  # multiple the chain width keeps, so that derived inner widths never reach zero
 
     def output(self, w: Wiring, layer, inputs: Layout) -> Channels:
+        """The layer's output channels: a searchable width of its own."""
         return w.output(self.index, layer.cv2.conv.out_channels)
 
     def wire(self, w: Wiring, layer, sources: list[Layout]) -> Layout:
@@ -80,21 +81,23 @@ class CSPHandler(LayerHandler):
         w.conv(f"{self.path}.cv2", layer.cv2, joined, (self.out,))
         return (self.out,)
 
-    def kept_count(self, c: Channels, counts: dict[str, int]) -> int:
+    @staticmethod
+    def kept_count(c: Channels, counts: dict[str, int]) -> int:
         return c if isinstance(c, int) else counts[c.mask]
 
     def yaml_args(self, args: list, c2: int, e: float) -> list:
+        """The row's args for output width `c2` and expansion `e`, from the row's own `args`."""
         shortcut = bool(args[1]) if len(args) > 1 else False
         return [c2, shortcut, 1, e]
 
     def yaml_row(self, row: list, counts: dict[str, int], blocks: dict[str, list[int]]) -> None:
         c2 = self.kept_count(self.out, counts)
-        row[1] = len(blocks.get(self.depth, [])) if self.depth else 0
+        row[1] = len(blocks.get(self.depth, []))
         row[3] = self.yaml_args(row[3], c2, csp_expansion(c2, self.kept_count(self.hidden, counts)))
 
     def transfers(self, sites: list[ConvSite], blocks: dict[str, list[int]]) -> list[Transfer]:
         """Kept blocks renumbered, each fed by the last kept output; duplicated `cv2` inputs merged."""
-        kept = blocks.get(self.depth, []) if self.depth else []
+        kept = blocks.get(self.depth, [])
         cv1, cv2 = f"{self.path}.cv1.conv", f"{self.path}.cv2.conv"
         transfers = [Transfer.of(s) for s in sites if s.path == cv1]
         source, slot = self.halves[self.chain_row], self.chain_row
