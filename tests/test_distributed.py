@@ -4,7 +4,7 @@ The parent `DMSTrainer` goes through its own DDP branch: it builds the supernet,
 pickles the trainer class, its arguments, the supernet and the parent's callbacks (cloudpickle), and
 `torch.distributed.run` starts two workers running Ultralytics' generated script, which rebuilds each trainer
 from that state and wraps the supernet in DDP with `broadcast_buffers=False`. Only what needs CUDA is swapped
-in the workers (`CPU_WORKER`): the device count, NCCL, and DDP's `device_ids`.
+in the workers (`CPU_WORKER`): the device count, NCCL, DDP's `device_ids` and the validator's device.
 
 Every rank must run the same search clock as one process (a callback registered twice would double it), and
 the ranks must hold the same structure after every batch.
@@ -29,23 +29,32 @@ IMGSZ, WORLD = 64, 2
 # Runs each worker's copy of Ultralytics' DDP script on CPU: the script and everything it loads stay as they are.
 CPU_WORKER = """
 import os, runpy, sys
+from types import SimpleNamespace
 import torch
 import torch.distributed as dist
+import ultralytics.engine.validator as validator
 from ultralytics.engine.trainer import BaseTrainer
 
-init = BaseTrainer.__init__
+rank, local_rank, world = (int(os.environ[k]) for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE"))
+init, backend = BaseTrainer.__init__, validator.AutoBackend
 
-def init_on_cpu(self, *args, **kwargs):
+
+def init_on_cpu(self, *args, **kwargs):  # device='0,1' counts two devices on a GPU machine
     init(self, *args, **kwargs)
-    self.world_size = int(os.environ["WORLD_SIZE"])  # what device='0,1' counts on a GPU machine
+    self.world_size = world
 
-class CpuDDP(torch.nn.parallel.DistributedDataParallel):
+
+class CpuDDP(torch.nn.parallel.DistributedDataParallel):  # Ultralytics passes the rank's CUDA index
     def __init__(self, module, device_ids=None, **kwargs):
-        super().__init__(module, device_ids=None, **kwargs)  # Ultralytics passes the CUDA index, None on CPU
+        super().__init__(module, **kwargs)
+
 
 BaseTrainer.__init__ = init_on_cpu
-BaseTrainer._setup_ddp = lambda self: dist.init_process_group("gloo", rank=int(os.environ["RANK"]), world_size=self.world_size)
+BaseTrainer._setup_ddp = lambda self: dist.init_process_group("gloo", rank=rank, world_size=world)  # not NCCL
 torch.nn.parallel.DistributedDataParallel = CpuDDP
+# a rank's final validation looks up its CUDA device and loads the model there
+validator.get_torch_device_backend = lambda device_type: SimpleNamespace(current_device=lambda: local_rank)
+validator.AutoBackend = lambda *args, device=None, **kwargs: backend(*args, device=torch.device("cpu"), **kwargs)
 runpy.run_path(sys.argv[1], run_name="__main__")
 """
 
