@@ -10,8 +10,8 @@ arm but the from-scratch ones starts from its weights.
 - `dms_scratch`: the same search, then `searched.yaml` trained from scratch for E - S;
 - `taylor_uniform`: the same search with the structure frozen (`structure_lr=0`), so its final
   fit prunes every layer by one common keep ratio with the Taylor ranking; then fine-tuned for E - S;
-- `magnitude_uniform` / `magnitude_global`: the model trained for S epochs, pruned to the budget by Torch-Pruning's
-  L2 magnitude importance, per layer / ranked across layers (`global_pruning`), fine-tuned for E - S
+- `magnitude_uniform` / `magnitude_global`: the model trained for S epochs, pruned to the budget in one shot by
+  Torch-Pruning's L2 magnitude importance, per layer / ranked across layers (`global_pruning`), fine-tuned for E - S
   (Torch-Pruning is a benchmark-only extra: `pip install yolo-dms[benchmark]`);
 - `uniform`: the model's YAML with one `width_multiple` chosen to meet the budget, trained from scratch for E.
 
@@ -148,30 +148,35 @@ def _conv_rows(conv: Conv, rows: slice) -> Conv:
 
 
 def magnitude_prune(weights: Path, budget: float, imgsz: int, global_pruning: bool) -> nn.Module:
-    """Prune a trained model to the budget with Torch-Pruning's L2 magnitude importance, step by step; channels
-    ranked within each layer (every layer loses the same share) or, with `global_pruning`, across layers."""
+    """A trained model pruned to the budget in one shot by Torch-Pruning's L2 magnitude importance, channels
+    ranked within each layer (every layer loses the same share) or, with `global_pruning`, across layers; the
+    pruning ratio is the smallest that meets the budget, found by bisection (14 halvings: within 0.01%)."""
     try:
         import torch_pruning as tp
     except ImportError:
         raise DMSError("the magnitude arms need Torch-Pruning: pip install 'yolo-dms[benchmark]'") from None
-    model = load_checkpoint_model(weights).cpu()
+    model = load_checkpoint_model(weights).cpu().eval()
     for i, layer in enumerate(model.model):
         if type(layer) is C2f:
             model.model[i] = SplitC2f(layer)
-    for p in model.parameters():
-        p.requires_grad_(True)
-    head = model.model[-1]
-    ignored = [head.dfl, *(seq[-1] for seq in head.cv2), *(seq[-1] for seq in head.cv3)]
-    example = torch.zeros(1, 3, 64, 64)  # traces the graph only; any size the strides divide will do
-    pruner = tp.pruner.MagnitudePruner(model, example, importance=tp.importance.MagnitudeImportance(p=2),
-                                       global_pruning=global_pruning, iterative_steps=400, pruning_ratio=0.95,
-                                       ignored_layers=ignored)
-    model.eval()
-    for _ in range(400):
-        if get_flops(model, imgsz) <= budget:
-            break
-        pruner.step()
-    return model.train()
+
+    def pruned(ratio: float) -> nn.Module:
+        candidate = copy.deepcopy(model)
+        for p in candidate.parameters():
+            p.requires_grad_(True)
+        head = candidate.model[-1]
+        tp.pruner.MagnitudePruner(
+            candidate, torch.zeros(1, 3, 64, 64),  # traces the graph only; any size the strides divide will do
+            importance=tp.importance.MagnitudeImportance(p=2), global_pruning=global_pruning, pruning_ratio=ratio,
+            ignored_layers=[head.dfl, *(seq[-1] for seq in head.cv2), *(seq[-1] for seq in head.cv3)],
+        ).step()
+        return candidate
+
+    low, high = 0.0, 0.95  # pruning ratios over and under the budget
+    for _ in range(14):
+        mid = (low + high) / 2
+        low, high = (low, mid) if get_flops(pruned(mid), imgsz) <= budget else (mid, high)
+    return pruned(high).train()
 
 
 # ------------------------------------------------------------------------------------------------- the run

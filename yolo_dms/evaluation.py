@@ -28,7 +28,9 @@ class CocoCheckValidator(DetectionValidator):
 
     coco_map50_95: float = 0.0  # stays 0 when the model predicted nothing, so nothing was evaluated
 
-    def coco_evaluate(self, stats: dict, pred_json, anno_json, iou_types="bbox", suffix="Box") -> dict:
+    def coco_evaluate(
+        self, stats: dict, pred_json: str | Path | list, anno_json: str | Path | dict, iou_types="bbox", suffix="Box"
+    ) -> dict:
         """Score `pred_json` against `anno_json`, as Ultralytics' `eval_json` prepared them, with pycocotools."""
         from pycocotools.coco import COCO
         from pycocotools.cocoeval import COCOeval
