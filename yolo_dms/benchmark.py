@@ -8,6 +8,8 @@ arm but the from-scratch ones starts from its weights.
 - `dms_kd`: the same search, then stock fine-tuning with Ultralytics' distillation from the original `.pt`
   (`distill_model=`, `dis` at its default), for E - S;
 - `dms_scratch`: the same search, then `searched.yaml` trained from scratch for E - S;
+- `dms_sgd`: `dms` with the keep ratios stepped by normalized SGD instead of Adam (`structure_optimizer=sgd`),
+  the ablation of how the structure step allocates the budget across layers;
 - `taylor_uniform`: the same search with the structure frozen (`structure_lr=0`), so its final
   fit prunes every layer by one common keep ratio with the Taylor ranking; then fine-tuned for E - S;
 - `magnitude_uniform` / `magnitude_global`: the model trained for S epochs, pruned to the budget in one shot by
@@ -54,14 +56,18 @@ from yolo_dms.model_io import (
 from yolo_dms.overhead import measure_overhead
 from yolo_dms.search import run_search
 
-ARMS = ("dms", "dms_kd", "dms_scratch", "taylor_uniform", "magnitude_uniform", "magnitude_global", "uniform")
+ARMS = ("dms", "dms_kd", "dms_scratch", "dms_sgd", "taylor_uniform", "magnitude_uniform", "magnitude_global",
+        "uniform")
 DEFAULTS = {
     "data": "", "model": "yolov8s.yaml", "target": 0.5, "epochs": 20, "search_epochs": 10, "imgsz": 128,
     "batch": 16, "seeds": "0,1", "arms": "", "out": "runs/dms/benchmark", "n_train": 512,
     "n_val": 128, "latency_runs": 100, "device": None, "workers": 2, "cache": False, "overhead": True,
 }
-# arm -> the search it starts from (also its run name); the `search_taylor` one has its structure frozen
-SEARCH_ARMS = {"dms": "search", "dms_kd": "search", "dms_scratch": "search", "taylor_uniform": "search_taylor"}
+# arm -> the search it starts from (also its run name), and that search's own settings: `search_taylor` has its
+# structure frozen (0: the keep ratios never move), `search_sgd` steps the keep ratios with normalized SGD
+SEARCH_ARMS = {"dms": "search", "dms_kd": "search", "dms_scratch": "search", "dms_sgd": "search_sgd",
+               "taylor_uniform": "search_taylor"}
+SEARCH_SETTINGS = {"search": {}, "search_taylor": {"structure_lr": 0.0}, "search_sgd": {"structure_optimizer": "sgd"}}
 MAGNITUDE_ARMS = {"magnitude_uniform": False, "magnitude_global": True}  # arm -> Torch-Pruning global_pruning
 
 
@@ -216,8 +222,8 @@ def run_seed(seed: int, arms: list[str], options: dict, data: Path, cfg: dict, b
             network, prune_min = timed(lambda: magnitude_prune(trained, budget, imgsz, MAGNITUDE_ARMS[arm]))
             return lambda: train(network, data, rest, seed, out, arm, options), pre_min + prune_min
         name = SEARCH_ARMS[arm]
-        frozen = {"structure_lr": 0.0} if name == "search_taylor" else {}  # 0: the structure never moves
-        pruned, search_min = once(name, lambda: search(model, data, budget, seed, out, name, options, **frozen))
+        settings = SEARCH_SETTINGS[name]
+        pruned, search_min = once(name, lambda: search(model, data, budget, seed, out, name, options, **settings))
         if arm == "dms_scratch":
             return lambda: train(pruned.parent / "searched.yaml", data, rest, seed, out, arm, options), search_min
         teacher = {"distill_model": model} if arm == "dms_kd" else {}

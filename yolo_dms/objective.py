@@ -18,13 +18,28 @@ from yolo_dms.supernet import Supernet
 
 
 class StructureStep:
-    """Owns the keep ratios' optimizer and the running task-gradient norm."""
+    """Owns the keep ratios' optimizer and the running task-gradient norm.
+
+    `optimizer="adam"` normalizes every keep ratio's step on its own (each moves by about `lr` whatever its
+    gradient), so a layer's speed reflects the sign consistency of its gradient. `"sgd"` divides the whole
+    gradient by the running task-gradient norm (times sqrt of the number of keep ratios, so an average keep
+    ratio moves by about `lr` too) and keeps the proportions between layers: a layer moves in proportion to its
+    net trade-off of task loss against resource, and the structure settles where those trade-offs are equal.
+    """
 
     def __init__(
-        self, supernet: Supernet, resources: ResourceModel, lr: float, weight: float, resource: str = "gflops"
+        self,
+        supernet: Supernet,
+        resources: ResourceModel,
+        lr: float,
+        weight: float,
+        resource: str = "gflops",
+        optimizer: str = "adam",
     ) -> None:
         self.supernet, self.resources, self.weight, self.resource = supernet, resources, weight, resource
-        self.optimizer = torch.optim.Adam(supernet.structure_parameters(), lr=lr)
+        params = supernet.structure_parameters()
+        self.normalize = optimizer == "sgd"
+        self.optimizer = torch.optim.SGD(params, lr=lr) if self.normalize else torch.optim.Adam(params, lr=lr)
         self.task_norm: float | None = None
 
     def set_lr(self, lr: float) -> None:
@@ -62,6 +77,8 @@ class StructureStep:
             resource = torch.stack([g if g is not None else torch.zeros_like(p) for g, p in zip(grads, params)])
             balance = self.weight * max(self.task_norm, 1e-12) / max(resource.norm().item(), 1e-12)
             total = task + balance * resource
+        if self.normalize:
+            total = total * (len(params) ** 0.5 / max(self.task_norm, 1e-12))
         for p, g in zip(params, total):
             p.grad = g.to(p.dtype)
         self.optimizer.step()

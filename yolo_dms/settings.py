@@ -35,6 +35,7 @@ class SearchSettings:
     resource: str = "gflops"
     resource_weight: float = 1.0
     structure_lr: float | None = None  # None: sized to the run (schedule.SearchSchedule.auto_structure_lr)
+    structure_optimizer: str = "adam"
     target_schedule: float = 0.6
     refine: float = 0.2
     width_lam: float = 1.0
@@ -83,6 +84,8 @@ class SearchSettings:
                 raise SettingsError(f"{name} must be positive, got {getattr(self, name)}")
         if self.structure_lr is not None and not self.structure_lr >= 0:
             raise SettingsError(f"structure_lr must be 0 (structure frozen) or positive, got {self.structure_lr}")
+        if self.structure_optimizer not in ("adam", "sgd"):
+            raise SettingsError(f"structure_optimizer must be adam or sgd, got {self.structure_optimizer}")
         if not 0 < self.target_schedule <= 1:
             raise SettingsError(f"target_schedule must lie in (0, 1], got {self.target_schedule}")
         if not 0 <= self.refine < 1 or self.target_schedule + self.refine > 1:

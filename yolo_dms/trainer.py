@@ -132,7 +132,12 @@ class DMSTrainer(DetectionTrainer):
         settings = self.supernet.dms_settings
         self.resources = ResourceModel(self.supernet, self.args.imgsz)
         self.structure = StructureStep(
-            self.supernet, self.resources, settings.structure_lr or 0.0, settings.resource_weight, settings.resource
+            self.supernet,
+            self.resources,
+            settings.structure_lr or 0.0,
+            settings.resource_weight,
+            settings.resource,
+            settings.structure_optimizer,
         )
         return optimizer
 
