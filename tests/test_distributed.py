@@ -89,11 +89,6 @@ def search_args(tmp_path_factory) -> dict:
     )
 
 
-@pytest.mark.xfail(
-    raises=WorkersFailed, strict=True,
-    reason="DMSTrainer.final_eval returns at once on ranks other than 0, so rank 0's stock validator waits at a "
-    "DDP barrier no other rank reaches (stock final_eval runs on every rank); remove this mark once it is fixed",
-)
 def test_two_ddp_workers_keep_one_process_search_clock_and_agree_on_structure(search_args, monkeypatch, tmp_path):
     settings = SearchSettings.from_arguments({"target": 0.6})  # not the default: the workers get it from the supernet
     single = DMSTrainer(overrides={**search_args, "name": "single"}, settings=settings)

@@ -27,8 +27,8 @@ from copy import deepcopy
 
 from torch import nn
 from ultralytics.models.yolo.detect import DetectionTrainer
-from ultralytics.utils import DEFAULT_CFG, LOGGER, RANK, colorstr
-from ultralytics.utils.torch_utils import strip_optimizer, unwrap_model
+from ultralytics.utils import DEFAULT_CFG, LOCAL_RANK, LOGGER, RANK, colorstr
+from ultralytics.utils.torch_utils import strip_optimizer, torch_distributed_zero_first, unwrap_model
 
 from yolo_dms.budget import describe, fit_to_budget, hard_figure, hard_gflops, resolve_budget, structure_as
 from yolo_dms.export import ExportResult, export_searched
@@ -285,21 +285,20 @@ class DMSTrainer(DetectionTrainer):
                 setattr(self, attr, path)
 
     def final_eval(self):
-        """Export from the last EMA weights, validate `pruned.pt` with the stock validator, and say what was found."""
+        """Export from the last EMA weights, validate `pruned.pt` with the stock validator, and say what was found.
+
+        As in stock `final_eval`, rank 0 writes while the other ranks wait, then every rank validates: the
+        validator synchronizes the ranks, so a rank that skipped it would leave rank 0 waiting forever.
+        """
+        weights = self.save_dir / "pruned.pt"
+        with torch_distributed_zero_first(LOCAL_RANK):
+            if RANK in {-1, 0}:
+                self.export()
+        self.validator.args.plots = self.args.plots
+        metrics = self.validator(model=str(weights))
         if RANK not in {-1, 0}:
             return
-        if self.last.exists():
-            strip_optimizer(self.last)
-        supernet = deepcopy(self.ema.ema).float().eval()
-        if not self.frozen:  # interrupted before the refine phase and its fit, or refine=0
-            fit_to_budget(supernet, ResourceModel(supernet, self.args.imgsz), self.budget, self.settings.resource)
-        self.export_result = result = export_searched(supernet, self.save_dir, self.args.imgsz)
-        self.write_summary(result)
-        plot_structure(supernet, self.save_dir / "structure.png")
-        if self.search_log and self.search_log.path.exists():
-            plot_search(self.search_log.path, self.save_dir / "search.png", self.budget)
-        self.validator.args.plots = self.args.plots
-        metrics = self.validator(model=str(result.weights_path))
+        result = self.export_result
         self.metrics = {k: v for k, v in metrics.items() if k != "fitness"}
         LOGGER.info(
             f"\n{colorstr('DMS search done:')} {result.gflops:.4g} GFLOPs at imgsz={self.args.imgsz}, "
@@ -321,6 +320,19 @@ class DMSTrainer(DetectionTrainer):
     def describe(self, value: float) -> str:
         """A figure in the budget's unit, in words."""
         return describe(value, self.settings.resource)
+
+    def export(self) -> None:
+        """Strip last.pt, write searched.yaml, pruned.pt, search.json and the plots from the last EMA weights."""
+        if self.last.exists():
+            strip_optimizer(self.last)
+        supernet = deepcopy(self.ema.ema).float().eval()
+        if not self.frozen:  # interrupted before the refine phase and its fit, or refine=0
+            fit_to_budget(supernet, ResourceModel(supernet, self.args.imgsz), self.budget, self.settings.resource)
+        self.export_result = result = export_searched(supernet, self.save_dir, self.args.imgsz)
+        self.write_summary(result)
+        plot_structure(supernet, self.save_dir / "structure.png")
+        if self.search_log and self.search_log.path.exists():
+            plot_search(self.search_log.path, self.save_dir / "search.png", self.budget)
 
     def search_source(self) -> str:
         """The model the search started from (a trained `.pt` is the natural teacher for distillation)."""
