@@ -35,7 +35,7 @@ Add debug=True to any mode to see a traceback instead of a one-line error.
 Examples:
   yolo-dms search model=yolov8n.pt data=coco8.yaml target=0.5 epochs=10
   yolo-dms search model=yolov8n.yaml data=my.yaml gflops=4.0 imgsz=640 batch=32
-  yolo-dms export model=runs/dms/search/weights/last.pt
+  yolo-dms export model=runs/detect/dms/search/weights/last.pt
   yolo-dms expand model=yolov8n.yaml width=1.5 depth=2.0 out=yolov8n-x1.5.yaml
 """
 
@@ -79,7 +79,7 @@ def export(args: list[str]) -> None:
 
     options = parse_arguments(args, {"model", "out", "imgsz"})
     result = export_checkpoint(
-        required(options, "model", "export", "model=runs/dms/search/weights/last.pt"),
+        required(options, "model", "export", "model=runs/detect/dms/search/weights/last.pt"),
         options.get("out"),
         options.get("imgsz"),
     )

@@ -41,9 +41,9 @@ def export_searched(supernet: Supernet, directory: str | Path, imgsz: int = 640)
 def export_checkpoint(path: str | Path, out: str | Path | None = None, imgsz: int | None = None) -> ExportResult:
     """Export from any search checkpoint (finished or stopped), fitted under the budget it was searching for.
 
-    Output goes to `out`, by default the checkpoint's run directory (`runs/dms/<name>/`).
+    Output goes to `out`, by default the checkpoint's run directory (`runs/detect/dms/<name>/`).
     """
-    supernet, _ = load_search_checkpoint(path, "export takes runs/dms/<name>/weights/last.pt of a search")
+    supernet, _ = load_search_checkpoint(path, "export takes runs/detect/dms/<name>/weights/last.pt of a search")
     args = getattr(supernet, "args", None)
     saved_imgsz = args.get("imgsz") if isinstance(args, dict) else getattr(args, "imgsz", None)
     try:  # one square side, as the search trained at: the longer side of [h, w], a multiple of the stride
