@@ -6,6 +6,8 @@ from __future__ import annotations
 import difflib
 from pathlib import Path
 
+import yaml
+
 from ultralytics.cfg import get_cfg, get_save_dir
 from ultralytics.utils import DEFAULT_CFG_DICT
 
@@ -33,8 +35,37 @@ def check_train_arguments(train: dict) -> None:
         raise DMSError(first_line(e)) from None
 
 
+BUDGET_KEYS = {"target", "gflops", "params"}
+
+
+def load_recipe(path: str | Path) -> dict:
+    """A search recipe (`cfg=`, as Ultralytics takes it): a YAML of DMS settings and train arguments."""
+    path = Path(path)
+    if not path.is_file():
+        raise DMSError(f"cfg file '{path}' does not exist (recipes ship in the repository's cfg/ folder)")
+    try:
+        recipe = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise DMSError(f"cfg file '{path}' is not valid YAML: {first_line(e)}") from None
+    if not isinstance(recipe, dict):
+        raise DMSError(f"cfg file '{path}' must hold key: value pairs")
+    return recipe
+
+
+def with_recipe(arguments: dict) -> dict:
+    """The user's arguments over their recipe's; a budget given on the command line replaces the recipe's."""
+    if not arguments.get("cfg"):
+        return {k: v for k, v in arguments.items() if k != "cfg"}
+    recipe = load_recipe(arguments["cfg"])
+    if BUDGET_KEYS & set(arguments):
+        recipe = {k: v for k, v in recipe.items() if k not in BUDGET_KEYS | {"resource"}}
+    return {**recipe, **{k: v for k, v in arguments.items() if k != "cfg"}}
+
+
 def split_arguments(arguments: dict) -> tuple[dict, dict]:
-    """(DMS settings, Ultralytics train overrides with the search defaults), both checked."""
+    """(DMS settings, Ultralytics train overrides with the search defaults), both checked; `cfg=` names a recipe
+    whose values come before the command line's."""
+    arguments = with_recipe(arguments)
     dms = {k: v for k, v in arguments.items() if k in SearchSettings.names()}
     train = {**load_defaults()["train"], **{k: v for k, v in arguments.items() if k not in dms}, "mode": "train"}
     check_train_arguments(train)
