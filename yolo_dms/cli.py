@@ -15,10 +15,12 @@ from yolo_dms.errors import DMSError
 USAGE = """Usage: yolo-dms MODE key=value ...
 
 Modes:
-  search  model=<yaml|pt> data=<yaml> target=0.5 | gflops=G  [any Ultralytics train argument]
-          search every width and C2f depth under the budget; writes searched.yaml and pruned.pt
-          DMS settings (defaults in yolo_dms/cfg/default.yaml): target, gflops, resource_weight,
-          structure_lr, target_schedule, width_lam, depth_lam, importance_decay
+  search  model=<yaml|pt> data=<yaml> target=0.5 | gflops=G | params=P  [any Ultralytics train argument]
+          search every width and depth under the budget; writes searched.yaml, pruned.pt and search.json
+          DMS settings (defaults in yolo_dms/cfg/default.yaml): target, resource (gflops|params), gflops,
+          params, resource_weight, structure_lr, structure_optimizer, target_schedule, refine, width_lam,
+          depth_lam, importance_decay
+          cfg=cfg/search/<recipe>.yaml takes settings from a recipe (the command line wins)
           resume=True (or resume=path/to/last.pt) continues an interrupted search
   export  model=<search checkpoint> [out=dir] [imgsz=N]   searched.yaml and pruned.pt from any search checkpoint
   expand  model=<yaml|pt> width=1.5 depth=2.0 [out=file.yaml] [nc=N]   a larger supernet YAML
