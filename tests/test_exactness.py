@@ -27,7 +27,8 @@ from yolo_dms.resources import deployed_gflops
 IMGSZ = 128
 FORWARD_CASES = [(cfg, seed) for cfg in ("yolov8n.yaml", "yolov8s.yaml") for seed in range(5)]
 FORWARD_CASES += [("yolov8n-p2.yaml", 0), ("yolov8n-p6.yaml", 0)]
-FORWARD_CASES += [(f"yolo{v}{s}.yaml", seed) for v in (11, 26) for s in "ns" for seed in range(3)]
+FORWARD_CASES += [(f"yolo{v}n.yaml", seed) for v in (11, 26) for seed in range(3)]
+FORWARD_CASES += [(f"yolo{v}s.yaml", seed) for v in (11, 26) for seed in range(2)]
 LARGE_CASES = ["yolov8m.yaml", "yolov8l.yaml", "yolov8x.yaml", "yolo11m.yaml", "yolo26m.yaml"]
 
 
