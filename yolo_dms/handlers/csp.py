@@ -15,8 +15,17 @@ import math
 from ultralytics.nn.modules import C2, C2PSA, C2f, C3k2
 from ultralytics.nn.modules.block import C3k
 
-from yolo_dms.handlers.base import BlockRef, Channels, ConvSite, LayerHandler, Layout, Transfer, Wiring
-from yolo_dms.handlers.base import expand_width, flat
+from yolo_dms.handlers.base import (
+    BlockRef,
+    Channels,
+    ConvSite,
+    LayerHandler,
+    Layout,
+    Transfer,
+    Wiring,
+    expand_width,
+    flat,
+)
 from yolo_dms.handlers.blocks import block_handler
 from yolo_dms.handlers.gates import DepthGatedC2, DepthGatedC2f, DepthGatedC2PSA, DepthGatedC3k2
 from yolo_dms.handlers.registry import register
