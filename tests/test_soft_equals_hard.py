@@ -9,7 +9,7 @@ import torch
 
 from yolo_dms import DepthMask, Supernet, WidthMask
 
-MODELS = ["yolov8n.yaml", "yolov8s.yaml", "yolov8n-p6.yaml"]
+MODELS = ["yolov8n.yaml", "yolov8s.yaml", "yolov8n-p6.yaml", "yolo11n.yaml", "yolo11m.yaml", "yolo26n.yaml"]
 
 
 def gates(supernet: Supernet, hard: bool) -> dict[str, torch.Tensor]:
