@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import yaml
 
-from yolo_dms.demo_data import CLASS_NAMES, make_dataset
+from yolo_dms.tools.demo_data import CLASS_NAMES, make_dataset
 
 SMALL = {"n_train": 12, "n_val": 4, "imgsz": 64}
 TOOL = Path(__file__).resolve().parents[1] / "tools" / "make_demo_data.py"

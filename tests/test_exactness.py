@@ -19,10 +19,10 @@ from torch import nn
 from ultralytics.nn.tasks import DetectionModel
 
 from yolo_dms import ResourceModel, Supernet, prune, searched_yaml
-from yolo_dms.handlers import HANDLERS
-from yolo_dms.handlers.blocks import BLOCKS
-from yolo_dms.model_io import write_model_yaml
-from yolo_dms.resources import deployed_gflops
+from yolo_dms.core.handlers import HANDLERS
+from yolo_dms.core.handlers.blocks import BLOCKS
+from yolo_dms.core.model_io import write_model_yaml
+from yolo_dms.core.resources import deployed_gflops
 
 IMGSZ = 128
 FORWARD_CASES = [(cfg, seed) for cfg in ("yolov8n.yaml", "yolov8s.yaml") for seed in range(5)]
@@ -132,7 +132,7 @@ def test_resource_gradient_reaches_every_keep_ratio(cfg):
 @pytest.mark.parametrize("fraction", [0.3, 0.55, 0.8])
 def test_budget_fit_lands_just_under_the_budget(fraction):
     """From a structure above or below the budget, the fit ends within 3% under it, proportions kept."""
-    from yolo_dms.budget import figure_range, fit_to_budget, hard_gflops
+    from yolo_dms.core.budget import figure_range, fit_to_budget, hard_gflops
 
     supernet = Supernet.from_source("yolov8s.yaml", nc=80)
     randomize_structure(supernet, seed=5)

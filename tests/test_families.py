@@ -13,9 +13,9 @@ from helpers import run_without_yolo_dms, yolo_dms
 from ultralytics.nn.tasks import DetectionModel, OBBModel, PoseModel, SegmentationModel
 
 from yolo_dms import ResourceModel, Supernet, UnsupportedModelError, prune
-from yolo_dms.demo_data import make_dataset
-from yolo_dms.model_io import load_checkpoint_model
-from yolo_dms.resources import deployed_gflops
+from yolo_dms.tools.demo_data import make_dataset
+from yolo_dms.core.model_io import load_checkpoint_model
+from yolo_dms.core.resources import deployed_gflops
 
 IMGSZ = 64
 FAMILIES = ["yolo11n.yaml", "yolo26n.yaml", "yolo11s.yaml"]

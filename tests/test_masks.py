@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from yolo_dms import DepthMask, DerivedWidthMask, WidthMask
-from yolo_dms.masks import straight_through
+from yolo_dms.core.masks import straight_through
 
 
 def test_importance_is_moving_average_of_taylor_score():

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from helpers import yolo_dms
 
-from yolo_dms.search import split_arguments
-from yolo_dms.settings import SearchSettings
+from yolo_dms.search.run import split_arguments
+from yolo_dms.search.settings import SearchSettings
 
 RECIPES = sorted((Path(__file__).parents[1] / "cfg" / "search").glob("*.yaml"))
 

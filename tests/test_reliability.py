@@ -13,11 +13,11 @@ from helpers import yolo_dms
 from ultralytics.nn.tasks import ClassificationModel
 
 from yolo_dms import ResourceModel, Supernet
-from yolo_dms.demo_data import make_dataset
-from yolo_dms.model_io import load_checkpoint_model
-from yolo_dms.objective import StructureStep
-from yolo_dms.settings import SearchSettings
-from yolo_dms.trainer import DMSTrainer
+from yolo_dms.tools.demo_data import make_dataset
+from yolo_dms.core.model_io import load_checkpoint_model
+from yolo_dms.search.structure_step import StructureStep
+from yolo_dms.search.settings import SearchSettings
+from yolo_dms.search.trainer import DMSTrainer
 
 IMGSZ = 64
 
@@ -38,8 +38,8 @@ def test_sigkill_mid_epoch_then_resume_finishes_with_saved_structure(tiny_data, 
     args = search_args(tiny_data, tmp_path, "run", epochs=3)
     code = f"""
         import os, signal
-        from yolo_dms.settings import SearchSettings
-        from yolo_dms.trainer import DMSTrainer
+        from yolo_dms.search.settings import SearchSettings
+        from yolo_dms.search.trainer import DMSTrainer
 
         def kill_in_second_epoch(trainer):
             if trainer.epoch == 1 and trainer.search_iteration % 4 == 2:

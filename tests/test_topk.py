@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from yolo_dms import differentiable_topk
-from yolo_dms.topk import hard_topk, kept_count, ranks
+from yolo_dms.core.topk import hard_topk, kept_count, ranks
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 7, 16, 64, 100, 257, 1024])

@@ -10,7 +10,7 @@ from yolo_dms.cli import main, parse_arguments
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["merge"]:
-        from yolo_dms.benchmark import merge_results
+        from yolo_dms.tools.benchmark import merge_results
 
         print(merge_results(**parse_arguments(sys.argv[2:], {"out"})))
         sys.exit(0)

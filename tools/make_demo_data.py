@@ -55,10 +55,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     try:
-        from yolo_dms.demo_data import make_dataset
+        from yolo_dms.tools.demo_data import make_dataset
     except ImportError:  # run from a source checkout without installing the package
         sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-        from yolo_dms.demo_data import make_dataset
+        from yolo_dms.tools.demo_data import make_dataset
 
     try:
         yaml_path = make_dataset(**settings)

@@ -11,7 +11,7 @@ import sys
 import torch
 from ultralytics.cfg import smart_value
 
-from yolo_dms.overhead import measure_overhead
+from yolo_dms.tools.overhead import measure_overhead
 
 DEFAULTS = {"model": "yolov8s.yaml", "imgsz": 320, "batch": 8, "iters": 10, "warmup": 3, "device": "cpu", "amp": False}
 

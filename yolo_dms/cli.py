@@ -9,8 +9,9 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable
+from contextlib import contextmanager
 
-from yolo_dms.errors import DMSError
+from yolo_dms.core.errors import DMSError
 
 USAGE = """Usage: yolo-dms MODE key=value ...
 
@@ -70,14 +71,14 @@ def required(options: dict, key: str, mode: str, example: str) -> object:
 
 def search(args: list[str]) -> None:
     """Run a DMS search inside Ultralytics training."""
-    from yolo_dms.search import run_search
+    from yolo_dms.search.run import run_search
 
     run_search(parse_arguments(args))
 
 
 def export(args: list[str]) -> None:
     """Write searched.yaml and pruned.pt from a search checkpoint, fitted under its budget."""
-    from yolo_dms.export import export_checkpoint
+    from yolo_dms.core.export import export_checkpoint
 
     options = parse_arguments(args, {"model", "out", "imgsz"})
     result = export_checkpoint(
@@ -92,8 +93,8 @@ def expand(args: list[str]) -> None:
     """Write a wider and deeper supernet YAML."""
     from pathlib import Path
 
-    from yolo_dms.expand import expanded_yaml
-    from yolo_dms.model_io import write_model_yaml
+    from yolo_dms.core.expand import expanded_yaml
+    from yolo_dms.core.model_io import write_model_yaml
 
     options = parse_arguments(args, {"model", "width", "depth", "out", "nc"})
     source = str(required(options, "model", "expand", "model=yolov8n.yaml width=1.5 depth=2.0"))
@@ -105,26 +106,44 @@ def expand(args: list[str]) -> None:
 
 def info(args: list[str]) -> None:
     """Print each layer's widths, depth, GFLOPs and parameters, and the model's totals."""
-    from yolo_dms.report import layer_table
-    from yolo_dms.supernet import Supernet
+    from yolo_dms.core.report import layer_table
+    from yolo_dms.core.supernet import Supernet
 
     options = parse_arguments(args, {"model", "imgsz", "nc"})
     model = required(options, "model", "info", "model=yolov8s.yaml")
     print(layer_table(Supernet.from_source(str(model), nc=options.get("nc")), options.get("imgsz", 640)))
 
 
+TOOL_PACKAGES = {"onnx", "onnxruntime", "onnxslim", "pycocotools", "torch_pruning"}
+
+
+@contextmanager
+def tools_extra(mode: str):
+    """Turn a missing tools-only dependency into the one line that says how to install it."""
+    try:
+        yield
+    except ModuleNotFoundError as e:
+        if e.name not in TOOL_PACKAGES:
+            raise
+        raise UsageError(
+            f"{mode} needs '{e.name}', which comes with the tools extra: pip install 'yolo-dms[tools]'"
+        ) from None
+
+
 def demo(args: list[str]) -> None:
     """The embedded end-to-end run on generated data."""
-    from yolo_dms.demo import run_demo
+    with tools_extra("demo"):
+        from yolo_dms.tools.demo import run_demo
 
-    run_demo(**parse_arguments(args, {"out", "epochs", "search_epochs", "finetune_epochs", "imgsz"}))
+        run_demo(**parse_arguments(args, {"out", "epochs", "search_epochs", "finetune_epochs", "imgsz"}))
 
 
 def benchmark(args: list[str]) -> None:
     """DMS against uniform scaling and magnitude pruning at equal GFLOPs and epochs."""
-    from yolo_dms.benchmark import DEFAULTS, run_benchmark
+    with tools_extra("benchmark"):
+        from yolo_dms.tools.benchmark import DEFAULTS, run_benchmark
 
-    run_benchmark(**parse_arguments(args, set(DEFAULTS)))
+        run_benchmark(**parse_arguments(args, set(DEFAULTS)))
 
 
 COMMANDS: dict[str, Callable[[list[str]], None]] = {

@@ -1,0 +1,1 @@
+"""The DMS core: operator, masks, layer handlers, supernet, resource model, pruning and export."""

@@ -1,0 +1,222 @@
+"""Finding and reading models (YAML or checkpoints) and writing stock Ultralytics YAMLs and checkpoints.
+
+Model names resolve as in `yolo train`: packaged YAMLs, the weights directory, release downloads.
+
+Everything written here must load where yolo_dms is not installed: YAML with stock module names only, and
+checkpoints holding a plain `DetectionModel`. Files are written atomically (temporary file, then rename) so
+an interrupted run never leaves a half-written file behind.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
+from copy import deepcopy
+from datetime import datetime
+from pathlib import Path
+
+import torch
+import yaml
+from ultralytics import __version__ as ultralytics_version
+from ultralytics.nn.tasks import DetectionModel, guess_model_task, torch_safe_load, yaml_model_load
+from ultralytics.utils import SETTINGS, is_online
+from ultralytics.utils.checks import check_model_file_from_stem
+from ultralytics.utils.downloads import GITHUB_ASSETS_NAMES, attempt_download_asset
+
+from yolo_dms.core.errors import ModelSourceError, UnsupportedModelError, first_line
+
+if TYPE_CHECKING:
+    from yolo_dms.core.supernet import Supernet
+
+
+def resolve_model(source: str | Path) -> str:
+    """The model YAML or checkpoint that `source` names, found the way `yolo train` finds it.
+
+    A YAML passes through: Ultralytics resolves packaged names (`yolov8s.yaml`) when it reads it. A checkpoint
+    is a file here, a file in the weights directory (`SETTINGS['weights_dir']`), or a release asset
+    (`yolov8n.pt`, or the stem `yolov8n`) or URL that `attempt_download_asset` downloads when online. Other
+    missing names are not looked up online, so a mistyped path fails at once.
+    """
+    name = str(check_model_file_from_stem(str(source)))
+    suffix = Path(name).suffix.lower()
+    if suffix in {".yaml", ".yml"}:
+        return name
+    if suffix != ".pt":
+        raise ModelSourceError(f"model must be a .yaml or .pt file, got '{source}'")
+    weights_dir = Path(SETTINGS["weights_dir"])
+    release = name in GITHUB_ASSETS_NAMES or name.lower().startswith(("http://", "https://"))
+    if Path(name).is_file() or (weights_dir / name).is_file() or (release and is_online()):
+        try:
+            found = Path(attempt_download_asset(name))
+        except ConnectionError as e:
+            raise ModelSourceError(f"model '{source}' could not be downloaded: {first_line(e)}") from None
+        if found.is_file():
+            return str(found)
+    looked = f"looked in {Path.cwd()} and in the weights directory {weights_dir.resolve()} ({SETTINGS.file})"
+    offline = "; offline, so it was not downloaded" if release else ""
+    raise ModelSourceError(f"model file '{source}' does not exist: {looked}{offline}")
+
+
+def is_checkpoint(path: str | Path) -> bool:
+    return Path(path).suffix.lower() == ".pt"
+
+
+def load_model_yaml(path: str | Path) -> dict:
+    """Model dict from a YAML path or a stock Ultralytics name such as `yolov8s.yaml`."""
+    try:
+        cfg = yaml_model_load(path)
+    except FileNotFoundError:
+        raise ModelSourceError(f"model YAML '{path}' does not exist (not a file, nor a YAML Ultralytics ships)") from None
+    except yaml.YAMLError as e:
+        raise ModelSourceError(f"model YAML '{path}' is not valid YAML: {e}") from None
+    if not isinstance(cfg, dict) or "backbone" not in cfg or "head" not in cfg:
+        raise ModelSourceError(f"'{path}' is not an Ultralytics model YAML (it needs 'backbone' and 'head')")
+    return cfg
+
+
+def read_checkpoint(source: str | Path) -> dict:
+    """The checkpoint dictionary `source` names (resolved like `yolo train` resolves it)."""
+    path = resolve_model(source)
+    if not is_checkpoint(path):
+        raise ModelSourceError(f"'{source}' is not a checkpoint (.pt)")
+    try:
+        ckpt, _ = torch_safe_load(path)
+    except (TypeError, ModuleNotFoundError, RuntimeError, EOFError, OSError) as e:
+        raise ModelSourceError(f"'{source}' is not a readable checkpoint: {first_line(e)}") from None
+    if not isinstance(ckpt, dict):
+        raise ModelSourceError(f"'{source}' holds no Ultralytics model")
+    return ckpt
+
+
+def stored_model(ckpt: dict) -> torch.nn.Module | None:
+    """The model a checkpoint holds, EMA first, as Ultralytics reads it."""
+    model = ckpt.get("ema") or ckpt.get("model")
+    return model if isinstance(model, torch.nn.Module) else None
+
+
+def load_checkpoint_model(source: str | Path, nc: int | None = None) -> DetectionModel:
+    """The detection model (EMA first) of a checkpoint, in float32.
+
+    A stock model is rebuilt by `DetectionModel` from the checkpoint's own YAML and given its weights and class
+    names: pickled modules carry the attributes of the Ultralytics version that saved them (SPPF before 8.4
+    has no `n`) and lack what only `parse_model` sets (`Detect.legacy`). A yolo-dms search checkpoint keeps
+    its pickled supernet, whose masks and settings are the search's state. `nc` other than the checkpoint's
+    builds a new head and transfers every weight that fits, as `yolo train` does.
+    """
+    from yolo_dms.core.supernet import Supernet  # supernet.py builds on this module
+
+    model = stored_model(read_checkpoint(source))
+    if model is None:
+        raise ModelSourceError(f"'{source}' holds no Ultralytics model")
+    if isinstance(model, Supernet):
+        return model.float()
+    if not isinstance(model, DetectionModel) or guess_model_task(model) not in {"detect", None}:
+        raise UnsupportedModelError(f"'{source}' is not a YOLO detection model ({type(model).__name__})")
+    return rebuild(model.float(), source, nc)
+
+
+def load_search_checkpoint(source: str | Path, hint: str) -> tuple[Supernet, dict]:
+    """The supernet of a yolo-dms search checkpoint and the checkpoint itself; anything else is refused with
+    `hint` saying what the mode needs."""
+    from yolo_dms.core.supernet import Supernet  # supernet.py builds on this module
+
+    ckpt = read_checkpoint(source)
+    model = stored_model(ckpt)
+    if not isinstance(model, Supernet):
+        held = f"a plain {type(model).__name__}" if model is not None else "no model"
+        raise ModelSourceError(f"'{source}' is not a yolo-dms search checkpoint (it holds {held}); {hint}")
+    return model.float(), ckpt
+
+
+def rebuild(model: DetectionModel, source: str | Path, nc: int | None = None) -> DetectionModel:
+    """A stock `DetectionModel` built from `model.yaml`, holding `model`'s weights and class names."""
+    if not isinstance(getattr(model, "yaml", None), dict):
+        raise ModelSourceError(f"the model in '{source}' carries no model YAML to rebuild it from")
+    same_classes = nc is None or nc == model.yaml.get("nc")
+    try:
+        fresh = DetectionModel(deepcopy(model.yaml), nc=None if same_classes else nc, verbose=False)
+    except Exception as e:  # parse_model reports a bad row with whatever error the layer raises
+        raise ModelSourceError(f"cannot rebuild the model in '{source}' from its YAML: {first_line(e)}") from None
+    if same_classes:
+        try:
+            fresh.load_state_dict(model.state_dict())
+        except RuntimeError as e:
+            raise ModelSourceError(
+                f"the weights in '{source}' do not fit the model its YAML builds: {first_line(e)}"
+            ) from None
+        fresh.names = model.names
+    else:
+        fresh.load(model, verbose=False)
+    return fresh.train(model.training)
+
+
+def load_detection_model(source: str | Path, nc: int | None = None) -> DetectionModel:
+    """A YOLO detection model built from a YAML or loaded from a checkpoint; clear errors for anything else."""
+    source = resolve_model(source)
+    if not is_checkpoint(source):
+        cfg = load_model_yaml(source)
+        task = guess_model_task(cfg)
+        if task not in {"detect", None}:  # None: an unknown head, named layer by layer by the supernet
+            raise UnsupportedModelError(f"'{source}' is a {task} model; DMS searches YOLO detection models (YOLOv8, YOLO11, YOLO26)")
+        try:
+            return DetectionModel(cfg, nc=nc, verbose=False)
+        except Exception as e:  # parse_model reports a bad row with whatever error the layer raises
+            raise ModelSourceError(f"cannot build a model from '{source}': {e}") from None
+    return load_checkpoint_model(source, nc)
+
+
+@contextmanager
+def atomic_path(path: str | Path):
+    """Yield a temporary path beside `path`; on success it replaces `path` in one rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def format_model_yaml(cfg: dict, header: str = "") -> str:
+    """A model dict as YAML in Ultralytics' own style: top-level keys, then one flow-style row per layer."""
+
+    def flow(value) -> str:
+        return yaml.safe_dump(value, default_flow_style=True, width=10**9, sort_keys=False).strip()
+
+    lines = [f"# {line}" for line in header.splitlines()]
+    settings = {k: v for k, v in cfg.items() if k not in {"backbone", "head"}}
+    lines.append(yaml.safe_dump(settings, sort_keys=False, allow_unicode=True).strip())
+    layer_index = 0
+    for key in ("backbone", "head"):
+        lines.append(f"{key}:")
+        for row in cfg[key]:
+            lines.append(f"  - {flow(row)} # {layer_index}")
+            layer_index += 1
+    return "\n".join(lines) + "\n"
+
+
+def write_model_yaml(cfg: dict, path: str | Path, header: str = "") -> Path:
+    """Write a model dict as a standard Ultralytics model YAML (atomically)."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(format_model_yaml(cfg, header))
+    return Path(path)
+
+
+def write_checkpoint(model: DetectionModel, path: str | Path, train_args: dict | None = None) -> Path:
+    """Write `model` as a standard Ultralytics checkpoint (half precision, like the trainer's `save_model`)."""
+    model = deepcopy(model).float()
+    model.criterion = None  # training-only state, rebuilt on demand
+    ckpt = {
+        "date": datetime.now().astimezone().isoformat(),
+        "version": ultralytics_version,
+        "model": model.half(),
+        "ema": None,
+        "train_args": {"task": "detect", **(train_args or {})},
+    }
+    with atomic_path(path) as tmp:
+        torch.save(ckpt, tmp)
+    return Path(path)

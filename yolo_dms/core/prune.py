@@ -1,0 +1,110 @@
+"""Pruning a supernet to its hard masks: a standard Ultralytics YAML and a stock `DetectionModel` with weights.
+
+The YAML is built by stock `parse_model` with `depth_multiple = width_multiple = 1`: each layer's handler
+writes its explicit widths, expansion and repeats into its row. Weights are sliced by the kept channel indices
+of each channel space, convolution by convolution, as each handler's `Transfer`s say (a removed CSP block's
+duplicated `cv2` input is summed onto its source's slice, which keeps the pruned model exact).
+"""
+
+from __future__ import annotations
+
+from copy import deepcopy
+
+import torch
+from torch import nn
+from ultralytics.nn.tasks import DetectionModel
+
+from yolo_dms.core.handlers import Channels, Space, Transfer
+from yolo_dms.core.handlers.heads import channels_per_element
+from yolo_dms.core.supernet import Supernet
+
+
+def searched_yaml(supernet: Supernet) -> dict:
+    """The supernet's architecture at hard masks as a standard Ultralytics model dict (no `scales`)."""
+    counts, blocks = supernet.hard_channel_counts(), supernet.kept_blocks()
+    cfg = deepcopy(supernet.yaml)
+    for key in ("scales", "scale", "yaml_file"):
+        cfg.pop(key, None)
+    cfg["depth_multiple"], cfg["width_multiple"] = 1.0, 1.0
+    names = getattr(supernet, "names", None)
+    if names and any(str(k) != str(v) for k, v in names.items()):
+        cfg["names"] = {int(k): str(v) for k, v in names.items()}
+    for handler, row in zip(supernet.handlers, cfg["backbone"] + cfg["head"]):
+        handler.yaml_row(row, counts, blocks)
+    return cfg
+
+
+def prune(supernet: Supernet) -> DetectionModel:
+    """A stock `DetectionModel` built from `searched_yaml`, holding the kept channels and blocks' weights."""
+    cfg = searched_yaml(supernet)
+    pruned = DetectionModel(deepcopy(cfg), ch=supernet.yaml.get("channels", 3), verbose=False)
+    p = next(supernet.parameters())
+    pruned.to(device=p.device, dtype=p.dtype)
+    for attr in ("names", "args", "pt_path"):
+        if hasattr(supernet, attr):
+            setattr(pruned, attr, deepcopy(getattr(supernet, attr)))
+    pruned.train(supernet.training)
+    kept, blocks = supernet.kept_channels(), supernet.kept_blocks()
+    written: set[str] = set()
+    with torch.no_grad():
+        for handler in supernet.handlers:
+            for transfer in handler.transfers(supernet.layer_sites(handler.index), blocks):
+                written |= _apply(transfer, supernet, pruned, kept)
+    missing = set(pruned.state_dict()) - written
+    if missing:
+        raise RuntimeError(f"pruning left {len(missing)} tensors unset, e.g. {sorted(missing)[:3]}")
+    return pruned
+
+
+def _apply(t: Transfer, supernet: Supernet, pruned: DetectionModel, kept: dict[Space, torch.Tensor]) -> set[str]:
+    """Copy one convolution (and its BatchNorm); returns the pruned state-dict keys written."""
+    device = next(supernet.parameters()).device
+
+    def size(c: Channels) -> int:
+        if not isinstance(c, Space):
+            return c
+        mask = supernet.masks[c.mask]
+        return mask.size * channels_per_element(mask, c.row)
+
+    def chosen(c: Channels) -> torch.Tensor:
+        return kept[c].to(device) if isinstance(c, Space) else torch.arange(c, device=device)
+
+    out_idx = torch.cat([chosen(c) + offset for c, offset in zip(t.outputs, _offsets(map(size, t.outputs)))])
+    src_conv: nn.Conv2d = supernet.get_submodule(t.src)
+    dst_conv: nn.Conv2d = pruned.get_submodule(t.dst)
+    if t.depthwise:  # one filter per channel: only the output channels are chosen
+        dst_conv.weight.copy_(src_conv.weight[out_idx])
+    else:
+        slot_width: dict[int, int] = {}
+        for c, slot in t.segments:
+            slot_width.setdefault(slot, len(chosen(c)))
+        slot_offset = dict(zip(slot_width, _offsets(slot_width.values())))
+        src_in, dst_in = [], []
+        for (c, slot), offset in zip(t.segments, _offsets(size(c) for c, _ in t.segments)):
+            src_in.append(chosen(c) + offset)
+            dst_in.append(torch.arange(len(chosen(c)), device=device) + slot_offset[slot])
+        weight = torch.zeros_like(dst_conv.weight)
+        weight.index_add_(1, torch.cat(dst_in), src_conv.weight[out_idx][:, torch.cat(src_in)].to(weight.dtype))
+        dst_conv.weight.copy_(weight)
+    written = {f"{t.dst}.weight"}
+    if dst_conv.bias is not None:
+        dst_conv.bias.copy_(src_conv.bias[out_idx])
+        written.add(f"{t.dst}.bias")
+    if t.bn:
+        src_bn = supernet.get_submodule(t.src.removesuffix("conv") + "bn")
+        dst_bn = pruned.get_submodule(t.dst.removesuffix("conv") + "bn")
+        for name in ("weight", "bias", "running_mean", "running_var"):
+            getattr(dst_bn, name).copy_(getattr(src_bn, name)[out_idx])
+        dst_bn.num_batches_tracked.copy_(src_bn.num_batches_tracked)
+        bn_path = t.dst.removesuffix("conv") + "bn"
+        written |= {f"{bn_path}.{k}" for k in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")}
+    return written
+
+
+def _offsets(sizes) -> list[int]:
+    """Start offset of each segment in a concatenation of segments of the given sizes."""
+    offsets, total = [], 0
+    for s in sizes:
+        offsets.append(total)
+        total += s
+    return offsets

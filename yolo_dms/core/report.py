@@ -1,0 +1,40 @@
+"""Human-readable reports of a supernet's structure: per-layer widths, depths, GFLOPs and parameters."""
+
+from __future__ import annotations
+
+import torch
+from ultralytics.utils.checks import check_imgsz
+
+from yolo_dms.core.errors import DMSError, first_line
+from yolo_dms.core.masks import DepthMask
+from yolo_dms.core.resources import ResourceModel
+from yolo_dms.core.supernet import Supernet
+
+
+def layer_table(supernet: Supernet, imgsz: int | list[int] = 640) -> str:
+    """A table of every layer at the current hard masks, with totals, like Ultralytics' model summary.
+
+    `imgsz` is a side or an [h, w] pair, rounded up to the model's stride as Ultralytics rounds it.
+    """
+    try:
+        h, w = check_imgsz(imgsz, stride=supernet.stride, min_dim=2, max_dim=2)
+    except (TypeError, ValueError) as e:
+        raise DMSError(first_line(e)) from None
+    resources = ResourceModel(supernet, (h, w))
+    per_layer = resources.per_layer()
+    counts = supernet.hard_channel_counts()
+    masks = supernet.masks
+    lines = [f"{'layer':>5}  {'module':<12}{'width':>12}{'hidden':>12}{'blocks':>8}{'GFLOPs':>10}{'params':>12}"]
+    for i, layer in enumerate(supernet.model):
+        name = type(layer).__name__.removeprefix("DepthGated").removeprefix("Gated")
+        width = f"{counts[f'l{i}']}/{masks[f'l{i}'].size}" if f"l{i}" in counts else ""
+        hidden = f"{counts[f'l{i}_hidden']}/{masks[f'l{i}_hidden'].size}" if f"l{i}_hidden" in counts else ""
+        depth = masks[f"l{i}_depth"] if f"l{i}_depth" in masks else None
+        blocks = f"{depth.hard_count()}/{depth.size}" if isinstance(depth, DepthMask) else ""
+        gflops, params = per_layer.get(i, (0.0, 0))
+        lines.append(f"{i:>5}  {name:<12}{width:>12}{hidden:>12}{blocks:>8}{gflops:>10.3f}{params:>12,}")
+    with torch.no_grad():
+        total_gflops, total_params = float(resources.gflops()), round(float(resources.params()))
+    size = h if h == w else f"[{h}, {w}]"
+    lines.append(f"total at imgsz={size}: {total_gflops:.3f} GFLOPs, {total_params:,} parameters")
+    return "\n".join(lines)

@@ -1,0 +1,175 @@
+"""Analytic FLOPs and parameter counts of a supernet as differentiable functions of its masks.
+
+Counting follows THOP as Ultralytics' `get_flops` uses it: a convolution costs `out_h * out_w * C_out *
+C_in / groups * k_h * k_w` multiply-adds, a BatchNorm `4 * numel`, an attention's two matrix products
+`heads * N^2 * (key_dim + head_dim)`, activations, pooling, nearest upsampling and concatenation nothing;
+GFLOPs are `2 * MACs / 1e9`. An end-to-end head counts the branch that `fuse()` keeps for deployment.
+Channel counts are straight-through (hard forward, soft backward), so the figure at hard masks is exactly the
+pruned model's `get_flops` as deployed, while its gradient reaches every keep ratio. The wiring is compiled once into index tensors, so a figure costs a handful of
+vector operations (in float64, exact for any model size) however many convolutions the model has.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from ultralytics.nn.tasks import DetectionModel
+from ultralytics.utils.torch_utils import get_flops
+
+from yolo_dms.core.masks import DepthMask
+from yolo_dms.core.handlers import Channels, Space
+from yolo_dms.core.handlers.heads import channels_per_element
+from yolo_dms.core.supernet import Supernet
+
+
+def deployed_gflops(model: DetectionModel, imgsz: int | tuple[int, int] = 640) -> float:
+    """`get_flops` of `model` as deployed: an end-to-end head without the branch `fuse()` drops (YOLO26 keeps
+    both for training), which is what `ResourceModel.gflops()` counts."""
+    deployed = copy.deepcopy(model)
+    deployed.model[-1].fuse()
+    return get_flops(deployed, imgsz)
+
+
+@dataclass(frozen=True)
+class SiteShape:
+    """What a convolution costs per input-output channel pair: output positions and kernel area."""
+
+    positions: int
+    kernel: int
+    bias: bool
+
+
+class ResourceModel:
+    """GFLOPs and parameters of a `Supernet` at image size `imgsz`, from its mask counts."""
+
+    def __init__(self, supernet: Supernet, imgsz: int | tuple[int, int] = 640) -> None:
+        self.supernet = supernet
+        self.imgsz = (imgsz, imgsz) if isinstance(imgsz, int) else tuple(imgsz)
+        self.shapes = self._trace()
+        self._compile()
+
+    def _compile(self) -> None:
+        """Index tensors: which count and which block gate each input or output segment of each site reads."""
+        sites = self.supernet.sites
+        self.widths = list(self.supernet.soft_counts())  # every width mask, own or derived
+        self.depths = [n for n, m in self.supernet.masks.items() if isinstance(m, DepthMask)]
+        attention = self.supernet.attention_sites
+        constants = {c for s in sites for c in (*(c for c, _ in s.inputs), *s.outputs) if isinstance(c, int)}
+        constants = sorted(constants | {a.heads for a in attention if isinstance(a.heads, int)})
+        channel = {n: i for i, n in enumerate(self.widths)}
+        channel.update({c: len(self.widths) + i for i, c in enumerate(constants)})
+        gate_offset, offset = {}, 0
+        for name in self.depths:
+            gate_offset[name] = offset
+            offset += self.supernet.masks[name].size
+        no_gate = offset  # the gate vector ends with a constant 1
+
+        def gate(ref) -> int:
+            return no_gate if ref is None else gate_offset[ref[0]] + ref[1]
+
+        def index(c: Channels) -> int:
+            return channel[c.mask if isinstance(c, Space) else c]
+
+        def scale(c: Channels) -> int:  # channels per counted element (attention heads count whole)
+            return channels_per_element(self.supernet.masks[c.mask], c.row) if isinstance(c, Space) else 1
+
+        def tensor(values, dtype=torch.long) -> torch.Tensor:
+            return torch.tensor(values, dtype=dtype)
+
+        self.constants = tensor(constants, torch.float64)
+        self.in_site = tensor([i for i, s in enumerate(sites) for _ in s.inputs])
+        self.in_channel = tensor([index(c) for s in sites for c, _ in s.inputs])
+        self.in_scale = tensor([scale(c) for s in sites for c, _ in s.inputs], torch.float64)
+        self.in_gate = tensor([gate(ref) for s in sites for _, ref in s.inputs])
+        self.out_site = tensor([i for i, s in enumerate(sites) for _ in s.outputs])
+        self.out_channel = tensor([index(c) for s in sites for c in s.outputs])
+        self.out_scale = tensor([scale(c) for s in sites for c in s.outputs], torch.float64)
+        self.block = tensor([gate(s.block) for s in sites])
+        shapes = [self.shapes[s.path] for s in sites]
+        self.positions = tensor([sh.positions for sh in shapes], torch.float64)
+        self.kernel = tensor([sh.kernel for sh in shapes], torch.float64)
+        self.bias = tensor([sh.bias for sh in shapes], torch.float64)
+        self.bn = tensor([s.bn for s in sites], torch.float64)
+        self.depthwise = tensor([s.depthwise for s in sites], torch.bool)
+        self.counted = tensor([s.counted for s in sites], torch.float64)
+        self.attention_macs = tensor(  # per head
+            [(a.key_dim + a.head_dim) * self.shapes[f"{a.path}.qkv.conv"].positions ** 2 for a in attention],
+            torch.float64,
+        )
+        self.attention_heads = tensor([index(a.heads) for a in attention])
+        self.attention_block = tensor([gate(a.block) for a in attention])
+        self.layer = [int(s.path.split(".")[1]) for s in (*sites, *attention)]
+
+    def _trace(self) -> dict[str, SiteShape]:
+        """Run the supernet once at `imgsz` to record each convolution's output positions."""
+        shapes: dict[str, SiteShape] = {}
+        hooks = []
+        for site in self.supernet.sites:
+            conv = self.supernet.get_submodule(site.path)
+
+            def record(module: nn.Conv2d, _, y: torch.Tensor, path: str = site.path) -> None:
+                kernel = module.kernel_size[0] * module.kernel_size[1]  # per input channel (depthwise: per channel)
+                shapes[path] = SiteShape(y[0, 0].numel(), kernel, module.bias is not None)
+
+            hooks.append(conv.register_forward_hook(record))
+        training = self.supernet.training
+        p = next(self.supernet.parameters())
+        try:
+            self.supernet.eval()
+            with torch.no_grad(), self.supernet.masks_off():
+                self.supernet(torch.zeros(1, self.supernet.yaml.get("channels", 3), *self.imgsz, device=p.device))
+        finally:
+            self.supernet.train(training)
+            for hook in hooks:
+                hook.remove()
+        return shapes
+
+    def _site_costs(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(MACs, parameters) of every convolution site, then of every attention's products, as straight-through
+        float64 vectors.
+
+        A depthwise site costs its kernel once per channel; a site that is not `counted` (a training-only
+        branch) has parameters but no deployed MACs.
+        """
+        device = next(self.supernet.parameters()).device
+        hard = self.supernet.hard_counts()
+        counts, gates = self.supernet.channel_counts(hard), self.supernet.depth_gates(hard)
+        width = torch.cat([torch.stack([counts[n] for n in self.widths]).double(), self.constants.to(device)])
+        gate = torch.cat([*(gates[n].double() for n in self.depths), torch.ones(1, dtype=torch.float64, device=device)])
+        names = ("in_site", "in_channel", "in_scale", "in_gate", "out_site", "out_channel", "out_scale", "block")
+        idx = {k: getattr(self, k).to(device) for k in names}
+        c_in = torch.zeros(len(self.kernel), dtype=torch.float64, device=device).index_add(
+            0, idx["in_site"], width[idx["in_channel"]] * idx["in_scale"] * gate[idx["in_gate"]]
+        )
+        c_out = torch.zeros_like(c_in).index_add(0, idx["out_site"], width[idx["out_channel"]] * idx["out_scale"])
+        positions, kernel, bias, bn, depthwise, counted = (
+            getattr(self, k).to(device) for k in ("positions", "kernel", "bias", "bn", "depthwise", "counted")
+        )
+        keep = gate[idx["block"]]
+        weights = kernel * torch.where(depthwise, torch.ones_like(c_in), c_in) * c_out
+        macs = counted * keep * (positions * weights + 4 * positions * c_out * bn)
+        params = keep * (weights + c_out * bias + 2 * c_out * bn)
+        heads = width[self.attention_heads.to(device)]
+        attention = self.attention_macs.to(device) * heads * gate[self.attention_block.to(device)]
+        return torch.cat([macs, attention]), torch.cat([params, torch.zeros_like(attention)])
+
+    def gflops(self) -> torch.Tensor:
+        """GFLOPs in Ultralytics' units; exact at hard masks, differentiable in the keep ratios."""
+        return 2 * self._site_costs()[0].sum() / 1e9
+
+    def params(self) -> torch.Tensor:
+        """Parameter count; exact at hard masks, differentiable in the keep ratios."""
+        return self._site_costs()[1].sum()
+
+    def per_layer(self) -> dict[int, tuple[float, int]]:
+        """Hard (GFLOPs, parameters) of each layer index, for reports."""
+        table: dict[int, tuple[float, int]] = {}
+        with torch.no_grad():
+            macs, params = self._site_costs()
+        for layer, m, p in zip(self.layer, macs.tolist(), params.tolist()):
+            gflops, count = table.get(layer, (0.0, 0))
+            table[layer] = (gflops + 2 * m / 1e9, count + round(p))
+        return table

@@ -1,0 +1,201 @@
+"""A YOLO DetectionModel whose every width and CSP depth is searchable (DESIGN.md sections 3 and 3b).
+
+`Supernet` keeps the stock layers and weights of the model it wraps. It walks the layers like `parse_model`,
+and the handler registered for each layer type (`yolo_dms.core.handlers`) declares that layer's masks, gives it a
+gated forward and records which channel spaces each convolution reads and writes (`ConvSite`), the one
+record shared by the resource model and by pruning. In train mode masks are soft; in eval mode they are
+hard, so the supernet then computes exactly what the pruned model computes.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+from ultralytics.nn.tasks import DetectionModel
+
+from yolo_dms.core.handlers import AttentionSite, ConvSite, LayerHandler, Layout, Space, Wiring, handlers_for
+from yolo_dms.core.masks import DepthMask, DerivedWidthMask, KeepRatioMask, WidthMask, straight_through
+from yolo_dms.core.model_io import load_detection_model
+
+OUTPUT_DIVISOR = 8  # parse_model rounds every layer output width up to a multiple of 8
+
+
+class Supernet(DetectionModel):
+    """A YOLO `DetectionModel` with DMS masks; it still trains, validates and saves as one.
+
+    Build it with `Supernet(model)` from a `DetectionModel` (which it takes over, layers and weights) or with
+    `Supernet.from_source("yolov8s.yaml" | "weights.pt")`. Once `structure_frozen` is set (the search's refine
+    phase) it trains at hard masks too: the weights then train exactly the structure that will be exported.
+    """
+
+    structure_frozen: bool = False
+
+    def __init__(
+        self,
+        model: DetectionModel,
+        lam: float = 1.0,
+        depth_lam: float = 4.0,
+        decay: float = 0.99,
+        divisor: int = OUTPUT_DIVISOR,
+    ):
+        nn.Module.__init__(self)
+        self.__dict__.update(model.__dict__)  # same layers, yaml, stride, names, save list, args
+        self.masks = nn.ModuleDict()
+        self.divisor = divisor
+        self.handlers: list[LayerHandler] = handlers_for(self.model)
+        wiring = Wiring(self.masks, lam, depth_lam, decay, divisor)
+        self._wire(wiring, model.yaml.get("channels", 3))
+        self.sites: list[ConvSite] = wiring.sites
+        self.attention_sites: list[AttentionSite] = wiring.attention_sites
+        self.gated_convs: dict[str, Layout] = wiring.gated_convs  # Conv module path -> spaces of its output
+        self.gated_csps: dict[str, str] = wiring.gated_csps  # depth-gated CSP layer path -> depth mask name
+        self.to(next(model.parameters()).device)
+
+    @classmethod
+    def from_source(cls, source: str | DetectionModel, nc: int | None = None, **mask_args) -> Supernet:
+        """Supernet from a model YAML, a `.pt` checkpoint or a `DetectionModel`."""
+        model = source if isinstance(source, DetectionModel) else load_detection_model(source, nc=nc)
+        return model if isinstance(model, Supernet) else cls(model, **mask_args)
+
+    def _wire(self, wiring: Wiring, image_channels: int) -> None:
+        """Walk the layers like `parse_model`, each handler wiring its layer from its sources' layouts."""
+        layouts: list[Layout] = []
+        for i, (handler, layer) in enumerate(zip(self.handlers, self.model)):
+            froms = [layer.f] if isinstance(layer.f, int) else list(layer.f)
+            sources = [(image_channels,)] if i == 0 else [layouts[i - 1 if f == -1 else f] for f in froms]
+            layouts.append(handler.wire(wiring, layer, sources))
+
+    def layer_sites(self, index: int) -> list[ConvSite]:
+        """The convolution sites of layer `index`."""
+        return [s for s in self.sites if s.path.startswith(f"model.{index}.")]
+
+    # ------------------------------------------------------------------------------------------- structure
+    def keep_ratio_masks(self) -> dict[str, KeepRatioMask]:
+        """The masks that own a learnable keep ratio (the structural parameters)."""
+        return {name: m for name, m in self.masks.items() if isinstance(m, KeepRatioMask)}
+
+    def structure_parameters(self) -> list[nn.Parameter]:
+        """Keep ratios, to be optimized apart from the weights."""
+        return [m.keep_ratio for m in self.keep_ratio_masks().values()]
+
+    def clamp_keep_ratios(self) -> None:
+        """Project every keep ratio into its legal range (call after each structure optimizer step)."""
+        for mask in self.keep_ratio_masks().values():
+            mask.clamp_()
+
+    def hard_counts(self) -> dict[str, int]:
+        """Kept elements of every mask (channels, or blocks for depth masks) at hard masks, read in one sync."""
+        owners = self.keep_ratio_masks()
+        values = torch.stack([m.keep_ratio.detach() for m in owners.values()]).tolist()
+        counts = {name: m.hard_count(v) for (name, m), v in zip(owners.items(), values)}
+        for name, mask in self.masks.items():
+            if isinstance(mask, DerivedWidthMask):
+                counts[name] = mask.derive_hard(sum(counts[s] for s in mask.sources))
+        return counts
+
+    def soft_counts(self) -> dict[str, torch.Tensor]:
+        """Straight-through channel count of every width mask, computed on the device (no host read).
+
+        Its value is the exact hard count (rounding included), its gradient that of the continuous count `k N`
+        (derived widths follow their sources), so soft masks and the resource model see what pruning keeps.
+        """
+        counts = {name: m.count() for name, m in self.keep_ratio_masks().items() if isinstance(m, WidthMask)}
+        for name, mask in self.masks.items():
+            if isinstance(mask, DerivedWidthMask):
+                counts[name] = mask.derive_count(sum(counts[s] for s in mask.sources))
+        return counts
+
+    def channel_counts(self, hard: dict[str, int] | None = None) -> dict[str, torch.Tensor]:
+        """Straight-through channel count of every width mask: exact hard value, soft gradient.
+
+        `hard` is `hard_counts()` when the caller already has it (one host read per step, not two).
+        """
+        hard = self.hard_counts() if hard is None else hard
+        return {name: straight_through(hard[name], soft) for name, soft in self.soft_counts().items()}
+
+    def hard_channel_counts(self) -> dict[str, int]:
+        """Channel count of every width mask at hard masks."""
+        return {k: v for k, v in self.hard_counts().items() if not isinstance(self.masks[k], DepthMask)}
+
+    def depth_gates(self, counts: dict[str, int] | None = None) -> dict[str, torch.Tensor]:
+        """Straight-through block gates of every CSP layer: hard 0/1 forward, soft gradient (importance untouched)."""
+        counts = self.hard_counts() if counts is None else counts
+        gates = {}
+        for name, mask in self.masks.items():
+            if isinstance(mask, DepthMask):
+                soft = mask.soft_masks(mask.count(), track=False)[0]
+                gates[name] = straight_through(mask.hard_masks(counts[name])[0], soft)
+        return gates
+
+    def kept_blocks(self) -> dict[str, list[int]]:
+        """Indices of the blocks each CSP layer keeps at hard masks."""
+        counts = self.hard_counts()
+        return {
+            name: torch.nonzero(mask.hard_masks(counts[name])[0]).flatten().tolist()
+            for name, mask in self.masks.items()
+            if isinstance(mask, DepthMask)
+        }
+
+    def kept_channels(self) -> dict[Space, torch.Tensor]:
+        """Sorted supernet channel indices each channel space keeps at hard masks."""
+        counts = self.hard_channel_counts()
+        return {
+            Space(name, row): idx
+            for name, mask in self.masks.items()
+            if not isinstance(mask, DepthMask)
+            for row, idx in enumerate(mask.kept(counts[name]))
+        }
+
+    # ------------------------------------------------------------------------------------------- forward
+    def _set_gates(self, hard: bool) -> None:
+        """Compute every mask once for this pass and hand each gated layer its slice.
+
+        Soft masks need no host synchronization: derived widths follow their sources' continuous counts.
+        """
+        if hard:
+            counts = self.hard_counts()
+            values = {name: mask.hard_masks(counts[name]) for name, mask in self.masks.items()}
+        else:
+            counts = self.soft_counts()
+            values = {
+                name: mask.soft_masks(counts[name] if name in counts else mask.count())
+                for name, mask in self.masks.items()
+            }
+        for path, spaces in self.gated_convs.items():
+            self.get_submodule(path).gate = torch.cat([values[s.mask][s.row] for s in spaces])
+        for path, depth in self.gated_csps.items():
+            module = self.get_submodule(path)
+            module.depth_gate, module.depth_hard = values[depth][0], hard
+
+    def _clear_gates(self) -> None:
+        """Drop this pass's gates so that copies and checkpoints never carry autograd graphs."""
+        for path in self.gated_convs:
+            self.get_submodule(path).gate = None
+        for path in self.gated_csps:
+            self.get_submodule(path).depth_gate = None
+
+    @contextmanager
+    def masks_off(self):
+        """Run as the unmasked supernet, every channel and block active (to trace shapes, or compare)."""
+        self._masks_off = True
+        try:
+            yield self
+        finally:
+            self._masks_off = False
+
+    def _predict_once(self, x, profile=False, embed=None):
+        """Stock forward with soft masks in train mode and hard masks in eval mode or once the structure is frozen."""
+        if getattr(self, "_masks_off", False):
+            return super()._predict_once(x, profile, embed)
+        self._set_gates(hard=not self.training or self.structure_frozen)
+        try:
+            return super()._predict_once(x, profile, embed)
+        finally:
+            self._clear_gates()
+
+    def fuse(self, verbose: bool = True, imgsz: int = 640):
+        """Keep BatchNorm unfused: fusing swaps each Conv's forward and would bypass the channel gates."""
+        return self
+

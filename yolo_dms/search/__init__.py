@@ -1,0 +1,1 @@
+"""The search: Ultralytics trainer, structure step, schedule, search log and settings."""

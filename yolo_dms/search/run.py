@@ -1,0 +1,153 @@
+"""Running a search from user arguments: split DMS settings from Ultralytics train arguments, check everything
+that can be checked before any output is written, then train with `DMSTrainer`."""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+
+import yaml
+
+from ultralytics.cfg import get_cfg, get_save_dir
+from ultralytics.utils import DEFAULT_CFG_DICT
+
+from yolo_dms.core.budget import resolve_budget
+from yolo_dms.core.data import resolve_data
+from yolo_dms.core.errors import DMSError, first_line
+from yolo_dms.core.model_io import load_detection_model, load_search_checkpoint, resolve_model
+from yolo_dms.core.resources import ResourceModel
+from yolo_dms.search.settings import SearchSettings, load_defaults
+from yolo_dms.core.supernet import Supernet
+from yolo_dms.search.trainer import DMSTrainer
+
+
+def check_train_arguments(train: dict) -> None:
+    """Refuse unknown keys (naming close ones) and badly typed values, with Ultralytics' own type checks."""
+    known = set(DEFAULT_CFG_DICT) | {"save_dir"}
+    for key in train:
+        if key not in known:
+            close = difflib.get_close_matches(key, sorted(known | SearchSettings.names()), n=3)
+            hint = f"; did you mean {' or '.join(close)}?" if close else ""
+            raise DMSError(f"unknown argument '{key}'{hint} (see 'yolo-dms help' and 'yolo cfg')")
+    try:
+        get_cfg(DEFAULT_CFG_DICT, train)
+    except (SyntaxError, TypeError, ValueError) as e:
+        raise DMSError(first_line(e)) from None
+
+
+BUDGET_KEYS = {"target", "gflops", "params"}
+
+
+def load_recipe(path: str | Path) -> dict:
+    """A search recipe (`cfg=`, as Ultralytics takes it): a YAML of DMS settings and train arguments."""
+    path = Path(path)
+    if not path.is_file():
+        raise DMSError(f"cfg file '{path}' does not exist (recipes ship in the repository's cfg/ folder)")
+    try:
+        recipe = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise DMSError(f"cfg file '{path}' is not valid YAML: {first_line(e)}") from None
+    if not isinstance(recipe, dict):
+        raise DMSError(f"cfg file '{path}' must hold key: value pairs")
+    return recipe
+
+
+def with_recipe(arguments: dict) -> dict:
+    """The user's arguments over their recipe's; a budget given on the command line replaces the recipe's."""
+    if not arguments.get("cfg"):
+        return {k: v for k, v in arguments.items() if k != "cfg"}
+    recipe = load_recipe(arguments["cfg"])
+    if BUDGET_KEYS & set(arguments):
+        recipe = {k: v for k, v in recipe.items() if k not in BUDGET_KEYS | {"resource"}}
+    return {**recipe, **{k: v for k, v in arguments.items() if k != "cfg"}}
+
+
+def split_arguments(arguments: dict) -> tuple[dict, dict]:
+    """(DMS settings, Ultralytics train overrides with the search defaults), both checked; `cfg=` names a recipe
+    whose values come before the command line's."""
+    arguments = with_recipe(arguments)
+    dms = {k: v for k, v in arguments.items() if k in SearchSettings.names()}
+    train = {**load_defaults()["train"], **{k: v for k, v in arguments.items() if k not in dms}, "mode": "train"}
+    check_train_arguments(train)
+    return dms, train
+
+
+def preflight(model: str, nc: int, imgsz: int, settings: SearchSettings) -> tuple[float, float, float]:
+    """Check the model and the budget before anything is written; returns (smallest, full, budget) GFLOPs."""
+    source = load_detection_model(model, nc=nc)
+    if isinstance(source, Supernet):
+        raise DMSError(
+            f"'{model}' is a search checkpoint; continue it with resume=True or export it with 'yolo-dms export'"
+        )
+    supernet = Supernet(source)
+    return resolve_budget(supernet, ResourceModel(supernet, imgsz), settings)
+
+
+def search_project(arguments: dict) -> Path:
+    """The directory that holds the searches, resolved as Ultralytics resolves `project` (8.4 puts a relative one
+    under `runs_dir/detect`)."""
+    train = {**load_defaults()["train"], **{k: v for k, v in arguments.items() if k == "project"}}
+    return get_save_dir(get_cfg(DEFAULT_CFG_DICT, {**train, "task": "detect", "mode": "train"})).parent
+
+
+def resume_checkpoint(resume: bool | str | Path, project: Path) -> Path:
+    """The interrupted search to continue: an explicit last.pt, or the newest last.pt under `project`.
+
+    A finished search is refused: Ultralytics strips the optimizer from its last.pt and marks it epoch -1 before
+    searched.yaml and pruned.pt are written (a run killed after its last epoch but before that has trained
+    every epoch); either way there is nothing left to train.
+    """
+    newest = not isinstance(resume, str | Path)
+    if newest:
+        candidates = sorted(project.glob("*/weights/last.pt"), key=lambda p: p.stat().st_mtime)
+        if not candidates:
+            raise DMSError(f"no search checkpoint to resume under '{project}'; pass resume=path/to/weights/last.pt")
+        path = candidates[-1]
+    else:
+        path = Path(resume)
+        if not path.is_file():
+            raise DMSError(f"no search checkpoint to resume at '{path}'")
+    _, ckpt = load_search_checkpoint(path, "so there is no search to resume")
+    epochs = (ckpt.get("train_args") or {}).get("epochs", DEFAULT_CFG_DICT["epochs"])
+    if ckpt.get("epoch", -1) < 0 or ckpt["epoch"] + 1 >= epochs:
+        run = path.parent.parent
+        which = f"the newest search, {run}," if newest else f"the search {run}"
+        raise DMSError(
+            f"{which} has finished, so there is nothing to resume: its searched.yaml and pruned.pt are in {run} "
+            f"('yolo-dms export model={path}' writes them again)"
+            + ("; pass resume=path/to/weights/last.pt to continue another search" if newest else "")
+        )
+    return path
+
+
+def resume_overrides(arguments: dict) -> dict:
+    """Trainer overrides that continue an interrupted search. Its DMS settings travel in its checkpoint and
+    cannot change mid-search (the budget and schedule are the search's own), so giving one is refused."""
+    dms = sorted(SearchSettings.names() & set(arguments))
+    if dms:
+        given = " ".join(f"{k}={arguments[k]}" for k in dms)
+        raise DMSError(
+            f"resume=True continues a search with the DMS settings it started with, so '{given}' cannot be "
+            "applied; drop it, or start a new search to use it"
+        )
+    check_train_arguments(arguments)
+    last = str(resume_checkpoint(arguments["resume"], search_project(arguments)))
+    return {**arguments, "resume": last, "model": last}
+
+
+def run_search(arguments: dict) -> DMSTrainer:
+    """Search as the CLI does: `arguments` are `yolo-dms search` key=value pairs, already typed."""
+    if arguments.get("resume"):
+        trainer = DMSTrainer(overrides=resume_overrides(arguments))
+    else:
+        dms, train = split_arguments(arguments)
+        settings = SearchSettings.from_arguments(dms)
+        if "model" not in train:
+            raise DMSError("search needs model=<yaml|pt>, e.g. model=yolov8s.yaml or model=yolov8n.pt")
+        train["model"] = resolve_model(train["model"])
+        data = resolve_data(train.get("data"))
+        imgsz = train.get("imgsz", DEFAULT_CFG_DICT["imgsz"])
+        preflight(train["model"], data["nc"], imgsz if isinstance(imgsz, int) else max(imgsz), settings)
+        trainer = DMSTrainer(overrides=train, settings=settings)
+    trainer.train()
+    return trainer

@@ -1,0 +1,355 @@
+"""`DMSTrainer`: Ultralytics' `DetectionTrainer` that trains a supernet's weights and structure together.
+
+Everything is stock Ultralytics (data, augmentation, loss, AMP, warmup, schedulers, EMA, validation,
+checkpoints, callbacks, resume) except:
+
+- the model is a `Supernet` carrying its `SearchSettings`, so resume and DDP workers rebuild it as it was;
+- keep ratios leave the weight optimizer for their own Adam, with no weight decay and a step size sized to the
+  run (`schedule.SearchSchedule`);
+- every batch (not only those where the weights step after gradient accumulation) updates the keep ratios
+  with the task gradient plus the balanced resource-loss gradient (`structure_step.StructureStep`); the target falls
+  from the supernet's GFLOPs to the budget over the first `target_schedule` of the run, as
+  `full * (budget / full) ** progress` (the DMS reference's "root" schedule), then holds;
+- for the last `refine` of the run the structure is fitted under the budget and frozen, and the weights train
+  at exactly that hard structure;
+- EMA copies structure (keep ratios, importance) from the live model instead of averaging it;
+- validation runs on hard masks, so its mAP is the mAP of the model pruned at that point; the run ends by
+  exporting `searched.yaml`, `pruned.pt` and `search.json` from the last EMA weights and validating
+  `pruned.pt` with the stock validator.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from copy import deepcopy
+
+from torch import nn
+from ultralytics.models.yolo.detect import DetectionTrainer
+from ultralytics.utils import DEFAULT_CFG, LOCAL_RANK, LOGGER, RANK, colorstr
+from ultralytics.utils.torch_utils import strip_optimizer, torch_distributed_zero_first, unwrap_model
+
+from yolo_dms.core.budget import describe, fit_to_budget, hard_figure, hard_gflops, resolve_budget, structure_as
+from yolo_dms.core.export import ExportResult, export_searched
+from yolo_dms.search.structure_step import StructureStep
+from yolo_dms.core.resources import ResourceModel
+from yolo_dms.search.schedule import FINAL_LR_FACTOR, SearchSchedule
+from yolo_dms.search.search_log import SearchLog, plot_search, plot_structure, structure_columns
+from yolo_dms.search.settings import SearchSettings
+from yolo_dms.core.supernet import Supernet
+
+TRACE_ROWS = 2000  # search.csv keeps about this many steps, however long the run
+
+
+def sync_structure(source: Supernet, target: Supernet) -> None:
+    """Give `target` (the EMA model) exactly the live structure: keep ratios and importance are copied."""
+    target.masks.load_state_dict(source.masks.state_dict())
+
+
+FIT_WARNING = (0.95, 1.05)  # a fit factor outside this range means the search itself did not reach the budget
+
+
+def _count_batch(trainer: DMSTrainer) -> None:
+    """Callback: advance the search clock by one batch, and enter the refine phase when it is due."""
+    trainer.search_iteration += 1
+    if trainer.schedule and not trainer.schedule.searching(trainer.search_iteration) and not trainer.frozen:
+        trainer.freeze_structure()
+
+
+def _structure_after_batch(trainer: DMSTrainer) -> None:
+    """Callback: the structure step of a batch whose weights did not step (gradient accumulation); in the refine
+    phase, the fixed structure's row of the search log."""
+    trainer.structure_step()
+    if trainer.frozen and trainer.search_log:
+        trainer.search_log.record(trainer.search_iteration, trainer.epoch, trainer.fit["after"], trainer.budget, 0.0)
+
+
+CALLBACKS = {"on_train_batch_start": _count_batch, "on_train_batch_end": _structure_after_batch}
+
+
+class DMSTrainer(DetectionTrainer):
+    """Differentiable Model Scaling search as an Ultralytics detection trainer."""
+
+    def __init__(self, cfg=DEFAULT_CFG, overrides=None, _callbacks=None, settings: SearchSettings | None = None):
+        super().__init__(cfg, overrides, _callbacks)
+        self.settings = settings  # None: taken from the supernet (resume, DDP workers)
+        self.search_iteration = 0
+        self.structure: StructureStep | None = None
+        self.resources: ResourceModel | None = None
+        self.search_log: SearchLog | None = None
+        self.export_result: ExportResult | None = None
+        self.schedule: SearchSchedule | None = None
+        self.fit: dict = {}  # what the final fit did: the figure before and after it, its factor, and its batch
+        for event, callback in CALLBACKS.items():
+            if callback not in self.callbacks[event]:  # DDP workers inherit the parent's callbacks
+                self.add_callback(event, callback)
+
+    @property
+    def supernet(self) -> Supernet:
+        return unwrap_model(self.model)
+
+    @property
+    def frozen(self) -> bool:
+        """Whether the structure is fitted and fixed (the refine phase)."""
+        return self.supernet.structure_frozen
+
+    # ------------------------------------------------------------------------------------------------ set-up
+    def get_model(self, cfg=None, weights=None, verbose: bool = True) -> Supernet:
+        """Stock model from `cfg` (and pretrained weights), wrapped as a supernet; a search checkpoint resumes."""
+        if isinstance(weights, Supernet):
+            supernet = self.wrap(super().get_model(cfg, None, verbose), weights.dms_settings)
+            supernet.load_state_dict(weights.float().state_dict())
+            supernet.search_state = getattr(weights, "search_state", {})
+            return supernet
+        return self.wrap(super().get_model(cfg, weights, verbose), self.settings or SearchSettings())
+
+    @staticmethod
+    def wrap(model, settings: SearchSettings) -> Supernet:
+        """A supernet over `model` with the mask settings of `settings`, which it carries along."""
+        supernet = Supernet(
+            model, lam=settings.width_lam, depth_lam=settings.depth_lam, decay=settings.importance_decay
+        )
+        supernet.dms_settings = settings
+        return supernet
+
+    def train(self):
+        """Multi-GPU: build the supernet before Ultralytics pickles the model for its DDP workers.
+
+        The workers are re-created from default arguments and that pickled model, so the settings must travel
+        inside the supernet (a resumed search reads them from its checkpoint instead).
+        """
+        if self.ddp and not self.resume and not isinstance(self.model, nn.Module):
+            self.setup_model()
+        return super().train()
+
+    def build_optimizer(self, model, name="auto", lr=0.001, momentum=0.9, decay=1e-5, iterations=1e5):
+        """Stock weight optimizer without the keep ratios, which get their own Adam."""
+        optimizer = super().build_optimizer(model, name, lr, momentum, decay, iterations)
+        structure = {id(p) for p in self.supernet.structure_parameters()}
+        for group in optimizer.param_groups:
+            group["params"] = [p for p in group["params"] if id(p) not in structure]
+        settings = self.supernet.dms_settings
+        self.resources = ResourceModel(self.supernet, self.args.imgsz)
+        self.structure = StructureStep(
+            self.supernet,
+            self.resources,
+            settings.structure_lr or 0.0,
+            settings.resource_weight,
+            settings.resource,
+            settings.structure_optimizer,
+        )
+        return optimizer
+
+    def _setup_train(self):
+        """Stock set-up (which builds the resource model with the optimizer), then the budget and the search log."""
+        super()._setup_train()
+        self.settings = self.supernet.dms_settings
+        smallest, self.full, self.budget = resolve_budget(self.supernet, self.resources, self.settings)
+        with structure_as(self.supernet, dict.fromkeys(self.supernet.keep_ratio_masks(), 1.0)):
+            self.full_gflops, self.full_params = hard_gflops(self.resources), round(self.resources.params().item())
+        total_steps = self.epochs * len(self.train_loader)
+        self.schedule = SearchSchedule(
+            total_steps, self.full, self.budget, self.settings.target_schedule, self.settings.refine
+        )
+        lr = self.schedule.auto_structure_lr() if self.settings.structure_lr is None else self.settings.structure_lr
+        self.structure_lr = lr
+        if RANK in {-1, 0}:
+            self.search_log = SearchLog(self.save_dir, self.settings.resource, every=math.ceil(total_steps / TRACE_ROWS))
+            refine = self.schedule.total_steps - self.schedule.refine_start
+            LOGGER.info(
+                f"{colorstr('DMS:')} supernet {self.describe(self.full)} at imgsz={self.args.imgsz}, budget "
+                f"{self.describe(self.budget)} ({self.budget / self.full:.1%}), smallest structure "
+                f"{self.describe(smallest)}. {total_steps} batches: the target reaches the budget after {self.schedule.schedule_steps}, "
+                f"one structure step per batch (keep-ratio lr {lr:.3g} decaying to {lr * FINAL_LR_FACTOR:.3g}"
+                f"{', auto' if self.settings.structure_lr is None else ''}), then {refine} batches at the fitted, "
+                "frozen structure"
+            )
+
+    def resume_training(self, ckpt):
+        """Stock resume, plus the structure optimizer, gradient norm and search clock saved with the supernet."""
+        super().resume_training(ckpt)
+        state = getattr(self.supernet, "search_state", None)
+        if self.resume and state:
+            self.structure.load_state_dict(state)
+            self.fit = state.get("fit", {})
+            self.supernet.structure_frozen = bool(self.fit)
+            self.search_iteration = self.start_epoch * len(self.train_loader)
+
+    # ------------------------------------------------------------------------------------------ search step
+    def current_target(self) -> float:
+        """Scheduled target (in the budget's unit) at this point of the run."""
+        return self.schedule.target(self.search_iteration)
+
+    def preprocess_batch(self, batch):
+        """Stock preprocessing; importance learns the AMP loss scale the coming backward pass will carry."""
+        scale = self.scaler.get_scale() if self.scaler.is_enabled() else 1.0
+        for mask in self.supernet.masks.values():
+            mask.grad_scale = scale
+        return super().preprocess_batch(batch)
+
+    def optimizer_step(self):
+        """Structure step first (its gradients must not enter the weights' clipping), then the stock weight step."""
+        self.structure_step()
+        super().optimizer_step()
+
+    def structure_step(self) -> None:
+        """One structure update from this batch's gradients; skipped when AMP gradients overflowed.
+
+        Runs every batch: from `optimizer_step` on batches where the weights step, else from the batch-end
+        callback (a no-op there when the gradients were already used, and in the refine phase).
+        """
+        if self.frozen or not self.structure.pending():
+            return
+        target = self.current_target()
+        self.structure.set_lr(self.structure_lr * self.schedule.lr_factor(self.search_iteration))
+        scale = self.scaler.get_scale() if self.scaler.is_enabled() else 1.0
+        result = self.structure.step(target, scale, two_sided=self.schedule.holding(self.search_iteration))
+        if self.ema:
+            sync_structure(self.supernet, self.ema.ema)
+        if result and self.search_log:
+            self.search_log.record(self.search_iteration, self.epoch, result[0], target, result[1])
+
+    def freeze_structure(self) -> None:
+        """Fit the structure under the budget and fix it: from here on the weights train the exported structure."""
+        self.fit_structure()
+        self.supernet.structure_frozen = True
+        if self.ema:
+            self.ema.ema.structure_frozen = True
+
+    # ---------------------------------------------------------------------------------------- epoch and end
+    def validate(self):
+        """Without a refine phase, fit the structure before the last validation, so it validates what is exported."""
+        if self.epoch + 1 >= self.epochs and not self.frozen:
+            self.fit_structure()
+        return super().validate()
+
+    def fit_structure(self) -> None:
+        """Scale the live (and EMA) keep ratios by the common factor that brings them just under the budget."""
+        resource = self.settings.resource
+        before = hard_figure(self.resources, resource)
+        factor = fit_to_budget(self.supernet, self.resources, self.budget, resource)
+        if self.ema:
+            sync_structure(self.supernet, self.ema.ema)
+        after = hard_figure(self.resources, resource)
+        self.fit = {"before": before, "factor": factor, "after": after, "iteration": self.search_iteration}
+        if RANK in {-1, 0}:
+            LOGGER.info(
+                f"{colorstr('DMS:')} structure at {self.describe(before)} fitted to the budget "
+                f"{self.describe(self.budget)}: keep ratios scaled by {factor:.4f}, now {self.describe(after)}"
+            )
+            low, high = FIT_WARNING
+            if not low <= factor <= high:
+                LOGGER.warning(
+                    f"{colorstr('DMS:')} the search ended {before / self.budget - 1:+.1%} off its budget and the fit "
+                    f"had to scale every keep ratio by {factor:.3f}, so the budget was reached by a uniform rescale, "
+                    "not by the search. Search more epochs, raise structure_lr (or leave it auto) or resource_weight, "
+                    "or lower target_schedule."
+                )
+
+    def save_metrics(self, metrics):
+        """Stock results.csv row plus the search's columns: GFLOPs, parameters, target (in the budget's unit),
+        resource loss, depth per stage."""
+        extra = {
+            "dms/GFLOPs": hard_gflops(self.resources),
+            "dms/params": hard_figure(self.resources, "params") * 1e6,
+            "dms/target": self.current_target(),
+            "dms/resource_loss": self.search_log.end_epoch(),
+            **structure_columns(self.supernet),
+        }
+        LOGGER.info(
+            f"{colorstr('DMS:')} epoch {self.epoch + 1}: {self.describe(hard_figure(self.resources, self.settings.resource))}"
+            f" (target {self.describe(extra['dms/target'])}, budget {self.describe(self.budget)}), mean resource loss "
+            f"{extra['dms/resource_loss']:.4f}"
+        )
+        super().save_metrics({**metrics, **extra})
+
+    def save_model(self):
+        """Stock checkpoint, written atomically; the EMA supernet carries the structure step's state and settings.
+
+        Ultralytics writes last.pt and best.pt in place; here they are written under temporary names and renamed,
+        so a kill during the write leaves the previous checkpoint intact.
+        """
+        ema = self.ema.ema
+        ema.dms_settings = self.settings
+        ema.search_state = {**self.structure.state_dict(), "fit": self.fit, "source": self.search_source()}
+        final = {"last": self.last, "best": self.best}
+        for attr, path in final.items():
+            setattr(self, attr, path.with_name(f".{path.name}.tmp"))
+        try:
+            return super().save_model()
+        finally:
+            for attr, path in final.items():
+                if getattr(self, attr).exists():
+                    os.replace(getattr(self, attr), path)
+                setattr(self, attr, path)
+
+    def final_eval(self):
+        """Export from the last EMA weights, validate `pruned.pt` with the stock validator, and say what was found.
+
+        As in stock `final_eval`, rank 0 writes while the other ranks wait, then every rank validates: the
+        validator synchronizes the ranks, so a rank that skipped it would leave rank 0 waiting forever.
+        """
+        weights = self.save_dir / "pruned.pt"
+        with torch_distributed_zero_first(LOCAL_RANK):
+            if RANK in {-1, 0}:
+                self.export()
+        self.validator.args.plots = self.args.plots
+        metrics = self.validator(model=str(weights))
+        if RANK not in {-1, 0}:
+            return
+        result = self.export_result
+        self.metrics = {k: v for k, v in metrics.items() if k != "fitness"}
+        LOGGER.info(
+            f"\n{colorstr('DMS search done:')} {result.gflops:.4g} GFLOPs at imgsz={self.args.imgsz}, "
+            f"{result.params:,} parameters (budget {self.describe(self.budget)}, supernet {self.describe(self.full)}), "
+            f"mAP50-95 {self.metrics.get('metrics/mAP50-95(B)', float('nan')):.4f} "
+            f"mAP50 {self.metrics.get('metrics/mAP50(B)', float('nan')):.4f} (pruned.pt, stock validator)\n"
+            f"pruned.pt and searched.yaml are taken from the last EMA weights (epoch {self.epoch + 1}).\n"
+            f"Retrain from scratch:  yolo train model={result.yaml_path} data={self.args.data}\n"
+            f"Fine-tune:             yolo train model={result.weights_path} data={self.args.data}\n"
+            + (
+                f"Fine-tune, distilled:  yolo train model={result.weights_path} data={self.args.data} "
+                f"distill_model={self.search_source()}\n"
+                if str(self.search_source()).endswith(".pt")
+                else ""
+            )
+            + f"Export:                yolo export model={result.weights_path} format=onnx"
+        )
+
+    def describe(self, value: float) -> str:
+        """A figure in the budget's unit, in words."""
+        return describe(value, self.settings.resource)
+
+    def export(self) -> None:
+        """Strip last.pt, write searched.yaml, pruned.pt, search.json and the plots from the last EMA weights."""
+        if self.last.exists():
+            strip_optimizer(self.last)
+        supernet = deepcopy(self.ema.ema).float().eval()
+        if not self.frozen:  # interrupted before the refine phase and its fit, or refine=0
+            fit_to_budget(supernet, ResourceModel(supernet, self.args.imgsz), self.budget, self.settings.resource)
+        self.export_result = result = export_searched(supernet, self.save_dir, self.args.imgsz)
+        self.write_summary(result)
+        plot_structure(supernet, self.save_dir / "structure.png")
+        if self.search_log and self.search_log.path.exists():
+            plot_search(self.search_log.path, self.save_dir / "search.png", self.budget)
+
+    def search_source(self) -> str:
+        """The model the search started from (a trained `.pt` is the natural teacher for distillation)."""
+        state = getattr(self.supernet, "search_state", None) or {}
+        return state.get("source") or str(self.args.model)
+
+    def write_summary(self, result: ExportResult) -> None:
+        """`search.json`: budget, supernet and final resources, and how far the fit had to move the structure."""
+        summary = {
+            "budget": {"resource": self.settings.resource, "value": self.budget, "imgsz": self.args.imgsz},
+            "supernet": {"gflops": self.full_gflops, "params": self.full_params},
+            "final": {"gflops": result.gflops, "params": result.params},
+            "before_fit": self.fit.get("before"),
+            "fit_factor": self.fit.get("factor", 1.0),
+            "fit_iteration": self.fit.get("iteration"),
+            "total_iterations": self.schedule.total_steps,
+            "structure_lr": self.structure_lr,
+            "source": self.search_source(),
+        }
+        (self.save_dir / "search.json").write_text(json.dumps(summary, indent=2))

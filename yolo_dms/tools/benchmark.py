@@ -1,0 +1,370 @@
+"""DMS against magnitude pruning, a frozen-structure control and uniform scaling, at equal GFLOPs and epochs.
+
+Every arm ends at the budget (`target` times the model's GFLOPs at `imgsz`, within about 3%) and gets the same
+total epochs `E`; `S` of them (`search_epochs`) are spent before the structure is fixed. From a `.pt`, every
+arm but the from-scratch ones starts from its weights.
+
+- `dms`: `yolo-dms search` of the model for S epochs, then stock fine-tuning of `pruned.pt` for E - S;
+- `dms_kd`: the same search, then stock fine-tuning with Ultralytics' distillation from the original `.pt`
+  (`distill_model=`, `dis` at its default), for E - S;
+- `dms_scratch`: the same search, then `searched.yaml` trained from scratch for E - S;
+- `dms_sgd`: `dms` with the keep ratios stepped by normalized SGD instead of Adam (`structure_optimizer=sgd`),
+  the ablation of how the structure step allocates the budget across layers;
+- `taylor_uniform`: the same search with the structure frozen (`structure_lr=0`), so its final
+  fit prunes every layer by one common keep ratio with the Taylor ranking; then fine-tuned for E - S;
+- `magnitude_uniform` / `magnitude_global`: the model trained for S epochs, pruned to the budget in one shot by
+  Torch-Pruning's L2 magnitude importance, per layer / ranked across layers (`global_pruning`), fine-tuned for E - S
+  (Torch-Pruning is a benchmark-only extra: `pip install yolo-dms[tools]`);
+- `uniform`: the model's YAML with one `width_multiple` chosen to meet the budget, trained from scratch for E.
+
+Every model is scored by Ultralytics' validator and, independently, by pycocotools on the COCO-format files that
+validator writes (`evaluation.validate`); its ONNX export is timed under ONNX Runtime on the CPU (batch 1,
+median). Training and validation run on `device=`, as in Ultralytics. Outputs: `benchmark.csv`, `benchmark.md`
+(mean and spread over seeds), `map_vs_gflops.png`; `merge_results` joins the outputs of several runs.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import math
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+from ultralytics import YOLO
+from ultralytics.models.yolo.detect import DetectionTrainer
+from ultralytics.nn.modules import C2f, Conv
+from ultralytics.nn.tasks import DetectionModel
+from ultralytics.utils import LOGGER
+from ultralytics.utils.torch_utils import select_device
+
+from yolo_dms.core.data import resolve_data
+from yolo_dms.tools.demo_data import make_dataset
+from yolo_dms.core.errors import DMSError
+from yolo_dms.core.resources import deployed_gflops
+from yolo_dms.tools.evaluation import onnx_report, validate
+from yolo_dms.core.model_io import (
+    load_checkpoint_model,
+    load_detection_model,
+    load_model_yaml,
+    resolve_model,
+    write_model_yaml,
+)
+from yolo_dms.tools.overhead import measure_overhead
+from yolo_dms.search.run import run_search
+
+ARMS = ("dms", "dms_kd", "dms_scratch", "dms_sgd", "taylor_uniform", "magnitude_uniform", "magnitude_global",
+        "uniform")
+DEFAULTS = {
+    "data": "", "model": "yolov8s.yaml", "target": 0.5, "epochs": 20, "search_epochs": 10, "imgsz": 128,
+    "batch": 16, "seeds": "0,1", "arms": "", "out": "runs/dms/benchmark", "n_train": 512,
+    "n_val": 128, "latency_runs": 100, "device": None, "workers": 2, "cache": False, "overhead": True,
+}
+# arm -> the search it starts from (also its run name), and that search's own settings: `search_taylor` has its
+# structure frozen (0: the keep ratios never move), `search_sgd` steps the keep ratios with normalized SGD
+SEARCH_ARMS = {"dms": "search", "dms_kd": "search", "dms_scratch": "search", "dms_sgd": "search_sgd",
+               "taylor_uniform": "search_taylor"}
+SEARCH_SETTINGS = {"search": {}, "search_taylor": {"structure_lr": 0.0}, "search_sgd": {"structure_optimizer": "sgd"}}
+MAGNITUDE_ARMS = {"magnitude_uniform": False, "magnitude_global": True}  # arm -> Torch-Pruning global_pruning
+
+
+# ----------------------------------------------------------------------------------------------- inputs
+def model_cfg(model: str, nc: int) -> dict:
+    """The model's architecture as a YAML dict for `nc` classes: a checkpoint's own YAML, or a YAML file."""
+    cfg = load_detection_model(model).yaml if model.endswith(".pt") else load_model_yaml(model)
+    return {**copy.deepcopy(cfg), "nc": nc}
+
+
+# ------------------------------------------------------------------------------------------------- the arms
+def train(model, data: Path, epochs: int, seed: int, out: Path, name: str, options: dict, **extra) -> Path:
+    """Stock Ultralytics training of a YAML, a checkpoint, or an in-memory model; returns last.pt."""
+    args = dict(data=str(data), epochs=epochs, imgsz=options["imgsz"], batch=options["batch"], seed=seed,
+                workers=options["workers"], device=options["device"], cache=options["cache"], plots=False,
+                project=str(out), name=name, exist_ok=True, val=False, **extra)
+    if isinstance(model, nn.Module):
+        trainer = DetectionTrainer(overrides={**args, "model": "yolov8n.yaml"})
+        trainer.model = model  # trained as is: its own layers, no YAML rebuild
+        trainer.train()
+    else:
+        YOLO(str(model)).train(**args)
+    return out / name / "weights" / "last.pt"
+
+
+def search(model: str, data: Path, budget: float, seed: int, out: Path, name: str, options: dict, **dms) -> Path:
+    """A `yolo-dms search` of `model` for `search_epochs` down to `budget` GFLOPs; returns its pruned.pt."""
+    trainer = run_search({
+        "model": model, "data": str(data), "gflops": budget, "epochs": options["search_epochs"],
+        "imgsz": options["imgsz"], "batch": options["batch"], "seed": seed, "workers": options["workers"],
+        "device": options["device"], "cache": options["cache"], "plots": False, "project": str(out), "name": name,
+        "exist_ok": True, **dms,
+    })
+    return trainer.export_result.weights_path
+
+
+def uniform_yaml(cfg: dict, budget: float, imgsz: int) -> dict:
+    """`cfg` with its own depth and the one width multiplier whose GFLOPs are closest to the budget (the
+    class count sets the Detect head's width, so `cfg` must carry the dataset's)."""
+    base = {k: v for k, v in cfg.items() if k not in {"scales", "scale", "depth_multiple", "width_multiple",
+                                                         "yaml_file"}}
+    if cfg.get("scales"):
+        depth, width, max_channels = cfg["scales"][cfg.get("scale") or next(iter(cfg["scales"]))]
+    else:
+        depth, width, max_channels = cfg.get("depth_multiple", 1.0), cfg.get("width_multiple", 1.0), None
+
+    def build(w: float) -> tuple[dict, float]:
+        # One named scale keeps the stock channel cap; a YAML without scales has none
+        scaling = {"scales": {"u": [depth, w, max_channels]}} if max_channels else {"depth_multiple": depth,
+                                                                                   "width_multiple": w}
+        candidate = {**copy.deepcopy(base), **scaling}
+        return candidate, deployed_gflops(DetectionModel(copy.deepcopy(candidate), verbose=False), imgsz)
+
+    low, high = 0.01, width
+    for _ in range(20):
+        mid = (low + high) / 2
+        low, high = (mid, high) if build(mid)[1] <= budget else (low, mid)
+    return min((build(w) for w in (low, high)), key=lambda c: abs(c[1] - budget))[0]
+
+
+class SplitC2f(nn.Module):
+    """C2f whose `cv1` is two convolutions instead of one split in half, a graph Torch-Pruning can follow."""
+
+    def __init__(self, c2f: C2f) -> None:
+        super().__init__()
+        self.halves = nn.ModuleList(_conv_rows(c2f.cv1, rows) for rows in (slice(0, c2f.c), slice(c2f.c, 2 * c2f.c)))
+        self.m, self.cv2 = c2f.m, c2f.cv2
+        self.i, self.f, self.type, self.np = c2f.i, c2f.f, c2f.type, c2f.np  # Ultralytics' layer bookkeeping
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = [half(x) for half in self.halves]
+        y.extend(block(y[-1]) for block in self.m)
+        return self.cv2(torch.cat(y, 1))
+
+
+def _conv_rows(conv: Conv, rows: slice) -> Conv:
+    """A Conv computing only the output channels `rows` of `conv`."""
+    part = Conv(conv.conv.in_channels, rows.stop - rows.start, conv.conv.kernel_size, conv.conv.stride)
+    part.conv.weight.data = conv.conv.weight.data[rows].clone()
+    for name in ("weight", "bias", "running_mean", "running_var"):
+        getattr(part.bn, name).data = getattr(conv.bn, name).data[rows].clone()
+    part.act = conv.act
+    return part
+
+
+def magnitude_prune(weights: Path, budget: float, imgsz: int, global_pruning: bool) -> nn.Module:
+    """A trained model pruned to the budget in one shot by Torch-Pruning's L2 magnitude importance, channels
+    ranked within each layer (every layer loses the same share) or, with `global_pruning`, across layers; the
+    pruning ratio is the smallest that meets the budget, found by bisection (14 halvings: within 0.01%)."""
+    try:
+        import torch_pruning as tp
+    except ImportError:
+        raise DMSError("the magnitude arms need Torch-Pruning: pip install 'yolo-dms[tools]'") from None
+    model = load_checkpoint_model(weights).cpu().eval()
+    for i, layer in enumerate(model.model):
+        if type(layer) is C2f:
+            model.model[i] = SplitC2f(layer)
+
+    def pruned(ratio: float) -> nn.Module:
+        candidate = copy.deepcopy(model)
+        for p in candidate.parameters():
+            p.requires_grad_(True)
+        head = candidate.model[-1]
+        tp.pruner.MagnitudePruner(
+            candidate, torch.zeros(1, 3, 64, 64),  # traces the graph only; any size the strides divide will do
+            importance=tp.importance.MagnitudeImportance(p=2), global_pruning=global_pruning, pruning_ratio=ratio,
+            ignored_layers=[head.dfl, *(seq[-1] for seq in head.cv2), *(seq[-1] for seq in head.cv3)],
+        ).step()
+        return candidate
+
+    low, high = 0.0, 0.95  # pruning ratios over and under the budget
+    for _ in range(14):
+        mid = (low + high) / 2
+        low, high = (low, mid) if deployed_gflops(pruned(mid), imgsz) <= budget else (mid, high)
+    return pruned(high).train()
+
+
+# ------------------------------------------------------------------------------------------------- the run
+def timed(fn: Callable[[], object]) -> tuple[object, float]:
+    """`fn()` and its wall time in minutes."""
+    start = time.time()
+    return fn(), (time.time() - start) / 60
+
+
+def run_seed(seed: int, arms: list[str], options: dict, data: Path, cfg: dict, budget: float) -> list[dict]:
+    """All arms for one seed; one row each, with the wall time of each phase.
+
+    Phases: `structure_min` (the search, shared by the arms that use the same one; for the magnitude arms the
+    model's training, shared, plus their own pruning), `train_min` (training the final network) and
+    `eval_min` (validation, ONNX, timing). `total_min` counts a shared phase once per arm, as a user running
+    that arm alone would pay it.
+    """
+    out, model, imgsz = Path(options["out"]) / f"seed{seed}", options["model"], options["imgsz"]
+    epochs, rest = options["epochs"], options["epochs"] - options["search_epochs"]
+    shared: dict[str, tuple[object, float]] = {}
+
+    def once(key: str, fn: Callable[[], object]) -> tuple[object, float]:
+        """`fn()` and its minutes, run the first time `key` is asked for; later arms reuse both."""
+        if key not in shared:
+            shared[key] = timed(fn)
+        return shared[key]
+
+    def structure(arm: str) -> tuple[Callable[[], Path], float]:
+        """(The arm's final training, still to run; the minutes spent fixing its structure)."""
+        if arm == "uniform":
+            path = write_model_yaml(uniform_yaml(cfg, budget, imgsz), out / "uniform.yaml",
+                                    "Uniformly scaled baseline written by the yolo-dms benchmark")
+            return lambda: train(path, data, epochs, seed, out, arm, options), 0.0
+        if arm in MAGNITUDE_ARMS:
+            trained, pre_min = once("magnitude_pre", lambda: train(
+                model, data, options["search_epochs"], seed, out, "magnitude_pre", options))
+            network, prune_min = timed(lambda: magnitude_prune(trained, budget, imgsz, MAGNITUDE_ARMS[arm]))
+            return lambda: train(network, data, rest, seed, out, arm, options), pre_min + prune_min
+        name = SEARCH_ARMS[arm]
+        settings = SEARCH_SETTINGS[name]
+        pruned, search_min = once(name, lambda: search(model, data, budget, seed, out, name, options, **settings))
+        if arm == "dms_scratch":
+            return lambda: train(pruned.parent / "searched.yaml", data, rest, seed, out, arm, options), search_min
+        teacher = {"distill_model": model} if arm == "dms_kd" else {}
+        return lambda: train(pruned, data, rest, seed, out, arm, options, **teacher), search_min
+
+    def score(weights: Path, arm: str) -> dict:
+        """GFLOPs, params, both mAPs and ONNX Runtime latency; `latency_runs=0` skips ONNX (NaN), for runs that
+        share the CPU with others, where a timing would not mean much."""
+        scores = validate(weights, data, imgsz, options["device"], save_json=True, project=str(out / arm),
+                          name="val", exist_ok=True)[0]
+        runs = options["latency_runs"]
+        return {**scores, "onnx_ms": onnx_report(weights, imgsz, runs).latency_ms if runs else math.nan}
+
+    rows = []
+    for arm in arms:
+        final_training, structure_min = structure(arm)
+        weights, train_min = timed(final_training)
+        scores, eval_min = timed(lambda: score(weights, arm))
+        phases = {"structure_min": structure_min, "train_min": train_min, "eval_min": eval_min}
+        row = {"arm": arm, "target": options["target"], "budget": budget, "seed": seed, **scores, **phases,
+               "total_min": sum(phases.values())}
+        rows.append(row)
+        LOGGER.info(f"benchmark {arm} seed {seed}: {row}")
+    return rows
+
+
+# ----------------------------------------------------------------------------------------------- reporting
+COLUMNS = ("gflops", "params", "map50_95", "map50", "coco_map50_95", "onnx_ms", "structure_min", "train_min",
+           "eval_min")
+
+
+def summarize(rows: list[dict], overhead: str = "") -> str:
+    """Markdown: per target, one line per arm with the mean and spread (population std) over seeds."""
+    lines = []
+    for target in dict.fromkeys(float(r["target"]) for r in rows):
+        group = [r for r in rows if float(r["target"]) == target]
+        lines += [
+            f"Target {target:g}: budget {float(group[0]['budget']):.4g} GFLOPs. Mean ± std over seeds "
+            f"{sorted({int(r['seed']) for r in group})}.",
+            "",
+            "| arm | GFLOPs | params | mAP50-95 | mAP50 | mAP50-95 (pycocotools) | ONNX CPU ms | structure min "
+            "| train min | eval min |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for arm in dict.fromkeys(r["arm"] for r in group):
+            cells = []
+            for key in COLUMNS:
+                values = [float(r[key]) for r in group if r["arm"] == arm]
+                if any(math.isnan(v) for v in values):  # not measured (ONNX timing skipped)
+                    cells.append("-")
+                    continue
+                mean, spread = statistics.mean(values), statistics.pstdev(values)
+                fmt = "{:,.0f}" if key == "params" else "{:.4f}" if "map" in key or key == "gflops" else "{:.2f}"
+                cells.append(fmt.format(mean) + (f" ± {fmt.format(spread)}" if spread else ""))
+            lines.append(f"| {arm} | " + " | ".join(cells) + " |")
+        lines.append("")
+    if overhead:
+        lines.append(f"Search overhead: {overhead}")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    """mAP50-95 against GFLOPs, one colour per arm."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), tight_layout=True)
+    for arm in dict.fromkeys(r["arm"] for r in rows):
+        points = [(float(r["gflops"]), float(r["map50_95"])) for r in rows if r["arm"] == arm]
+        ax.scatter(*zip(*points), label=arm, s=40)
+    ax.set(xlabel="GFLOPs", ylabel="mAP50-95", title="Equal-budget comparison")
+    ax.legend()
+    fig.savefig(path, dpi=150)
+    plt.close(fig)
+
+
+def write_results(rows: list[dict], out: Path, overhead: str = "") -> str:
+    """`benchmark.csv`, `benchmark.md` and `map_vs_gflops.png` under `out`; returns the Markdown."""
+    with open(out / "benchmark.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    summary = summarize(rows, overhead)
+    (out / "benchmark.md").write_text(summary)
+    plot(rows, out / "map_vs_gflops.png")
+    return summary
+
+
+def merge_results(out: str | Path) -> str:
+    """Join the `benchmark.csv` of every run under `out` (runs made in parallel, one per target and seed, say)
+    into `out/benchmark.csv`, `benchmark.md` and `map_vs_gflops.png`; returns the Markdown."""
+    out = Path(out)
+    runs = sorted(out.glob("*/**/benchmark.csv"))
+    if not runs:
+        raise DMSError(f"no benchmark.csv under '{out}'")
+    rows = []
+    for path in runs:
+        with open(path, newline="") as f:
+            rows.extend(csv.DictReader(f))
+    rows.sort(key=lambda r: (-float(r["target"]), ARMS.index(r["arm"]), int(r["seed"])))
+    return write_results(rows, out)
+
+
+def run_benchmark(**overrides) -> str:
+    """The whole benchmark; returns the Markdown summary (also in `out/benchmark.md`)."""
+    unknown = set(overrides) - set(DEFAULTS)
+    if unknown:
+        raise DMSError(f"unknown benchmark argument(s) {sorted(unknown)}; valid: {', '.join(DEFAULTS)}")
+    options = {**DEFAULTS, **overrides}
+    options["model"] = model = resolve_model(options["model"])
+    arms = [a for a in str(options["arms"]).split(",") if a] or [  # default: every arm the model allows
+        a for a in ARMS if a != "dms_kd" or model.endswith(".pt")]
+    if bad := [a for a in arms if a not in ARMS]:
+        raise DMSError(f"unknown arm(s) {bad}; valid: {', '.join(ARMS)}")
+    if not 0 < options["search_epochs"] < options["epochs"]:
+        raise DMSError("search_epochs must be at least 1 and below epochs (the arms then train for the rest)")
+    if not 0 < float(options["target"]) <= 1:
+        raise DMSError(f"target must lie in (0, 1] (a fraction of the model's GFLOPs), got {options['target']}")
+    if "dms_kd" in arms and not model.endswith(".pt"):
+        raise DMSError("the dms_kd arm distils from the starting checkpoint, so it needs model=<.pt>")
+    out = Path(options["out"]).resolve()
+    options["out"] = out
+    out.mkdir(parents=True, exist_ok=True)
+    info = resolve_data(options["data"] or make_dataset(
+        out / "data", n_train=options["n_train"], n_val=options["n_val"], imgsz=options["imgsz"]))
+    data = Path(info["yaml_file"]).resolve()  # the YAML `data=` named, wherever Ultralytics found it
+    cfg = model_cfg(model, info["nc"])
+    budget = float(options["target"]) * deployed_gflops(DetectionModel(copy.deepcopy(cfg), verbose=False), options["imgsz"])
+    seeds = options["seeds"]  # "0,1" from Python, (0, 1) once the CLI has typed it
+    seeds = [int(x) for x in (seeds if isinstance(seeds, list | tuple) else str(seeds).split(",")) if str(x).strip()]
+    rows = [row for seed in seeds for row in run_seed(seed, arms, options, data, cfg, budget)]
+    overhead = ""
+    if options["overhead"]:
+        device = select_device(options["device"], verbose=False).type
+        plain, step = measure_overhead(copy.deepcopy(cfg), options["imgsz"], options["batch"], iters=5, warmup=2,
+                                       device=device, amp=device == "cuda")
+        overhead = (f"{step / plain:.2f}x ({step * 1000:.0f} vs {plain * 1000:.0f} ms per iteration, "
+                    f"{Path(str(model)).name}, imgsz={options['imgsz']}, batch={options['batch']}, {device})")
+    summary = write_results(rows, out, overhead)
+    print(summary)
+    return summary

@@ -1,0 +1,105 @@
+"""Scoring a trained checkpoint with stock tools: Ultralytics' validator, `get_flops` (of the deployed model), and its ONNX export
+under ONNX Runtime. Shared by the demo and the benchmark, so both measure the same way.
+
+The independent mAP check is pycocotools on the COCO-format files Ultralytics' own validator makes with
+`save_json=True`: its `predictions.json` (class ids mapped 80 -> 91 when the data is COCO), scored against
+COCO's annotation file for COCO, and otherwise against the ground truth the validator builds from the labels
+its data loader read. Nothing is inferred from file names or folder layout here.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from ultralytics import YOLO
+from ultralytics.models.yolo.detect import DetectionValidator
+
+from yolo_dms.core.resources import deployed_gflops
+
+
+class CocoCheckValidator(DetectionValidator):
+    """Ultralytics' detection validator whose COCO-format evaluation runs in pycocotools (a dependency) instead
+    of faster-coco-eval (which Ultralytics would try to install at run time), keeping mAP50-95 for any data."""
+
+    coco_map50_95: float = 0.0  # stays 0 when the model predicted nothing, so nothing was evaluated
+
+    def coco_evaluate(
+        self, stats: dict, pred_json: str | Path | list, anno_json: str | Path | dict, iou_types="bbox", suffix="Box"
+    ) -> dict:
+        """Score `pred_json` against `anno_json`, as Ultralytics' `eval_json` prepared them, with pycocotools."""
+        from pycocotools.coco import COCO
+        from pycocotools.cocoeval import COCOeval
+
+        ground_truth = COCO()
+        ground_truth.dataset = anno_json if isinstance(anno_json, dict) else json.loads(Path(anno_json).read_text())
+        ground_truth.createIndex()
+        predictions = pred_json if isinstance(pred_json, list) else json.loads(Path(pred_json).read_text())
+        evaluator = COCOeval(ground_truth, ground_truth.loadRes(predictions), "bbox")
+        # Only the images validated: a built ground truth holds exactly those (with no file names); COCO's
+        # annotation file lists the whole split, so a subset is matched by file name.
+        validated = {Path(f).name for f in self.dataloader.dataset.im_files}
+        evaluator.params.imgIds = [
+            i for i, image in ground_truth.imgs.items() if "file_name" not in image or image["file_name"] in validated
+        ]
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+        self.coco_map50_95 = float(evaluator.stats[0])
+        return stats
+
+
+def validate(weights: Path, data: Path, imgsz: int, device=None, **val_args) -> tuple[dict, Path]:
+    """(GFLOPs, params, mAP50-95, mAP50 of a checkpoint, and with `save_json=True` the pycocotools mAP50-95;
+    the validator's output folder). `device` as in Ultralytics (None: a GPU if there is one)."""
+    model = YOLO(str(weights))
+    validator = CocoCheckValidator(args={
+        **model.overrides, "rect": True, "data": str(data), "imgsz": imgsz, "batch": 16, "workers": 0,
+        "device": device, "plots": False, "verbose": False, **val_args, "mode": "val",
+    })
+    validator(model=model.model)
+    scores = {
+        "gflops": deployed_gflops(model.model, imgsz),
+        "params": sum(p.numel() for p in model.model.parameters()),
+        "map50_95": float(validator.metrics.box.map),
+        "map50": float(validator.metrics.box.map50),
+    }
+    if validator.args.save_json:
+        scores["coco_map50_95"] = validator.coco_map50_95
+    return scores, Path(validator.save_dir)
+
+
+@dataclass(frozen=True)
+class OnnxReport:
+    """A checkpoint's stock ONNX export: where it is, how far it is from PyTorch, how fast it runs."""
+
+    path: Path
+    max_abs_difference: float
+    latency_ms: float
+
+
+def onnx_report(weights: Path, imgsz: int, runs: int = 50) -> OnnxReport:
+    """Export with stock Ultralytics, compare ONNX Runtime with PyTorch on one random image, and time ONNX
+    Runtime on the CPU (batch 1, 2 threads, median of `runs` after 10 warm-up runs)."""
+    import onnxruntime as ort
+
+    onnx_path = Path(YOLO(str(weights)).export(format="onnx", imgsz=imgsz, simplify=True, verbose=False))
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 2
+    session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).random((1, 3, imgsz, imgsz), dtype=np.float32)
+    feed = {session.get_inputs()[0].name: x}
+    with torch.no_grad():
+        torch_out = YOLO(str(weights)).model.float().eval()(torch.from_numpy(x))[0].numpy()
+    difference = float(np.abs(session.run(None, feed)[0] - torch_out).max())
+    times = []
+    for _ in range(runs + 10):
+        start = time.perf_counter()
+        session.run(None, feed)
+        times.append((time.perf_counter() - start) * 1000)
+    return OnnxReport(onnx_path, difference, statistics.median(times[10:]))
