@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -58,3 +59,55 @@ def test_parameter_budget_holds_for_the_pruned_model_counted_by_stock_ultralytic
     assert out.returncode == 0, out.stderr[-3000:]
     ratio = float(next(line for line in out.stdout.splitlines() if line.startswith("RATIO")).split()[1])
     assert 0.45 <= ratio <= 0.505, (ratio, summary)
+
+
+def test_divisor_makes_every_searched_width_a_multiple(tmp_path: Path):
+    """divisor=32: every searched width (layer outputs, CSP hidden widths) is a multiple of 32 or stays whole."""
+    import yaml
+
+    from yolo_dms.core.model_io import load_checkpoint_model
+
+    data = make_dataset(tmp_path / "data", n_train=16, n_val=8, imgsz=IMGSZ, seed=3)
+    proc = yolo_dms(
+        "search", "model=yolov8s.yaml", f"data={data}", "divisor=32", "target=0.5", "epochs=1", f"imgsz={IMGSZ}",
+        "batch=8", "workers=0", "device=cpu", "plots=False", f"project={tmp_path / 'runs'}", "name=d32", cwd=tmp_path,
+    )
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    run = tmp_path / "runs" / "d32"
+    supernet = load_checkpoint_model(run / "weights" / "last.pt")
+    counts = supernet.hard_counts()
+    widths = {n: m for n, m in supernet.keep_ratio_masks().items() if not n.endswith("_depth")}
+    assert widths and all(counts[n] % 32 == 0 or counts[n] == m.size for n, m in widths.items()), counts
+    assert any(counts[n] < m.size for n, m in widths.items())  # something was pruned, in steps of 32
+    searched = yaml.safe_load((run / "searched.yaml").read_text())
+    outputs = [row[3][0] for row in searched["backbone"] + searched["head"] if row[2] in ("Conv", "C2f", "SPPF")]
+    assert all(c % 32 == 0 for c in outputs), outputs  # yolov8s widths are multiples of 32 to begin with
+
+
+# Timing noise of a whole-model median on this kind of machine, measured with tools/latency_report.py (see README):
+# repeated figures of one exported model stayed within this fraction of each other.
+LATENCY_NOISE = 0.10
+
+
+def test_latency_budget_holds_on_the_measured_latency(tmp_path: Path):
+    from yolo_dms.core.latency import export_weights_onnx, time_onnx
+
+    data = make_dataset(tmp_path / "data", n_train=16, n_val=8, imgsz=128, seed=4)
+    proc = yolo_dms(
+        "search", "model=yolov8n.yaml", f"data={data}", "resource=latency", "target=0.6", "epochs=2", "imgsz=128",
+        "batch=8", "workers=0", "device=cpu", "plots=False", f"project={tmp_path / 'runs'}", "name=lat",
+        cwd=tmp_path, env={**os.environ, "YOLO_CONFIG_DIR": str(tmp_path / "config")},  # a fresh latency cache
+    )
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    run = tmp_path / "runs" / "lat"
+    summary = json.loads((run / "search.json").read_text())["latency"]
+    assert summary["measured_ms"] <= 0.6 * summary["supernet_measured_ms"] * (1 + LATENCY_NOISE), summary
+    # measured again here, apart from the search: the exported model against the supernet, both from scratch
+    from ultralytics.nn.tasks import DetectionModel
+
+    from yolo_dms.core.model_io import write_checkpoint
+
+    full = write_checkpoint(DetectionModel("yolov8n.yaml", nc=5, verbose=False), tmp_path / "full.pt")
+    full_ms = time_onnx(export_weights_onnx(full, 128), runs=300)
+    pruned_ms = time_onnx(export_weights_onnx(run / "pruned.pt", 128), runs=300)
+    assert pruned_ms <= 0.6 * full_ms * (1 + LATENCY_NOISE), (pruned_ms, full_ms)

@@ -19,7 +19,7 @@ Modes:
   search  model=<yaml|pt> data=<yaml> target=0.5 | gflops=G | params=P  [any Ultralytics train argument]
           search every width and depth under the budget; writes searched.yaml, pruned.pt and search.json
           DMS settings (defaults in yolo_dms/cfg/default.yaml): target, resource (gflops|params), gflops,
-          params, resource_weight, structure_lr, structure_optimizer, target_schedule, refine, width_lam,
+          params, divisor, resource_weight, structure_lr, structure_optimizer, target_schedule, refine, width_lam,
           depth_lam, importance_decay
           cfg=cfg/search/<recipe>.yaml takes settings from a recipe (the command line wins)
           resume=True (or resume=path/to/last.pt) continues an interrupted search

@@ -39,11 +39,13 @@ def structure_as(supernet: Supernet, ratios: dict[str, float]):
         set_keep_ratios(supernet, saved)
 
 
-UNITS = {"gflops": "GFLOPs", "params": "parameters"}
-
-
 def figure(resources: ResourceModel, resource: str) -> torch.Tensor:
-    """The searched resource of the current structure: exact at hard masks, differentiable in the keep ratios."""
+    """The searched resource of the current structure, differentiable in the keep ratios: GFLOPs or millions of
+    parameters (exact at hard masks), or predicted milliseconds (`resources.latency`, see `core.latency`)."""
+    if resource == "latency":
+        if resources.latency is None:
+            raise DMSError("a latency budget needs the latency model: core.latency.attach_latency(resources)")
+        return resources.latency.ms()
     return resources.params() / 1e6 if resource == "params" else resources.gflops()
 
 
@@ -70,8 +72,8 @@ def figure_range(supernet: Supernet, resources: ResourceModel, resource: str = "
 
 
 def describe(value: float, resource: str) -> str:
-    """A budget figure in words: '4.21 GFLOPs' or '1.23M parameters'."""
-    return f"{value:.4g}M parameters" if resource == "params" else f"{value:.4g} GFLOPs"
+    """A budget figure in words: '4.21 GFLOPs', '1.23M parameters' or '3.2 ms'."""
+    return {"params": f"{value:.4g}M parameters", "latency": f"{value:.4g} ms"}.get(resource, f"{value:.4g} GFLOPs")
 
 
 def resolve_budget(
@@ -90,7 +92,7 @@ def resolve_budget(
     if budget < smallest:
         raise BudgetError(
             f"budget {describe(budget, resource)} is below {describe(smallest, resource)}, the cost of the smallest "
-            f"structure this supernet allows at imgsz={imgsz} (8 channels per layer, no C2f blocks)"
+            f"structure this supernet allows at imgsz={imgsz} ({supernet.divisor} channels per layer, no blocks)"
         )
     return smallest, full, budget
 

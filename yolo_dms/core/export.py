@@ -8,9 +8,10 @@ from pathlib import Path
 from ultralytics.utils.checks import check_imgsz
 from yolo_dms.core.budget import fit_to_budget, resolve_budget
 from yolo_dms.core.errors import DMSError, first_line
+from yolo_dms.core.latency import resource_model
 from yolo_dms.core.model_io import load_search_checkpoint, write_checkpoint, write_model_yaml
 from yolo_dms.core.prune import prune, searched_yaml
-from yolo_dms.core.resources import ResourceModel, deployed_gflops
+from yolo_dms.core.resources import deployed_gflops
 from yolo_dms.core.supernet import Supernet
 
 YAML_HEADER = """Searched by yolo-dms (Differentiable Model Scaling). A standard Ultralytics model YAML:
@@ -51,8 +52,8 @@ def export_checkpoint(path: str | Path, out: str | Path | None = None, imgsz: in
     except (TypeError, ValueError) as e:
         raise DMSError(first_line(e)) from None
     supernet.eval()
-    resources = ResourceModel(supernet, imgsz)
     settings = supernet.dms_settings
+    resources = resource_model(supernet, imgsz, settings.resource)
     fit_to_budget(supernet, resources, resolve_budget(supernet, resources, settings)[2], settings.resource)
     path = Path(path)
     directory = Path(out) if out else (path.parent.parent if path.parent.name == "weights" else path.parent)

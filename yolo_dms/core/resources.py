@@ -50,6 +50,7 @@ class ResourceModel:
         self.imgsz = (imgsz, imgsz) if isinstance(imgsz, int) else tuple(imgsz)
         self.shapes = self._trace()
         self._compile()
+        self.latency = None  # a `latency.LatencyModel`, attached when the budget is in milliseconds
 
     def _compile(self) -> None:
         """Index tensors: which count and which block gate each input or output segment of each site reads."""
@@ -127,34 +128,52 @@ class ResourceModel:
                 hook.remove()
         return shapes
 
-    def _site_costs(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(MACs, parameters) of every convolution site, then of every attention's products, as straight-through
-        float64 vectors.
-
-        A depthwise site costs its kernel once per channel; a site that is not `counted` (a training-only
-        branch) has parameters but no deployed MACs.
-        """
+    def _counts(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(Straight-through width of every channel entry, gate of every block then a constant 1), float64."""
         device = next(self.supernet.parameters()).device
         hard = self.supernet.hard_counts()
         counts, gates = self.supernet.channel_counts(hard), self.supernet.depth_gates(hard)
         width = torch.cat([torch.stack([counts[n] for n in self.widths]).double(), self.constants.to(device)])
         gate = torch.cat([*(gates[n].double() for n in self.depths), torch.ones(1, dtype=torch.float64, device=device)])
+        return width, gate
+
+    def _conv_terms(self, width: torch.Tensor, gate: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Straight-through float64 vectors over the convolution sites: `kept` (the site exists and is
+        deployed), `macs`, `outputs` (deployed output elements) and `params`.
+
+        A depthwise site costs its kernel once per channel; a site that is not `counted` (a training-only
+        branch) has parameters but no deployed MACs.
+        """
         names = ("in_site", "in_channel", "in_scale", "in_gate", "out_site", "out_channel", "out_scale", "block")
-        idx = {k: getattr(self, k).to(device) for k in names}
-        c_in = torch.zeros(len(self.kernel), dtype=torch.float64, device=device).index_add(
+        idx = {k: getattr(self, k).to(width.device) for k in names}
+        c_in = torch.zeros(len(self.kernel), dtype=torch.float64, device=width.device).index_add(
             0, idx["in_site"], width[idx["in_channel"]] * idx["in_scale"] * gate[idx["in_gate"]]
         )
         c_out = torch.zeros_like(c_in).index_add(0, idx["out_site"], width[idx["out_channel"]] * idx["out_scale"])
         positions, kernel, bias, bn, depthwise, counted = (
-            getattr(self, k).to(device) for k in ("positions", "kernel", "bias", "bn", "depthwise", "counted")
+            getattr(self, k).to(width.device) for k in ("positions", "kernel", "bias", "bn", "depthwise", "counted")
         )
         keep = gate[idx["block"]]
         weights = kernel * torch.where(depthwise, torch.ones_like(c_in), c_in) * c_out
-        macs = counted * keep * (positions * weights + 4 * positions * c_out * bn)
-        params = keep * (weights + c_out * bias + 2 * c_out * bn)
-        heads = width[self.attention_heads.to(device)]
-        attention = self.attention_macs.to(device) * heads * gate[self.attention_block.to(device)]
-        return torch.cat([macs, attention]), torch.cat([params, torch.zeros_like(attention)])
+        return {
+            "kept": counted * keep,
+            "macs": counted * keep * (positions * weights + 4 * positions * c_out * bn),
+            "outputs": counted * keep * positions * c_out,
+            "params": keep * (weights + c_out * bias + 2 * c_out * bn),
+        }
+
+    def _site_costs(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(MACs, parameters) of every convolution site, then of every attention's products."""
+        width, gate = self._counts()
+        conv = self._conv_terms(width, gate)
+        heads = width[self.attention_heads.to(width.device)]
+        attention = self.attention_macs.to(width.device) * heads * gate[self.attention_block.to(width.device)]
+        return torch.cat([conv["macs"], attention]), torch.cat([conv["params"], torch.zeros_like(attention)])
+
+    def conv_features(self) -> torch.Tensor:
+        """Per convolution site, what a latency model weighs: (kept, MACs, output elements), differentiable."""
+        conv = self._conv_terms(*self._counts())
+        return torch.stack([conv["kept"], conv["macs"], conv["outputs"]], 1)
 
     def gflops(self) -> torch.Tensor:
         """GFLOPs in Ultralytics' units; exact at hard masks, differentiable in the keep ratios."""

@@ -16,10 +16,10 @@ from torch import nn
 from ultralytics.nn.tasks import DetectionModel
 
 from yolo_dms.core.handlers import AttentionSite, ConvSite, LayerHandler, Layout, Space, Wiring, handlers_for
+from yolo_dms.core.handlers.base import OUTPUT_DIVISOR
 from yolo_dms.core.masks import DepthMask, DerivedWidthMask, KeepRatioMask, WidthMask, straight_through
 from yolo_dms.core.model_io import load_detection_model
 
-OUTPUT_DIVISOR = 8  # parse_model rounds every layer output width up to a multiple of 8
 
 
 class Supernet(DetectionModel):

@@ -14,8 +14,8 @@ from ultralytics.utils import DEFAULT_CFG_DICT
 from yolo_dms.core.budget import resolve_budget
 from yolo_dms.core.data import resolve_data
 from yolo_dms.core.errors import DMSError, first_line
+from yolo_dms.core.latency import resource_model
 from yolo_dms.core.model_io import load_detection_model, load_search_checkpoint, resolve_model
-from yolo_dms.core.resources import ResourceModel
 from yolo_dms.search.settings import SearchSettings, load_defaults
 from yolo_dms.core.supernet import Supernet
 from yolo_dms.search.trainer import DMSTrainer
@@ -79,8 +79,9 @@ def preflight(model: str, nc: int, imgsz: int, settings: SearchSettings) -> tupl
         raise DMSError(
             f"'{model}' is a search checkpoint; continue it with resume=True or export it with 'yolo-dms export'"
         )
-    supernet = Supernet(source)
-    return resolve_budget(supernet, ResourceModel(supernet, imgsz), settings)
+    supernet = Supernet(source, divisor=settings.divisor)
+    resources = resource_model(supernet, imgsz, settings.resource)  # latency: measured once here, then cached
+    return resolve_budget(supernet, resources, settings)
 
 
 def search_project(arguments: dict) -> Path:

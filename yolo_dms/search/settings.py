@@ -13,7 +13,7 @@ from yolo_dms.core.errors import DMSError
 DEFAULTS_FILE = Path(__file__).parents[1] / "cfg" / "default.yaml"
 
 
-RESOURCES = ("gflops", "params")  # what a budget can be given in; `params=` is a count of parameters
+RESOURCES = ("gflops", "params", "latency")  # budgets: GFLOPs, a count of parameters, milliseconds
 
 
 class SettingsError(DMSError):
@@ -32,7 +32,9 @@ class SearchSettings:
     target: float | None = 0.5
     gflops: float | None = None
     params: float | None = None
+    latency: float | None = None
     resource: str = "gflops"
+    divisor: int = 8
     resource_weight: float = 1.0
     structure_lr: float | None = None  # None: sized to the run (schedule.SearchSchedule.auto_structure_lr)
     structure_optimizer: str = "adam"
@@ -84,6 +86,10 @@ class SearchSettings:
                 raise SettingsError(f"{name} must be positive, got {getattr(self, name)}")
         if self.structure_lr is not None and not self.structure_lr >= 0:
             raise SettingsError(f"structure_lr must be 0 (structure frozen) or positive, got {self.structure_lr}")
+        if not isinstance(self.divisor, int) or self.divisor < 8 or self.divisor % 8:
+            raise SettingsError(
+                f"divisor must be a multiple of 8 (parse_model rounds layer widths up to multiples of 8), got {self.divisor}"
+            )
         if self.structure_optimizer not in ("adam", "sgd"):
             raise SettingsError(f"structure_optimizer must be adam or sgd, got {self.structure_optimizer}")
         if not 0 < self.target_schedule <= 1:
@@ -97,11 +103,11 @@ class SearchSettings:
             raise SettingsError(f"importance_decay must lie in (0, 1), got {self.importance_decay}")
 
     def budget(self, supernet_figure: float) -> float:
-        """The budget in the unit of `budget.figure` (GFLOPs, or millions of parameters): the absolute budget, or
+        """The budget in the unit of `budget.figure` (GFLOPs, millions of parameters, ms): the absolute budget, or
         `target` times the supernet's figure. Settings pickled before `params` existed read the class defaults."""
         if self.target is not None:
             return self.target * supernet_figure
-        return self.gflops if self.resource == "gflops" else self.params / 1e6
+        return self.params / 1e6 if self.resource == "params" else getattr(self, self.resource)
 
 
 def _nan(value: float | None) -> bool:

@@ -25,6 +25,7 @@ import math
 import os
 from copy import deepcopy
 
+import torch
 from torch import nn
 from ultralytics.models.yolo.detect import DetectionTrainer
 from ultralytics.utils import DEFAULT_CFG, LOCAL_RANK, LOGGER, RANK, colorstr
@@ -32,6 +33,7 @@ from ultralytics.utils.torch_utils import strip_optimizer, torch_distributed_zer
 
 from yolo_dms.core.budget import describe, fit_to_budget, hard_figure, hard_gflops, resolve_budget, structure_as
 from yolo_dms.core.export import ExportResult, export_searched
+from yolo_dms.core.latency import export_weights_onnx, fit_to_measured_budget, resource_model, time_onnx
 from yolo_dms.search.structure_step import StructureStep
 from yolo_dms.core.resources import ResourceModel
 from yolo_dms.search.schedule import FINAL_LR_FACTOR, SearchSchedule
@@ -108,7 +110,11 @@ class DMSTrainer(DetectionTrainer):
     def wrap(model, settings: SearchSettings) -> Supernet:
         """A supernet over `model` with the mask settings of `settings`, which it carries along."""
         supernet = Supernet(
-            model, lam=settings.width_lam, depth_lam=settings.depth_lam, decay=settings.importance_decay
+            model,
+            lam=settings.width_lam,
+            depth_lam=settings.depth_lam,
+            decay=settings.importance_decay,
+            divisor=settings.divisor,
         )
         supernet.dms_settings = settings
         return supernet
@@ -130,7 +136,7 @@ class DMSTrainer(DetectionTrainer):
         for group in optimizer.param_groups:
             group["params"] = [p for p in group["params"] if id(p) not in structure]
         settings = self.supernet.dms_settings
-        self.resources = ResourceModel(self.supernet, self.args.imgsz)
+        self.resources = resource_model(self.supernet, self.args.imgsz, settings.resource)
         self.structure = StructureStep(
             self.supernet,
             self.resources,
@@ -228,11 +234,15 @@ class DMSTrainer(DetectionTrainer):
         """Scale the live (and EMA) keep ratios by the common factor that brings them just under the budget."""
         resource = self.settings.resource
         before = hard_figure(self.resources, resource)
-        factor = fit_to_budget(self.supernet, self.resources, self.budget, resource)
+        if resource == "latency":  # held to the exported model's measured milliseconds, not only the prediction
+            factor, measured = fit_to_measured_budget(self.supernet, self.resources, self.budget)
+        else:
+            factor, measured = fit_to_budget(self.supernet, self.resources, self.budget, resource), None
         if self.ema:
             sync_structure(self.supernet, self.ema.ema)
         after = hard_figure(self.resources, resource)
-        self.fit = {"before": before, "factor": factor, "after": after, "iteration": self.search_iteration}
+        self.fit = {"before": before, "factor": factor, "after": after, "iteration": self.search_iteration,
+                    "measured_ms": measured}
         if RANK in {-1, 0}:
             LOGGER.info(
                 f"{colorstr('DMS:')} structure at {self.describe(before)} fitted to the budget "
@@ -327,7 +337,8 @@ class DMSTrainer(DetectionTrainer):
             strip_optimizer(self.last)
         supernet = deepcopy(self.ema.ema).float().eval()
         if not self.frozen:  # interrupted before the refine phase and its fit, or refine=0
-            fit_to_budget(supernet, ResourceModel(supernet, self.args.imgsz), self.budget, self.settings.resource)
+            resource = self.settings.resource
+            fit_to_budget(supernet, resource_model(supernet, self.args.imgsz, resource), self.budget, resource)
         self.export_result = result = export_searched(supernet, self.save_dir, self.args.imgsz)
         self.write_summary(result)
         plot_structure(supernet, self.save_dir / "structure.png")
@@ -352,4 +363,17 @@ class DMSTrainer(DetectionTrainer):
             "structure_lr": self.structure_lr,
             "source": self.search_source(),
         }
+        if self.resources.latency is not None:
+            with torch.no_grad():
+                predicted = self.resources.latency.ms().item()
+            summary["latency"] = {
+                "backend": self.resources.latency.table.backend,
+                "supernet_measured_ms": self.resources.latency.table.measured_full_ms,
+                "predicted_ms": predicted,
+                "measured_ms": time_onnx(export_weights_onnx(result.weights_path, self.args.imgsz)),
+            }
+            LOGGER.info(
+                f"{colorstr('DMS:')} latency of pruned.pt ({summary['latency']['backend']}): predicted {predicted:.3f} "
+                f"ms, measured {summary['latency']['measured_ms']:.3f} ms, budget {self.budget:.3f} ms"
+            )
         (self.save_dir / "search.json").write_text(json.dumps(summary, indent=2))

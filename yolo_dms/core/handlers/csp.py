@@ -64,7 +64,7 @@ class CSPHandler(LayerHandler):
         if None in steps:
             hidden: list[Channels] = [c] * own_rows
         else:
-            hidden = w.width(f"l{i}_hidden", c, own_rows, math.lcm(self.hidden_divisor, *steps))
+            hidden = w.width(f"l{i}_hidden", c, own_rows, math.lcm(self.hidden_divisor, w.hidden_divisor, *steps))
         self.hidden = hidden[0]
         inner_rows = sum(h.inner_rows(b) for h, b in zip(blocks, layer.m))
         inner = iter(w.derived(f"l{i}_inner", c // self.inner_div, (hidden[0],), self.inner_div, 0, inner_rows)

@@ -1,0 +1,47 @@
+"""Predicted against measured latency, and the timing noise, of a model on this machine (ONNX Runtime, CPU).
+
+    python tools/latency_report.py model=yolov8n.yaml imgsz=128 structures=6 repeats=5
+
+Builds (or reads from its cache) the latency model `yolo-dms search resource=latency` uses, then for the full
+supernet, uniform keep ratios 0.75 and 0.5, and random structures, prints the predicted milliseconds and the
+measured milliseconds of the pruned, exported model. Last, it times the full model `repeats` times and prints
+the spread (max / min - 1): the margin a latency test must allow for timing noise.
+"""
+
+from __future__ import annotations
+
+import random
+import sys
+
+import torch
+
+from yolo_dms import Supernet
+from yolo_dms.cli import parse_arguments
+from yolo_dms.core.budget import structure_as
+from yolo_dms.core.latency import resource_model, time_structure
+
+
+def main(argv: list[str]) -> None:
+    options = {"model": "yolov8n.yaml", "imgsz": 128, "structures": 6, "repeats": 5, "nc": 5, "seed": 0,
+               **parse_arguments(argv, {"model", "imgsz", "structures", "repeats", "nc", "seed"})}
+    supernet = Supernet.from_source(options["model"], nc=options["nc"])
+    imgsz = (options["imgsz"],) * 2
+    resources = resource_model(supernet, options["imgsz"], "latency")
+    names = list(supernet.keep_ratio_masks())
+    rng = random.Random(options["seed"])
+    structures = [("full", 1.0), ("uniform 0.75", 0.75), ("uniform 0.5", 0.5)]
+    structures += [(f"random {i + 1}", None) for i in range(options["structures"] - 3)]
+    print(f"| {options['model']} @ {options['imgsz']} | predicted ms | measured ms | measured / predicted |")
+    print("|---|---|---|---|")
+    for label, ratio in structures:
+        ratios = {n: ratio if ratio is not None else rng.uniform(0.25, 1.0) for n in names}
+        with structure_as(supernet, ratios), torch.no_grad():
+            predicted, measured = resources.latency.ms().item(), time_structure(supernet, imgsz)
+        print(f"| {label} | {predicted:.3f} | {measured:.3f} | {measured / predicted:.3f} |")
+    figures = [time_structure(supernet, imgsz) for _ in range(options["repeats"])]
+    print(f"\nfull model timed {options['repeats']} times: {' '.join(f'{f:.3f}' for f in figures)} ms, "
+          f"spread {max(figures) / min(figures) - 1:.1%}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
