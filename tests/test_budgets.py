@@ -102,6 +102,9 @@ def test_latency_budget_holds_on_the_measured_latency(tmp_path: Path):
     run = tmp_path / "runs" / "lat"
     summary = json.loads((run / "search.json").read_text())["latency"]
     assert summary["measured_ms"] <= 0.6 * summary["supernet_measured_ms"] * (1 + LATENCY_NOISE), summary
+    info = yolo_dms("info", f"model={run / 'pruned.pt'}", "imgsz=128", "latency=True", cwd=tmp_path,
+                    env={**os.environ, "YOLO_CONFIG_DIR": str(tmp_path / "config")})
+    assert info.returncode == 0 and "ms predicted (onnxruntime-cpu" in info.stdout, info.stdout + info.stderr
     # measured again here, apart from the search: the exported model against the supernet, both from scratch
     from ultralytics.nn.tasks import DetectionModel
 

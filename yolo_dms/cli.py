@@ -25,7 +25,8 @@ Modes:
           resume=True (or resume=path/to/last.pt) continues an interrupted search
   export  model=<search checkpoint> [out=dir] [imgsz=N]   searched.yaml and pruned.pt from any search checkpoint
   expand  model=<yaml|pt> width=1.5 depth=2.0 [out=file.yaml] [nc=N]   a larger supernet YAML
-  info    model=<yaml|pt> [imgsz=640|[h,w]] [nc=N]   per-layer widths, C2f depths, GFLOPs and parameters
+  info    model=<yaml|pt> [imgsz=640|[h,w]] [nc=N] [latency=True]   per-layer widths, depths, GFLOPs, parameters
+          and, with latency=True, predicted ONNX Runtime CPU milliseconds
   demo    [out=runs/dms/demo]   generate data, search yolov8n at 50% GFLOPs, fine-tune, export ONNX, compare
   benchmark [model=yolov8s.yaml] [target=0.5] [epochs=20] [search_epochs=10] [seeds=0,1] [arms=...] [data=...]
           DMS against uniform scaling and magnitude pruning at equal GFLOPs and epochs (see docs/BENCHMARKS.md)
@@ -109,9 +110,10 @@ def info(args: list[str]) -> None:
     from yolo_dms.core.report import layer_table
     from yolo_dms.core.supernet import Supernet
 
-    options = parse_arguments(args, {"model", "imgsz", "nc"})
+    options = parse_arguments(args, {"model", "imgsz", "nc", "latency"})
     model = required(options, "model", "info", "model=yolov8s.yaml")
-    print(layer_table(Supernet.from_source(str(model), nc=options.get("nc")), options.get("imgsz", 640)))
+    supernet = Supernet.from_source(str(model), nc=options.get("nc"))
+    print(layer_table(supernet, options.get("imgsz", 640), latency=bool(options.get("latency", False))))
 
 
 TOOL_PACKAGES = {"onnx", "onnxruntime", "onnxslim", "pycocotools", "torch_pruning"}

@@ -247,6 +247,11 @@ class LatencyModel:
     def ms(self) -> torch.Tensor:
         return self.table.alpha + self.table.beta * self.raw()
 
+    def per_site(self) -> torch.Tensor:
+        """Calibrated milliseconds of every convolution site (the rest of `ms()` is the constant `alpha`)."""
+        features = self.resources.conv_features()
+        return self.table.beta * (features * self.coefficients.to(features.device)).sum(1)
+
 
 def measure_table(resources: ResourceModel, geometries: list[ConvGeometry], key: str) -> LatencyTable:
     """Time every convolution at the grid widths, fit its line, and calibrate against two whole-model timings."""

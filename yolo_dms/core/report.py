@@ -7,24 +7,31 @@ from ultralytics.utils.checks import check_imgsz
 
 from yolo_dms.core.errors import DMSError, first_line
 from yolo_dms.core.masks import DepthMask
-from yolo_dms.core.resources import ResourceModel
+from yolo_dms.core.latency import resource_model
 from yolo_dms.core.supernet import Supernet
 
 
-def layer_table(supernet: Supernet, imgsz: int | list[int] = 640) -> str:
+def layer_table(supernet: Supernet, imgsz: int | list[int] = 640, latency: bool = False) -> str:
     """A table of every layer at the current hard masks, with totals, like Ultralytics' model summary.
 
-    `imgsz` is a side or an [h, w] pair, rounded up to the model's stride as Ultralytics rounds it.
+    `imgsz` is a side or an [h, w] pair, rounded up to the model's stride as Ultralytics rounds it. With
+    `latency`, a column of predicted milliseconds from the latency model (measured now, or read from its cache).
     """
     try:
         h, w = check_imgsz(imgsz, stride=supernet.stride, min_dim=2, max_dim=2)
     except (TypeError, ValueError) as e:
         raise DMSError(first_line(e)) from None
-    resources = ResourceModel(supernet, (h, w))
+    resources = resource_model(supernet, (h, w), "latency" if latency else "gflops")
     per_layer = resources.per_layer()
+    layer_ms: dict[int, float] = {}
+    if latency:
+        with torch.no_grad():
+            for layer, ms in zip(resources.layer, resources.latency.per_site().tolist()):
+                layer_ms[layer] = layer_ms.get(layer, 0.0) + ms
     counts = supernet.hard_channel_counts()
     masks = supernet.masks
-    lines = [f"{'layer':>5}  {'module':<12}{'width':>12}{'hidden':>12}{'blocks':>8}{'GFLOPs':>10}{'params':>12}"]
+    lines = [f"{'layer':>5}  {'module':<12}{'width':>12}{'hidden':>12}{'blocks':>8}{'GFLOPs':>10}{'params':>12}"
+             + (f"{'ms':>9}" if latency else "")]
     for i, layer in enumerate(supernet.model):
         name = type(layer).__name__.removeprefix("DepthGated").removeprefix("Gated")
         width = f"{counts[f'l{i}']}/{masks[f'l{i}'].size}" if f"l{i}" in counts else ""
@@ -32,9 +39,16 @@ def layer_table(supernet: Supernet, imgsz: int | list[int] = 640) -> str:
         depth = masks[f"l{i}_depth"] if f"l{i}_depth" in masks else None
         blocks = f"{depth.hard_count()}/{depth.size}" if isinstance(depth, DepthMask) else ""
         gflops, params = per_layer.get(i, (0.0, 0))
-        lines.append(f"{i:>5}  {name:<12}{width:>12}{hidden:>12}{blocks:>8}{gflops:>10.3f}{params:>12,}")
+        ms = f"{layer_ms.get(i, 0.0):>9.3f}" if latency else ""
+        lines.append(f"{i:>5}  {name:<12}{width:>12}{hidden:>12}{blocks:>8}{gflops:>10.3f}{params:>12,}{ms}")
     with torch.no_grad():
         total_gflops, total_params = float(resources.gflops()), round(float(resources.params()))
     size = h if h == w else f"[{h}, {w}]"
-    lines.append(f"total at imgsz={size}: {total_gflops:.3f} GFLOPs, {total_params:,} parameters")
+    total = f"total at imgsz={size}: {total_gflops:.3f} GFLOPs, {total_params:,} parameters"
+    if latency:
+        with torch.no_grad():
+            predicted = resources.latency.ms().item()
+        table = resources.latency.table
+        total += f", {predicted:.3f} ms predicted ({table.backend}, batch 1; {table.alpha:+.3f} ms outside the layers)"
+    lines.append(total)
     return "\n".join(lines)
