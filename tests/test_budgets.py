@@ -111,6 +111,10 @@ def test_latency_budget_holds_on_the_measured_latency(tmp_path: Path):
     from yolo_dms.core.model_io import write_checkpoint
 
     full = write_checkpoint(DetectionModel("yolov8n.yaml", nc=5, verbose=False), tmp_path / "full.pt")
-    full_ms = time_onnx(export_weights_onnx(full, 128), runs=300)
-    pruned_ms = time_onnx(export_weights_onnx(run / "pruned.pt", 128), runs=300)
-    assert pruned_ms <= 0.6 * full_ms * (1 + LATENCY_NOISE), (pruned_ms, full_ms)
+    models = {"full": export_weights_onnx(full, 128), "pruned": export_weights_onnx(run / "pruned.pt", 128)}
+    figures = {name: [] for name in models}
+    for _ in range(3):  # interleaved, lowest of each: a burst of other work cannot favour one model
+        for name, onnx in models.items():
+            figures[name].append(time_onnx(onnx, runs=150))
+    full_ms, pruned_ms = min(figures["full"]), min(figures["pruned"])
+    assert pruned_ms <= 0.6 * full_ms * (1 + LATENCY_NOISE), figures
