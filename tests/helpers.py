@@ -58,3 +58,32 @@ def yolo_dms(*args: str, cwd, env: dict[str, str] | None = None) -> subprocess.C
     """Run the installed `yolo-dms` console script, as a user would (in `env`, by default this one's)."""
     exe = Path(sys.executable).with_name("yolo-dms")
     return subprocess.run([str(exe), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+
+
+def assert_stock_trains_and_exports(run: Path, data: Path, imgsz: int, runs: Path, cwd: Path) -> None:
+    """In a process without yolo_dms: `yolo train` from `run`'s pruned.pt transfers every weight, from its
+    searched.yaml trains from scratch, and the ONNX export of pruned.pt matches PyTorch within 1e-3."""
+    import re
+
+    code = f"""
+        import numpy as np, onnxruntime as ort, torch
+        from ultralytics import YOLO
+        from ultralytics.cfg import entrypoint
+        common = "data={data} epochs=1 imgsz={imgsz} batch=8 workers=0 device=cpu plots=False val=False"
+        entrypoint(f"yolo train model={run / 'pruned.pt'} {{common}} project={runs} name=finetune")
+        entrypoint(f"yolo train model={run / 'searched.yaml'} {{common}} project={runs} name=scratch")
+        onnx_path = YOLO({str(run / 'pruned.pt')!r}).export(format="onnx", imgsz={imgsz})
+        x = np.random.default_rng(0).random((1, 3, {imgsz}, {imgsz}), dtype=np.float32)
+        session = ort.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
+        onnx_out = session.run(None, {{session.get_inputs()[0].name: x}})[0]
+        with torch.no_grad():
+            torch_out = YOLO({str(run / 'pruned.pt')!r}).model.float().eval()(torch.from_numpy(x))[0].numpy()
+        print("ONNX_DIFF", float(np.abs(onnx_out - torch_out).max()))
+    """
+    proc = run_without_yolo_dms(code, cwd=cwd)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output[-4000:]
+    transferred = re.findall(r"Transferred (\d+)/(\d+) items", output)
+    assert transferred and transferred[0][0] == transferred[0][1], transferred
+    assert (runs / "scratch" / "weights" / "last.pt").exists()
+    assert float(re.search(r"ONNX_DIFF ([0-9.eE+-]+)", output).group(1)) < 1e-3

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 
 import pytest
 from ultralytics.engine import trainer as ultralytics_trainer

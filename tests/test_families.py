@@ -4,12 +4,11 @@ Heads DMS cannot prune (segmentation, pose, OBB) are refused with one line namin
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import run_without_yolo_dms, yolo_dms
+from helpers import assert_stock_trains_and_exports, yolo_dms
 from ultralytics.nn.tasks import DetectionModel, OBBModel, PoseModel, SegmentationModel
 
 from yolo_dms import ResourceModel, Supernet, UnsupportedModelError, prune
@@ -66,29 +65,7 @@ def test_searched_outputs_are_exact(search_run):
 
 
 def test_stock_ultralytics_trains_every_weight_and_exports_onnx(search_run, tiny_data):
-    runs = search_run / "stock"
-    code = f"""
-        import numpy as np, onnxruntime as ort, torch
-        from ultralytics import YOLO
-        from ultralytics.cfg import entrypoint
-        common = "data={tiny_data} epochs=1 imgsz={IMGSZ} batch=8 workers=0 device=cpu plots=False val=False"
-        entrypoint(f"yolo train model={search_run / 'pruned.pt'} {{common}} project={runs} name=finetune")
-        entrypoint(f"yolo train model={search_run / 'searched.yaml'} {{common}} project={runs} name=scratch")
-        onnx_path = YOLO({str(search_run / 'pruned.pt')!r}).export(format="onnx", imgsz={IMGSZ})
-        x = np.random.default_rng(0).random((1, 3, {IMGSZ}, {IMGSZ}), dtype=np.float32)
-        session = ort.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
-        onnx_out = session.run(None, {{session.get_inputs()[0].name: x}})[0]
-        with torch.no_grad():
-            torch_out = YOLO({str(search_run / 'pruned.pt')!r}).model.float().eval()(torch.from_numpy(x))[0].numpy()
-        print("ONNX_DIFF", float(np.abs(onnx_out - torch_out).max()))
-    """
-    proc = run_without_yolo_dms(code, cwd=search_run)
-    output = proc.stdout + proc.stderr
-    assert proc.returncode == 0, output[-4000:]
-    transferred = re.findall(r"Transferred (\d+)/(\d+) items", output)
-    assert transferred and transferred[0][0] == transferred[0][1], transferred
-    assert (runs / "scratch" / "weights" / "last.pt").exists()
-    assert float(re.search(r"ONNX_DIFF ([0-9.eE+-]+)", output).group(1)) < 1e-3
+    assert_stock_trains_and_exports(search_run, tiny_data, IMGSZ, search_run / "stock", search_run)
 
 
 def test_attention_narrows_in_whole_heads():

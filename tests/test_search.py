@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import run_without_yolo_dms, yolo_dms
+from helpers import assert_stock_trains_and_exports, run_without_yolo_dms, yolo_dms
 from ultralytics.utils.torch_utils import get_flops
 
 from yolo_dms.tools.demo_data import make_dataset
@@ -84,29 +84,7 @@ def test_last_search_validation_equals_stock_val_of_pruned(search_run, tiny_data
 
 
 def test_stock_ultralytics_trains_from_both_outputs_and_exports_onnx(search_run, tiny_data, workdir):
-    runs = workdir / "stock"
-    code = f"""
-        import numpy as np, onnxruntime as ort, torch
-        from ultralytics import YOLO
-        from ultralytics.cfg import entrypoint
-        common = "data={tiny_data} epochs=1 imgsz={IMGSZ} batch=8 workers=0 device=cpu plots=False val=False"
-        entrypoint(f"yolo train model={search_run / 'pruned.pt'} {{common}} project={runs} name=finetune")
-        entrypoint(f"yolo train model={search_run / 'searched.yaml'} {{common}} project={runs} name=scratch")
-        onnx_path = YOLO({str(search_run / 'pruned.pt')!r}).export(format="onnx", imgsz={IMGSZ})
-        x = np.random.default_rng(0).random((1, 3, {IMGSZ}, {IMGSZ}), dtype=np.float32)
-        session = ort.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
-        onnx_out = session.run(None, {{session.get_inputs()[0].name: x}})[0]
-        with torch.no_grad():
-            torch_out = YOLO({str(search_run / 'pruned.pt')!r}).model.float().eval()(torch.from_numpy(x))[0].numpy()
-        print("ONNX_DIFF", float(np.abs(onnx_out - torch_out).max()))
-    """
-    proc = run_without_yolo_dms(code, cwd=workdir)
-    output = proc.stdout + proc.stderr
-    assert proc.returncode == 0, output[-4000:]
-    transferred = re.findall(r"Transferred (\d+)/(\d+) items", output)
-    assert transferred and transferred[0][0] == transferred[0][1], transferred
-    assert (runs / "scratch" / "weights" / "last.pt").exists()
-    assert float(re.search(r"ONNX_DIFF ([0-9.eE+-]+)", output).group(1)) < 1e-3
+    assert_stock_trains_and_exports(search_run, tiny_data, IMGSZ, workdir / "stock", workdir)
 
 
 def test_help_lists_every_mode(workdir):
