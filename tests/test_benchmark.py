@@ -12,10 +12,10 @@ import pytest
 import yaml
 from ultralytics.nn.tasks import DetectionModel, yaml_model_load
 
-from yolo_dms.tools.benchmark import ARMS, COLUMNS, merge_results, run_benchmark, summarize
 from yolo_dms.cli import main
-from yolo_dms.tools.demo_data import make_dataset
 from yolo_dms.core.model_io import write_checkpoint
+from yolo_dms.tools.benchmark import ARMS, COLUMNS, merge_results, run_benchmark, summarize
+from yolo_dms.tools.demo_data import make_dataset
 
 
 def roboflow_dataset(root: Path) -> Path:

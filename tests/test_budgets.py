@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from helpers import run_without_yolo_dms, yolo_dms
 
-from yolo_dms.tools.demo_data import make_dataset
 from yolo_dms.search.settings import SearchSettings, SettingsError
+from yolo_dms.tools.demo_data import make_dataset
 
 IMGSZ = 64
 

@@ -19,9 +19,9 @@ import pytest
 from ultralytics.engine import trainer as ultralytics_trainer
 from ultralytics.utils import RANK
 
-from yolo_dms.tools.demo_data import make_dataset
 from yolo_dms.search.settings import SearchSettings
 from yolo_dms.search.trainer import DMSTrainer
+from yolo_dms.tools.demo_data import make_dataset
 
 IMGSZ, WORLD = 64, 2
 

@@ -12,9 +12,9 @@ from helpers import assert_stock_trains_and_exports, yolo_dms
 from ultralytics.nn.tasks import DetectionModel, OBBModel, PoseModel, SegmentationModel
 
 from yolo_dms import ResourceModel, Supernet, UnsupportedModelError, prune
-from yolo_dms.tools.demo_data import make_dataset
 from yolo_dms.core.model_io import load_checkpoint_model
 from yolo_dms.core.resources import deployed_gflops
+from yolo_dms.tools.demo_data import make_dataset
 
 IMGSZ = 64
 FAMILIES = ["yolo11n.yaml", "yolo26n.yaml", "yolo11s.yaml"]

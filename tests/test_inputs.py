@@ -16,8 +16,8 @@ from ultralytics.nn.tasks import DetectionModel
 from ultralytics.utils import SETTINGS
 from ultralytics.utils.torch_utils import get_flops
 
-from yolo_dms.tools.demo_data import make_dataset
 from yolo_dms.core.model_io import write_checkpoint
+from yolo_dms.tools.demo_data import make_dataset
 
 IMGSZ = 64
 TRAIN = ("epochs=1", f"imgsz={IMGSZ}", "batch=4", "workers=0", "device=cpu", "plots=False")

@@ -13,11 +13,11 @@ from helpers import yolo_dms
 from ultralytics.nn.tasks import ClassificationModel
 
 from yolo_dms import ResourceModel, Supernet
-from yolo_dms.tools.demo_data import make_dataset
 from yolo_dms.core.model_io import load_checkpoint_model
-from yolo_dms.search.structure_step import StructureStep
 from yolo_dms.search.settings import SearchSettings
+from yolo_dms.search.structure_step import StructureStep
 from yolo_dms.search.trainer import DMSTrainer
+from yolo_dms.tools.demo_data import make_dataset
 
 IMGSZ = 64
 

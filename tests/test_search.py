@@ -11,8 +11,8 @@ import torch
 from helpers import assert_stock_trains_and_exports, run_without_yolo_dms, yolo_dms
 from ultralytics.utils.torch_utils import get_flops
 
-from yolo_dms.tools.demo_data import make_dataset
 from yolo_dms.core.model_io import load_checkpoint_model
+from yolo_dms.tools.demo_data import make_dataset
 
 IMGSZ = 64
 TARGET = 0.7  # mild, so the briefly trained baseline keeps detections to compare after pruning

@@ -13,8 +13,8 @@ import torch
 from helpers import yolo_dms
 
 from yolo_dms import Supernet
-from yolo_dms.tools.demo_data import make_dataset
 from yolo_dms.core.model_io import load_checkpoint_model
+from yolo_dms.tools.demo_data import make_dataset
 
 IMGSZ = 64
 

@@ -9,8 +9,8 @@ import yaml
 from helpers import randomize_structure, run_without_yolo_dms
 
 from yolo_dms import Supernet
-from yolo_dms.tools.demo_data import make_dataset
 from yolo_dms.core.export import export_searched
+from yolo_dms.tools.demo_data import make_dataset
 
 IMGSZ = 64
 

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import torch
 import yaml
+
 # Ultralytics before 8.3 calls torch.load without weights_only, which torch >= 2.6 defaults to True
 os.environ.setdefault("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
 

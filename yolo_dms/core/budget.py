@@ -8,8 +8,8 @@ import torch
 
 from yolo_dms.core.errors import DMSError
 from yolo_dms.core.resources import ResourceModel
-from yolo_dms.search.settings import SearchSettings
 from yolo_dms.core.supernet import Supernet
+from yolo_dms.search.settings import SearchSettings
 
 
 class BudgetError(DMSError):

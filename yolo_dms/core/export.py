@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ultralytics.utils.checks import check_imgsz
+
 from yolo_dms.core.budget import fit_to_budget, resolve_budget
 from yolo_dms.core.errors import DMSError, first_line
 from yolo_dms.core.latency import resource_model

@@ -98,7 +98,9 @@ def _onnxruntime():
         import onnx
         import onnxruntime
     except ModuleNotFoundError as e:
-        raise DMSError(f"a latency budget needs '{e.name}', from the tools extra: pip install 'yolo-dms[tools]'") from None
+        raise DMSError(
+            f"a latency budget needs '{e.name}', from the tools extra: pip install 'yolo-dms[tools]'"
+        ) from None
     return onnx, onnxruntime
 
 

@@ -49,8 +49,9 @@ class ImportanceMask(nn.Module):
         """Soft masks (spaces x size) for a straight-through element `count` (its value the hard count).
 
         `(masks > 0.5).sum(1)` equals the count's value in every space, so soft training and pruning agree on
-        which elements are kept. With `track`, in a grad-enabled pass, the task gradient reaching these masks updates importance; the
-        resource model reads masks untracked so the FLOPs gradient never counts as importance.
+        which elements are kept. With `track`, in a grad-enabled pass, the task gradient reaching these masks
+        updates importance; the resource model reads masks untracked so the FLOPs gradient never counts as
+        importance.
         """
         masks = soft_topk(self.importance, count, self.lam).to(self.importance.dtype)
         if track and torch.is_grad_enabled():

@@ -12,10 +12,10 @@ from __future__ import annotations
 import os
 import tempfile
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
 from copy import deepcopy
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import yaml
@@ -159,7 +159,9 @@ def load_detection_model(source: str | Path, nc: int | None = None) -> Detection
         cfg = load_model_yaml(source)
         task = guess_model_task(cfg)
         if task not in {"detect", None}:  # None: an unknown head, named layer by layer by the supernet
-            raise UnsupportedModelError(f"'{source}' is a {task} model; DMS searches YOLO detection models (YOLOv8, YOLO11, YOLO26)")
+            raise UnsupportedModelError(
+                f"'{source}' is a {task} model; DMS searches YOLO detection models (YOLOv8, YOLO11, YOLO26)"
+            )
         try:
             return DetectionModel(cfg, nc=nc, verbose=False)
         except Exception as e:  # parse_model reports a bad row with whatever error the layer raises

@@ -6,8 +6,8 @@ import torch
 from ultralytics.utils.checks import check_imgsz
 
 from yolo_dms.core.errors import DMSError, first_line
-from yolo_dms.core.masks import DepthMask
 from yolo_dms.core.latency import resource_model
+from yolo_dms.core.masks import DepthMask
 from yolo_dms.core.supernet import Supernet
 
 

@@ -5,8 +5,9 @@ C_in / groups * k_h * k_w` multiply-adds, a BatchNorm `4 * numel`, an attention'
 `heads * N^2 * (key_dim + head_dim)`, activations, pooling, nearest upsampling and concatenation nothing;
 GFLOPs are `2 * MACs / 1e9`. An end-to-end head counts the branch that `fuse()` keeps for deployment.
 Channel counts are straight-through (hard forward, soft backward), so the figure at hard masks is exactly the
-pruned model's `get_flops` as deployed, while its gradient reaches every keep ratio. The wiring is compiled once into index tensors, so a figure costs a handful of
-vector operations (in float64, exact for any model size) however many convolutions the model has.
+pruned model's `get_flops` as deployed, while its gradient reaches every keep ratio. The wiring is compiled
+once into index tensors, so a figure costs a handful of vector operations (in float64, exact for any model
+size) however many convolutions the model has.
 """
 
 from __future__ import annotations
@@ -19,9 +20,9 @@ from torch import nn
 from ultralytics.nn.tasks import DetectionModel
 from ultralytics.utils.torch_utils import get_flops
 
-from yolo_dms.core.masks import DepthMask
 from yolo_dms.core.handlers import Channels, Space
 from yolo_dms.core.handlers.heads import channels_per_element
+from yolo_dms.core.masks import DepthMask
 from yolo_dms.core.supernet import Supernet
 
 

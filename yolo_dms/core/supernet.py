@@ -21,7 +21,6 @@ from yolo_dms.core.masks import DepthMask, DerivedWidthMask, KeepRatioMask, Widt
 from yolo_dms.core.model_io import load_detection_model
 
 
-
 class Supernet(DetectionModel):
     """A YOLO `DetectionModel` with DMS masks; it still trains, validates and saves as one.
 

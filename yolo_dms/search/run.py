@@ -7,7 +7,6 @@ import difflib
 from pathlib import Path
 
 import yaml
-
 from ultralytics.cfg import get_cfg, get_save_dir
 from ultralytics.utils import DEFAULT_CFG_DICT
 
@@ -16,8 +15,8 @@ from yolo_dms.core.data import resolve_data
 from yolo_dms.core.errors import DMSError, first_line
 from yolo_dms.core.latency import resource_model
 from yolo_dms.core.model_io import load_detection_model, load_search_checkpoint, resolve_model
-from yolo_dms.search.settings import SearchSettings, load_defaults
 from yolo_dms.core.supernet import Supernet
+from yolo_dms.search.settings import SearchSettings, load_defaults
 from yolo_dms.search.trainer import DMSTrainer
 
 

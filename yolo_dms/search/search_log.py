@@ -12,6 +12,7 @@ from pathlib import Path
 from yolo_dms.core.masks import DepthMask, WidthMask
 from yolo_dms.core.supernet import Supernet
 
+
 class SearchLog:
     """Collects (iteration, epoch, resource, target, resource loss) rows and writes them out once per epoch.
 

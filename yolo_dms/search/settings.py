@@ -76,7 +76,9 @@ class SearchSettings:
         if self.target is None and getattr(self, self.resource) is None:
             raise SettingsError("give a budget: target= (a fraction of the supernet's figure), gflops= or params=")
         if self.target is not None and not (0 < self.target <= 1) or _nan(self.target):
-            raise SettingsError(f"target must lie in (0, 1] (a fraction of the supernet's {self.resource}), got {self.target}")
+            raise SettingsError(
+                f"target must lie in (0, 1] (a fraction of the supernet's {self.resource}), got {self.target}"
+            )
         for name in RESOURCES:
             value = getattr(self, name)
             if value is not None and (not value > 0 or _nan(value)):
@@ -88,7 +90,8 @@ class SearchSettings:
             raise SettingsError(f"structure_lr must be 0 (structure frozen) or positive, got {self.structure_lr}")
         if not isinstance(self.divisor, int) or self.divisor < 8 or self.divisor % 8:
             raise SettingsError(
-                f"divisor must be a multiple of 8 (parse_model rounds layer widths up to multiples of 8), got {self.divisor}"
+                "divisor must be a multiple of 8 (parse_model rounds layer widths up to multiples of 8), "
+                f"got {self.divisor}"
             )
         if self.structure_optimizer not in ("adam", "sgd"):
             raise SettingsError(f"structure_optimizer must be adam or sgd, got {self.structure_optimizer}")

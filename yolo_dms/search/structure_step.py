@@ -12,9 +12,9 @@ from __future__ import annotations
 import torch
 
 from yolo_dms.core.budget import figure
-from yolo_dms.search.distributed import average_importance, broadcast_keep_ratios
 from yolo_dms.core.resources import ResourceModel
 from yolo_dms.core.supernet import Supernet
+from yolo_dms.search.distributed import average_importance, broadcast_keep_ratios
 
 
 class StructureStep:
@@ -56,7 +56,8 @@ class StructureStep:
 
         While the target falls, only a structure above it is pushed down (the DMS loss). Once it holds at the
         budget (`two_sided`), the loss is `|log(F / budget)|`: a structure that overshot below the budget is
-        pulled back up, since capacity left unused under the budget is accuracy given away. Returns (GFLOPs, resource loss) at the step, or None when the gradients overflowed and the step was skipped.
+        pulled back up, since capacity left unused under the budget is accuracy given away. Returns (resource
+        figure, resource loss) at the step, or None when the gradients overflowed and the step was skipped.
         """
         average_importance(self.supernet)  # every rank ranks channels alike (a no-op outside DDP)
         params = self.supernet.structure_parameters()

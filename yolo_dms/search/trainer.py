@@ -34,12 +34,13 @@ from ultralytics.utils.torch_utils import strip_optimizer, torch_distributed_zer
 from yolo_dms.core.budget import describe, fit_to_budget, hard_figure, hard_gflops, resolve_budget, structure_as
 from yolo_dms.core.export import ExportResult, export_searched
 from yolo_dms.core.latency import export_weights_onnx, fit_to_measured_budget, resource_model, time_onnx
-from yolo_dms.search.structure_step import StructureStep
 from yolo_dms.core.resources import ResourceModel
+from yolo_dms.core.supernet import Supernet
+from yolo_dms.search.distributed import broadcast_keep_ratios
 from yolo_dms.search.schedule import FINAL_LR_FACTOR, SearchSchedule
 from yolo_dms.search.search_log import SearchLog, plot_search, plot_structure, structure_columns
 from yolo_dms.search.settings import SearchSettings
-from yolo_dms.core.supernet import Supernet
+from yolo_dms.search.structure_step import StructureStep
 
 TRACE_ROWS = 2000  # search.csv keeps about this many steps, however long the run
 
@@ -161,12 +162,14 @@ class DMSTrainer(DetectionTrainer):
         lr = self.schedule.auto_structure_lr() if self.settings.structure_lr is None else self.settings.structure_lr
         self.structure_lr = lr
         if RANK in {-1, 0}:
-            self.search_log = SearchLog(self.save_dir, self.settings.resource, every=math.ceil(total_steps / TRACE_ROWS))
+            every = math.ceil(total_steps / TRACE_ROWS)
+            self.search_log = SearchLog(self.save_dir, self.settings.resource, every=every)
             refine = self.schedule.total_steps - self.schedule.refine_start
             LOGGER.info(
                 f"{colorstr('DMS:')} supernet {self.describe(self.full)} at imgsz={self.args.imgsz}, budget "
                 f"{self.describe(self.budget)} ({self.budget / self.full:.1%}), smallest structure "
-                f"{self.describe(smallest)}. {total_steps} batches: the target reaches the budget after {self.schedule.schedule_steps}, "
+                f"{self.describe(smallest)}. {total_steps} batches: the target reaches the budget after "
+                f"{self.schedule.schedule_steps}, "
                 f"one structure step per batch (keep-ratio lr {lr:.3g} decaying to {lr * FINAL_LR_FACTOR:.3g}"
                 f"{', auto' if self.settings.structure_lr is None else ''}), then {refine} batches at the fitted, "
                 "frozen structure"
@@ -238,6 +241,7 @@ class DMSTrainer(DetectionTrainer):
             factor, measured = fit_to_measured_budget(self.supernet, self.resources, self.budget)
         else:
             factor, measured = fit_to_budget(self.supernet, self.resources, self.budget, resource), None
+        broadcast_keep_ratios(self.supernet)  # rank 0's fit for all (measured latency differs between ranks)
         if self.ema:
             sync_structure(self.supernet, self.ema.ema)
         after = hard_figure(self.resources, resource)
@@ -268,7 +272,8 @@ class DMSTrainer(DetectionTrainer):
             **structure_columns(self.supernet),
         }
         LOGGER.info(
-            f"{colorstr('DMS:')} epoch {self.epoch + 1}: {self.describe(hard_figure(self.resources, self.settings.resource))}"
+            f"{colorstr('DMS:')} epoch {self.epoch + 1}: "
+            f"{self.describe(hard_figure(self.resources, self.settings.resource))}"
             f" (target {self.describe(extra['dms/target'])}, budget {self.describe(self.budget)}), mean resource loss "
             f"{extra['dms/resource_loss']:.4f}"
         )

@@ -43,10 +43,7 @@ from ultralytics.utils import LOGGER
 from ultralytics.utils.torch_utils import select_device
 
 from yolo_dms.core.data import resolve_data
-from yolo_dms.tools.demo_data import make_dataset
 from yolo_dms.core.errors import DMSError
-from yolo_dms.core.resources import deployed_gflops
-from yolo_dms.tools.evaluation import onnx_report, validate
 from yolo_dms.core.model_io import (
     load_checkpoint_model,
     load_detection_model,
@@ -54,8 +51,11 @@ from yolo_dms.core.model_io import (
     resolve_model,
     write_model_yaml,
 )
-from yolo_dms.tools.overhead import measure_overhead
+from yolo_dms.core.resources import deployed_gflops
 from yolo_dms.search.run import run_search
+from yolo_dms.tools.demo_data import make_dataset
+from yolo_dms.tools.evaluation import onnx_report, validate
+from yolo_dms.tools.overhead import measure_overhead
 
 ARMS = ("dms", "dms_kd", "dms_scratch", "dms_sgd", "taylor_uniform", "magnitude_uniform", "magnitude_global",
         "uniform")

@@ -9,10 +9,10 @@ from pathlib import Path
 from ultralytics import YOLO
 from ultralytics.utils import LOGGER
 
-from yolo_dms.tools.demo_data import make_dataset
 from yolo_dms.core.errors import DMSError
-from yolo_dms.tools.evaluation import onnx_report, validate
 from yolo_dms.search.run import run_search
+from yolo_dms.tools.demo_data import make_dataset
+from yolo_dms.tools.evaluation import onnx_report, validate
 
 COMMON = {"batch": 16, "nbs": 16, "workers": 0, "device": "cpu", "plots": False, "exist_ok": True, "seed": 0}
 

@@ -1,5 +1,5 @@
-"""Scoring a trained checkpoint with stock tools: Ultralytics' validator, `get_flops` (of the deployed model), and its ONNX export
-under ONNX Runtime. Shared by the demo and the benchmark, so both measure the same way.
+"""Scoring a trained checkpoint with stock tools: Ultralytics' validator, `get_flops` (of the deployed model),
+and its ONNX export under ONNX Runtime. Shared by the demo and the benchmark, so both measure the same way.
 
 The independent mAP check is pycocotools on the COCO-format files Ultralytics' own validator makes with
 `save_json=True`: its `predictions.json` (class ids mapped 80 -> 91 when the data is COCO), scored against

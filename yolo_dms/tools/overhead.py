@@ -15,10 +15,10 @@ import torch
 from ultralytics.nn.tasks import DetectionModel
 from ultralytics.utils import DEFAULT_CFG
 
-from yolo_dms.tools.demo_data import random_batch
-from yolo_dms.search.structure_step import StructureStep
 from yolo_dms.core.resources import ResourceModel
 from yolo_dms.core.supernet import Supernet
+from yolo_dms.search.structure_step import StructureStep
+from yolo_dms.tools.demo_data import random_batch
 
 
 def _time(model, step, batch: dict, iters: int, warmup: int, amp: bool, device: torch.device) -> float:
