@@ -12,7 +12,8 @@ checkpoints, callbacks, resume) except:
   `full * (budget / full) ** progress` (the DMS reference's "root" schedule), then holds;
 - for the last `refine` of the run the structure is fitted under the budget and frozen, and the weights train
   at exactly that hard structure;
-- EMA copies structure (keep ratios, importance) from the live model instead of averaging it;
+- the EMA model takes its structure (keep ratios, importance) from the live model whenever it is validated or
+  saved, instead of its average;
 - validation runs on hard masks, so its mAP is the mAP of the model pruned at that point; the run ends by
   exporting `searched.yaml`, `pruned.pt` and `search.json` from the last EMA weights and validating
   `pruned.pt` with the stock validator.
@@ -190,9 +191,14 @@ class DMSTrainer(DetectionTrainer):
         """Scheduled target (in the budget's unit) at this point of the run."""
         return self.schedule.target(self.search_iteration)
 
+    @property
+    def loss_scale(self) -> float:
+        """The factor AMP multiplied the loss by before backward (1 without AMP)."""
+        return self.scaler.get_scale() if self.scaler.is_enabled() else 1.0
+
     def preprocess_batch(self, batch):
         """Stock preprocessing; importance learns the AMP loss scale the coming backward pass will carry."""
-        scale = self.scaler.get_scale() if self.scaler.is_enabled() else 1.0
+        scale = self.loss_scale
         for mask in self.supernet.masks.values():
             mask.grad_scale = scale
         return super().preprocess_batch(batch)
@@ -212,10 +218,7 @@ class DMSTrainer(DetectionTrainer):
             return
         target = self.current_target()
         self.structure.set_lr(self.structure_lr * self.schedule.lr_factor(self.search_iteration))
-        scale = self.scaler.get_scale() if self.scaler.is_enabled() else 1.0
-        result = self.structure.step(target, scale, two_sided=self.schedule.holding(self.search_iteration))
-        if self.ema:
-            sync_structure(self.supernet, self.ema.ema)
+        result = self.structure.step(target, self.loss_scale, two_sided=self.schedule.holding(self.search_iteration))
         if result and self.search_log:
             self.search_log.record(self.search_iteration, self.epoch, result[0], target, result[1])
 
@@ -223,18 +226,19 @@ class DMSTrainer(DetectionTrainer):
         """Fit the structure under the budget and fix it: from here on the weights train the exported structure."""
         self.fit_structure()
         self.supernet.structure_frozen = True
-        if self.ema:
-            self.ema.ema.structure_frozen = True
 
     # ---------------------------------------------------------------------------------------- epoch and end
     def validate(self):
-        """Without a refine phase, fit the structure before the last validation, so it validates what is exported."""
+        """Validate the EMA weights at the live structure; without a refine phase, fit the structure before the
+        last validation, so it validates what is exported."""
         if self.epoch + 1 >= self.epochs and not self.frozen:
             self.fit_structure()
+        if self.ema:
+            sync_structure(self.supernet, self.ema.ema)
         return super().validate()
 
     def fit_structure(self) -> None:
-        """Scale the live (and EMA) keep ratios by the common factor that brings them just under the budget."""
+        """Scale the live keep ratios by the common factor that brings them just under the budget."""
         resource = self.settings.resource
         before = hard_figure(self.resources, resource)
         if resource == "latency":  # held to the exported model's measured milliseconds, not only the prediction
@@ -242,8 +246,6 @@ class DMSTrainer(DetectionTrainer):
         else:
             factor, measured = fit_to_budget(self.supernet, self.resources, self.budget, resource), None
         broadcast_keep_ratios(self.supernet)  # rank 0's fit for all (measured latency differs between ranks)
-        if self.ema:
-            sync_structure(self.supernet, self.ema.ema)
         after = hard_figure(self.resources, resource)
         self.fit = {"before": before, "factor": factor, "after": after, "iteration": self.search_iteration,
                     "measured_ms": measured}
@@ -286,6 +288,7 @@ class DMSTrainer(DetectionTrainer):
         so a kill during the write leaves the previous checkpoint intact.
         """
         ema = self.ema.ema
+        sync_structure(self.supernet, ema)
         ema.dms_settings = self.settings
         ema.search_state = {**self.structure.state_dict(), "fit": self.fit, "source": self.search_source()}
         final = {"last": self.last, "best": self.best}

@@ -10,8 +10,6 @@ its data loader read. Nothing is inferred from file names or folder layout here.
 from __future__ import annotations
 
 import json
-import statistics
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +18,7 @@ import torch
 from ultralytics import YOLO
 from ultralytics.models.yolo.detect import DetectionValidator
 
+from yolo_dms.core.latency import time_session
 from yolo_dms.core.resources import deployed_gflops
 
 
@@ -97,9 +96,4 @@ def onnx_report(weights: Path, imgsz: int, runs: int = 50) -> OnnxReport:
     with torch.no_grad():
         torch_out = YOLO(str(weights)).model.float().eval()(torch.from_numpy(x))[0].numpy()
     difference = float(np.abs(session.run(None, feed)[0] - torch_out).max())
-    times = []
-    for _ in range(runs + 10):
-        start = time.perf_counter()
-        session.run(None, feed)
-        times.append((time.perf_counter() - start) * 1000)
-    return OnnxReport(onnx_path, difference, statistics.median(times[10:]))
+    return OnnxReport(onnx_path, difference, time_session(session, feed, runs, warmup=10, blocks=1))
