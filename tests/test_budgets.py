@@ -90,7 +90,7 @@ LATENCY_NOISE = 0.10
 
 
 def test_latency_budget_holds_on_the_measured_latency(tmp_path: Path):
-    from yolo_dms.core.latency import export_weights_onnx, time_onnx
+    from yolo_dms.core.latency_backends import OnnxRuntimeCPU, export_weights_onnx
 
     data = make_dataset(tmp_path / "data", n_train=16, n_val=8, imgsz=128, seed=4)
     proc = yolo_dms(
@@ -115,6 +115,6 @@ def test_latency_budget_holds_on_the_measured_latency(tmp_path: Path):
     figures = {name: [] for name in models}
     for _ in range(3):  # interleaved, lowest of each: a burst of other work cannot favour one model
         for name, onnx in models.items():
-            figures[name].append(time_onnx(onnx, runs=150))
+            figures[name].append(OnnxRuntimeCPU().time_onnx(onnx, runs=150))
     full_ms, pruned_ms = min(figures["full"]), min(figures["pruned"])
     assert pruned_ms <= 0.6 * full_ms * (1 + LATENCY_NOISE), figures

@@ -16,17 +16,18 @@ from yolo_dms.core.errors import DMSError
 USAGE = """Usage: yolo-dms MODE key=value ...
 
 Modes:
-  search  model=<yaml|pt> data=<yaml> target=0.5 | gflops=G | params=P  [any Ultralytics train argument]
-          search every width and depth under the budget; writes searched.yaml, pruned.pt and search.json
-          DMS settings (defaults in yolo_dms/cfg/default.yaml): target, resource (gflops|params), gflops,
-          params, divisor, resource_weight, structure_lr, structure_optimizer, target_schedule, refine, width_lam,
+  search  model=<yaml|pt> data=<yaml> target=0.5 | gflops=G | params=P | latency=MS  [any Ultralytics train
+          argument]  search every width and depth under the budget; writes searched.yaml, pruned.pt, search.json
+          DMS settings (defaults in yolo_dms/cfg/default.yaml): target, resource (gflops|params|latency), gflops,
+          params, latency, latency_backend (auto|onnxruntime|torch), divisor, resource_weight, structure_lr, structure_optimizer, target_schedule, refine, width_lam,
           depth_lam, importance_decay
           cfg=cfg/search/<recipe>.yaml takes settings from a recipe (the command line wins)
           resume=True (or resume=path/to/last.pt) continues an interrupted search
   export  model=<search checkpoint> [out=dir] [imgsz=N]   searched.yaml and pruned.pt from any search checkpoint
   expand  model=<yaml|pt> width=1.5 depth=2.0 [out=file.yaml] [nc=N]   a larger supernet YAML
-  info    model=<yaml|pt> [imgsz=640|[h,w]] [nc=N] [latency=True]   per-layer widths, depths, GFLOPs, parameters
-          and, with latency=True, predicted ONNX Runtime CPU milliseconds
+  info    model=<yaml|pt> [imgsz=640|[h,w]] [nc=N] [latency=True] [latency_backend=auto] [device=cpu]
+          per-layer widths, depths, GFLOPs, parameters and, with latency=True, predicted milliseconds (ONNX
+          Runtime on the CPU; PyTorch with latency_backend=torch, FP16 on a GPU device)
   demo    [out=runs/dms/demo]   generate data, search yolov8n at 50% GFLOPs, fine-tune, export ONNX, compare
   benchmark [model=yolov8s.yaml] [target=0.5] [epochs=20] [search_epochs=10] [seeds=0,1] [arms=...] [data=...]
           DMS against uniform scaling and magnitude pruning at equal GFLOPs and epochs (see docs/BENCHMARKS.md)
@@ -39,6 +40,7 @@ Add debug=True to any mode to see a traceback instead of a one-line error.
 Examples:
   yolo-dms search model=yolov8n.pt data=coco8.yaml target=0.5 epochs=10
   yolo-dms search model=yolov8n.yaml data=my.yaml gflops=4.0 imgsz=640 batch=32
+  yolo-dms search model=yolov8s.pt data=my.yaml resource=latency target=0.6 device=0 divisor=16
   yolo-dms export model=runs/detect/dms/search/weights/last.pt
   yolo-dms expand model=yolov8n.yaml width=1.5 depth=2.0 out=yolov8n-x1.5.yaml
 """
@@ -107,13 +109,17 @@ def expand(args: list[str]) -> None:
 
 def info(args: list[str]) -> None:
     """Print each layer's widths, depth, GFLOPs and parameters, and the model's totals."""
+    from yolo_dms.core.latency_backends import latency_backend
     from yolo_dms.core.report import layer_table
     from yolo_dms.core.supernet import Supernet
 
-    options = parse_arguments(args, {"model", "imgsz", "nc", "latency"})
+    options = parse_arguments(args, {"model", "imgsz", "nc", "latency", "latency_backend", "device"})
     model = required(options, "model", "info", "model=yolov8s.yaml")
     supernet = Supernet.from_source(str(model), nc=options.get("nc"))
-    print(layer_table(supernet, options.get("imgsz", 640), latency=bool(options.get("latency", False))))
+    backend = None
+    if options.get("latency", False):
+        backend = latency_backend(str(options.get("latency_backend", "auto")), options.get("device", "cpu"))
+    print(layer_table(supernet, options.get("imgsz", 640), latency=backend))
 
 
 TOOL_PACKAGES = {"onnx", "onnxruntime", "onnxslim", "pycocotools", "torch_pruning"}

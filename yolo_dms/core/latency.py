@@ -4,13 +4,14 @@ Each convolution of the supernet is timed alone (convolution, bias, SiLU, as it 
 fusion) at a few widths on the backend the model will run on, and a per-site line is fitted to those timings:
 `t = a * kept + b * MACs + d * outputs`. The sum over sites, in the straight-through counts of the resource
 model, is differentiable in every keep ratio. Everything else in the network (concatenation, upsampling,
-pooling, the head's decoding, the runtime's own overhead) is absorbed by an affine calibration against the
-whole exported model, timed end to end at full width and at half width. Tables are cached on disk, keyed by
-model, image size, batch, device and backend, so a search measures once.
+pooling, the head's decoding, the runtime's own overhead, widths that run slower than their FLOPs) is absorbed
+by an affine calibration against the whole deployed model, timed end to end at full width, half width and a
+few random structures. Tables are cached on disk, keyed by model, image size, batch, device and backend, so a
+search measures once.
 
-The backend today is ONNX Runtime on the CPU (the `tools` extra): the default deployment of `yolo export
-format=onnx`. After a search the exported model is timed end to end the same way, and the measured figure is
-what the budget is held to.
+Backends (`core.latency_backends`): ONNX Runtime on the CPU, the default deployment of `yolo export
+format=onnx`, or PyTorch on the training device (FP16 on a GPU). After a search the exported model is timed end
+to end on the same backend, and the measured figure is what the budget is held to.
 """
 
 from __future__ import annotations
@@ -18,9 +19,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-import statistics
-import tempfile
-import time
+import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -30,15 +29,15 @@ from torch import nn
 from ultralytics.utils import USER_CONFIG_DIR
 
 from yolo_dms.core.budget import fit_to_budget, keep_ratios, set_keep_ratios, structure_as
-from yolo_dms.core.errors import DMSError
+from yolo_dms.core.latency_backends import LatencyBackend, OnnxRuntimeCPU
 from yolo_dms.core.resources import ResourceModel
 from yolo_dms.core.supernet import Supernet
 
-BACKEND = "onnxruntime-cpu"
 CACHE_DIR = USER_CONFIG_DIR / "yolo_dms" / "latency"
 GRID = (1.0, 0.75, 0.5, 0.25)  # widths at which each convolution is timed alone, as fractions of its own
-SITE_RUNS = 25  # timed runs per convolution and width (median), after warm-up
-MODEL_RUNS = 200  # timed runs of a whole exported model (median), after warm-up
+CALIBRATION_RANDOM = 4  # random structures timed whole, besides full and half width, to calibrate the sum
+CALIBRATION_RANGE = (0.25, 1.0)  # their keep ratios are drawn from this range
+CALIBRATION_ROUNDS = 2  # each is timed this many times, interleaved, and its lowest figure kept (noise only slows)
 
 
 @dataclass(frozen=True)
@@ -92,106 +91,11 @@ def conv_geometries(supernet: Supernet, imgsz: tuple[int, int]) -> list[ConvGeom
     return [found[site.path] for site in supernet.sites]
 
 
-def _onnxruntime():
-    """ONNX Runtime and onnx, or the one line that says how to get them."""
-    try:
-        import onnx
-        import onnxruntime
-    except ModuleNotFoundError as e:
-        raise DMSError(
-            f"a latency budget needs '{e.name}', from the tools extra: pip install 'yolo-dms[tools]'"
-        ) from None
-    return onnx, onnxruntime
-
-
-def conv_graph(geometry: ConvGeometry):
-    """An ONNX graph of one convolution with bias and SiLU, with random weights."""
-    onnx, _ = _onnxruntime()
-    from onnx import TensorProto, helper, numpy_helper
-
-    g = geometry
-    rng = np.random.default_rng(0)
-    weight = rng.standard_normal((g.out_channels, g.in_channels // g.groups, *g.kernel)).astype(np.float32)
-    bias = rng.standard_normal(g.out_channels).astype(np.float32)
-    nodes = [
-        helper.make_node("Conv", ["x", "w", "b"], ["y"], kernel_shape=list(g.kernel), strides=list(g.stride),
-                         pads=[g.padding[0], g.padding[1]] * 2, group=g.groups),
-        helper.make_node("Sigmoid", ["y"], ["s"]),
-        helper.make_node("Mul", ["y", "s"], ["z"]),
-    ]
-    graph = helper.make_graph(
-        nodes, "conv", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, g.in_channels, g.height, g.width])],
-        [helper.make_tensor_value_info("z", TensorProto.FLOAT, None)],
-        [numpy_helper.from_array(weight, "w"), numpy_helper.from_array(bias, "b")],
-    )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-
-
-def time_session(session, feed: dict, runs: int, warmup: int = 5, blocks: int = 3) -> float:
-    """Milliseconds of `session.run` on `feed`: the lowest of the medians of `blocks` blocks of runs, so that a
-    burst of other work on the machine during one block does not move the figure."""
-    for _ in range(warmup):
-        session.run(None, feed)
-    medians = []
-    for _ in range(blocks):
-        times = []
-        for _ in range(max(1, runs // blocks)):
-            start = time.perf_counter()
-            session.run(None, feed)
-            times.append((time.perf_counter() - start) * 1e3)
-        medians.append(statistics.median(times))
-    return min(medians)
-
-
-def session_of(model_bytes: bytes):
-    """An ONNX Runtime CPU session, sequential, default threads (as a deployment would run it)."""
-    _, ort = _onnxruntime()
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    return ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
-
-
-def time_conv(geometry: ConvGeometry, runs: int = SITE_RUNS) -> float:
-    """Median milliseconds of one convolution alone."""
-    session = session_of(conv_graph(geometry).SerializeToString())
-    x = np.random.default_rng(1).standard_normal((1, geometry.in_channels, geometry.height, geometry.width))
-    return time_session(session, {"x": x.astype(np.float32)}, runs)
-
-
-def time_onnx(path: str | Path, runs: int = MODEL_RUNS) -> float:
-    """Median milliseconds of an exported ONNX model at batch 1 on its own input shape."""
-    session = session_of(Path(path).read_bytes())
-    spec = session.get_inputs()[0]
-    x = np.random.default_rng(1).random(spec.shape, dtype=np.float32)
-    return time_session(session, {spec.name: x}, runs, warmup=10)
-
-
-def export_weights_onnx(weights: str | Path, imgsz: int | tuple[int, int]) -> Path:
-    """A checkpoint exported the way `yolo export format=onnx` does it; the .onnx lands beside it."""
-    from ultralytics import YOLO
-    from ultralytics.utils import LOGGER
-
-    level = LOGGER.level
-    LOGGER.setLevel("WARNING")  # the exporter's own report would bury the search log
-    try:
-        return Path(YOLO(str(weights)).export(format="onnx", imgsz=imgsz, verbose=False))
-    finally:
-        LOGGER.setLevel(level)
-
-
-def export_onnx(model: nn.Module, imgsz: tuple[int, int], directory: Path) -> Path:
-    """A model exported through a stock checkpoint written into `directory`."""
-    from yolo_dms.core.model_io import write_checkpoint
-
-    return export_weights_onnx(write_checkpoint(model, directory / "model.pt", {"imgsz": max(imgsz)}), list(imgsz))
-
-
-def time_structure(supernet: Supernet, imgsz: tuple[int, int], runs: int = MODEL_RUNS) -> float:
-    """Measured milliseconds of the supernet's current hard structure, pruned and exported."""
+def time_structure(supernet: Supernet, imgsz: tuple[int, int], backend: LatencyBackend) -> float:
+    """Measured milliseconds of the supernet's current hard structure, pruned and deployed on `backend`."""
     from yolo_dms.core.prune import prune
 
-    with tempfile.TemporaryDirectory() as tmp:
-        return time_onnx(export_onnx(prune(supernet).eval(), imgsz, Path(tmp)), runs)
+    return backend.time_model(prune(supernet).eval(), imgsz)
 
 
 def _fit_site(rows: list[tuple[float, float, float]], times: list[float]) -> list[float]:
@@ -227,18 +131,21 @@ class LatencyTable:
         path.write_text(json.dumps(asdict(self)))
 
 
-def table_key(geometries: list[ConvGeometry], imgsz: tuple[int, int], batch: int = 1) -> str:
-    """What a table depends on: every convolution's geometry, image size, batch, backend and its version."""
-    _, ort = _onnxruntime()
-    spec = json.dumps([[asdict(g) for g in geometries], list(imgsz), batch, BACKEND, ort.__version__])
+def table_key(
+    supernet: Supernet, geometries: list[ConvGeometry], imgsz: tuple[int, int], backend: LatencyBackend, batch: int = 1
+) -> str:
+    """What a table depends on: every convolution's geometry, the widths the masks allow (their divisors shape
+    the calibration structures), image size, batch, and the backend's identity (runtime, version, device)."""
+    masks = [[n, m.size, m.divisor] for n, m in supernet.keep_ratio_masks().items()]
+    spec = json.dumps([[asdict(g) for g in geometries], masks, list(imgsz), batch, *backend.identity()])
     return hashlib.sha256(spec.encode()).hexdigest()[:16]
 
 
 class LatencyModel:
     """Predicted milliseconds of a supernet's structure on the backend, differentiable in every keep ratio."""
 
-    def __init__(self, resources: ResourceModel, table: LatencyTable) -> None:
-        self.resources, self.table = resources, table
+    def __init__(self, resources: ResourceModel, table: LatencyTable, backend: LatencyBackend) -> None:
+        self.resources, self.table, self.backend = resources, table, backend
         self.coefficients = torch.tensor(table.coefficients, dtype=torch.float64)
 
     def raw(self) -> torch.Tensor:
@@ -255,54 +162,67 @@ class LatencyModel:
         return self.table.beta * (features * self.coefficients.to(features.device)).sum(1)
 
 
-def measure_table(resources: ResourceModel, geometries: list[ConvGeometry], key: str) -> LatencyTable:
-    """Time every convolution at the grid widths, fit its line, and calibrate against two whole-model timings."""
+def measure_table(
+    resources: ResourceModel, geometries: list[ConvGeometry], key: str, backend: LatencyBackend
+) -> LatencyTable:
+    """Time every convolution at the grid widths, fit its line, and calibrate the sum against whole models:
+    full width, half width and random structures (a search ends at a structure that is not uniform)."""
     from ultralytics.utils import LOGGER, TQDM
 
     supernet = resources.supernet
     coefficients = []
-    for geometry in TQDM(geometries, desc=f"DMS latency: timing {len(geometries)} convolutions on {BACKEND}"):
+    for geometry in TQDM(geometries, desc=f"DMS latency: timing {len(geometries)} convolutions on {backend.name}"):
         variants = [geometry.scaled(f) for f in GRID]
-        coefficients.append(_fit_site([v.features() for v in variants], [time_conv(v) for v in variants]))
-    model = LatencyModel(resources, LatencyTable(key, BACKEND, coefficients, 0.0, 1.0, 0.0))
-    points = []
-    names = supernet.keep_ratio_masks()
-    for ratio in (1.0, 0.5):
-        with structure_as(supernet, dict.fromkeys(names, ratio)), torch.no_grad():
-            points.append((model.raw().item(), time_structure(supernet, resources.imgsz)))
-    (raw_full, full), (raw_half, half) = points
-    beta = (full - half) / (raw_full - raw_half) if raw_full > raw_half and full > half else full / raw_full
-    alpha = full - beta * raw_full
-    LOGGER.info(f"DMS latency: whole model {full:.3f} ms at full width, {half:.3f} ms at half width ({BACKEND})")
-    return LatencyTable(key, BACKEND, coefficients, alpha, beta, full)
+        times = [backend.time_conv(v) for v in variants]
+        coefficients.append(_fit_site([v.features() for v in variants], times))
+    model = LatencyModel(resources, LatencyTable(key, backend.name, coefficients, 0.0, 1.0, 0.0), backend)
+    names = list(supernet.keep_ratio_masks())
+    rng = random.Random(0)
+    structures = [dict.fromkeys(names, 1.0), dict.fromkeys(names, 0.5)]
+    structures += [{n: rng.uniform(*CALIBRATION_RANGE) for n in names} for _ in range(CALIBRATION_RANDOM)]
+    raw, measured = [], [float("inf")] * len(structures)
+    rounds = [(r, i) for r in range(CALIBRATION_ROUNDS) for i in range(len(structures))]
+    for r, i in TQDM(rounds, desc=f"DMS latency: timing {len(structures)} whole models on {backend.name}"):
+        with structure_as(supernet, structures[i]), torch.no_grad():
+            if r == 0:
+                raw.append(model.raw().item())
+            measured[i] = min(measured[i], time_structure(supernet, resources.imgsz, backend))
+    beta, alpha = np.polyfit(raw, measured, 1)
+    if not beta > 0:  # timing noise swamped the spread: proportional instead
+        beta, alpha = float(np.dot(raw, measured) / np.dot(raw, raw)), 0.0
+    LOGGER.info(f"DMS latency: whole model {measured[0]:.3f} ms at full width, {measured[1]:.3f} ms at half width "
+                f"({backend.name})")
+    return LatencyTable(key, backend.name, coefficients, float(alpha), float(beta), measured[0])
 
 
-def attach_latency(resources: ResourceModel, cache_dir: Path = CACHE_DIR) -> LatencyModel:
-    """Give `resources` its latency model, from the disk cache or measured now (and cached)."""
+def attach_latency(resources: ResourceModel, backend: LatencyBackend, cache_dir: Path = CACHE_DIR) -> LatencyModel:
+    """Give `resources` its latency model on `backend`, from the disk cache or measured now (and cached)."""
     geometries = conv_geometries(resources.supernet, resources.imgsz)
-    key = table_key(geometries, resources.imgsz)
+    key = table_key(resources.supernet, geometries, resources.imgsz, backend)
     path = cache_dir / f"{key}.json"
     if path.is_file():
         table = LatencyTable(**json.loads(path.read_text()))
     else:
-        table = measure_table(resources, geometries, key)
+        table = measure_table(resources, geometries, key, backend)
         table.save(path)
-    resources.latency = LatencyModel(resources, table)
+    resources.latency = LatencyModel(resources, table, backend)
     from ultralytics.utils import LOGGER
 
     LOGGER.info(
-        f"DMS latency: budgets in ms are measured on {table.backend} at batch 1 (the deployment of `yolo export "
-        f"format=onnx` on a CPU), whatever device trains; GPU backends (TensorRT, CUDA) are not built yet. "
+        f"DMS latency: budgets in ms are measured on {table.backend} at batch 1 ({' '.join(backend.identity())}). "
         f"Whole model {table.measured_full_ms:.3f} ms; table {path}"
     )
     return resources.latency
 
 
-def resource_model(supernet: Supernet, imgsz: int | tuple[int, int], resource: str = "gflops") -> ResourceModel:
-    """The resource model of `supernet`, with its latency model attached when the budget is in milliseconds."""
+def resource_model(
+    supernet: Supernet, imgsz: int | tuple[int, int], resource: str = "gflops", backend: LatencyBackend | None = None
+) -> ResourceModel:
+    """The resource model of `supernet`, with its latency model attached when the budget is in milliseconds
+    (on `backend`, by default ONNX Runtime on the CPU)."""
     resources = ResourceModel(supernet, imgsz)
     if resource == "latency":
-        attach_latency(resources)
+        attach_latency(resources, backend or OnnxRuntimeCPU())
     return resources
 
 
@@ -318,7 +238,7 @@ def fit_to_measured_budget(
     for _ in range(tries):
         set_keep_ratios(supernet, learned)
         factor = fit_to_budget(supernet, resources, target, "latency")
-        measured = time_structure(supernet, resources.imgsz)
+        measured = time_structure(supernet, resources.imgsz, resources.latency.backend)
         if measured <= budget:
             break
         target *= budget / measured

@@ -6,22 +6,26 @@ import torch
 from ultralytics.utils.checks import check_imgsz
 
 from yolo_dms.core.errors import DMSError, first_line
+from yolo_dms.core.handlers import Space
+from yolo_dms.core.handlers.heads import channels_per_element
 from yolo_dms.core.latency import resource_model
+from yolo_dms.core.latency_backends import LatencyBackend
 from yolo_dms.core.masks import DepthMask
 from yolo_dms.core.supernet import Supernet
 
 
-def layer_table(supernet: Supernet, imgsz: int | list[int] = 640, latency: bool = False) -> str:
+def layer_table(supernet: Supernet, imgsz: int | list[int] = 640, latency: LatencyBackend | None = None) -> str:
     """A table of every layer at the current hard masks, with totals, like Ultralytics' model summary.
 
-    `imgsz` is a side or an [h, w] pair, rounded up to the model's stride as Ultralytics rounds it. With
-    `latency`, a column of predicted milliseconds from the latency model (measured now, or read from its cache).
+    `imgsz` is a side or an [h, w] pair, rounded up to the model's stride as Ultralytics rounds it. With a
+    `latency` backend, a column of predicted milliseconds from its latency model (measured now, or read from
+    its cache).
     """
     try:
         h, w = check_imgsz(imgsz, stride=supernet.stride, min_dim=2, max_dim=2)
     except (TypeError, ValueError) as e:
         raise DMSError(first_line(e)) from None
-    resources = resource_model(supernet, (h, w), "latency" if latency else "gflops")
+    resources = resource_model(supernet, (h, w), "latency" if latency else "gflops", latency)
     per_layer = resources.per_layer()
     layer_ms: dict[int, float] = {}
     if latency:
@@ -30,11 +34,18 @@ def layer_table(supernet: Supernet, imgsz: int | list[int] = 640, latency: bool 
                 layer_ms[layer] = layer_ms.get(layer, 0.0) + ms
     counts = supernet.hard_channel_counts()
     masks = supernet.masks
+
+    def channels(layout, count) -> int:  # a layout's channels at `count(mask name)` elements per searched space
+        return sum(count(c.mask) * channels_per_element(masks[c.mask], c.row) if isinstance(c, Space) else c
+                   for c in layout)
+
     lines = [f"{'layer':>5}  {'module':<12}{'width':>12}{'hidden':>12}{'blocks':>8}{'GFLOPs':>10}{'params':>12}"
              + (f"{'ms':>9}" if latency else "")]
     for i, layer in enumerate(supernet.model):
         name = type(layer).__name__.removeprefix("DepthGated").removeprefix("Gated")
-        width = f"{counts[f'l{i}']}/{masks[f'l{i}'].size}" if f"l{i}" in counts else ""
+        layout = supernet.layouts[i]
+        searched = any(isinstance(c, Space) for c in layout)
+        width = f"{channels(layout, counts.get)}/{channels(layout, lambda n: masks[n].size)}" if searched else ""
         hidden = f"{counts[f'l{i}_hidden']}/{masks[f'l{i}_hidden'].size}" if f"l{i}_hidden" in counts else ""
         depth = masks[f"l{i}_depth"] if f"l{i}_depth" in masks else None
         blocks = f"{depth.hard_count()}/{depth.size}" if isinstance(depth, DepthMask) else ""

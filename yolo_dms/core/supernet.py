@@ -38,13 +38,16 @@ class Supernet(DetectionModel):
         depth_lam: float = 4.0,
         decay: float = 0.99,
         divisor: int = OUTPUT_DIVISOR,
+        hidden_divisor: int | None = None,
     ):
         nn.Module.__init__(self)
         self.__dict__.update(model.__dict__)  # same layers, yaml, stride, names, save list, args
         self.masks = nn.ModuleDict()
         self.divisor = divisor
         self.handlers: list[LayerHandler] = handlers_for(self.model)
-        wiring = Wiring(self.masks, lam, depth_lam, decay, divisor)
+        if hidden_divisor is None:  # CSP hidden widths free at the default divisor, aligned with a larger one
+            hidden_divisor = divisor if divisor > OUTPUT_DIVISOR else 1
+        wiring = Wiring(self.masks, lam, depth_lam, decay, divisor, hidden_divisor)
         self._wire(wiring, model.yaml.get("channels", 3))
         self.sites: list[ConvSite] = wiring.sites
         self.attention_sites: list[AttentionSite] = wiring.attention_sites
@@ -65,6 +68,7 @@ class Supernet(DetectionModel):
             froms = [layer.f] if isinstance(layer.f, int) else list(layer.f)
             sources = [(image_channels,)] if i == 0 else [layouts[i - 1 if f == -1 else f] for f in froms]
             layouts.append(handler.wire(wiring, layer, sources))
+        self.layouts: list[Layout] = layouts  # each layer's output channel spaces, for reports
 
     def layer_sites(self, index: int) -> list[ConvSite]:
         """The convolution sites of layer `index`."""

@@ -14,6 +14,7 @@ from yolo_dms.core.budget import resolve_budget
 from yolo_dms.core.data import resolve_data
 from yolo_dms.core.errors import DMSError, first_line
 from yolo_dms.core.latency import resource_model
+from yolo_dms.core.latency_backends import latency_backend
 from yolo_dms.core.model_io import load_detection_model, load_search_checkpoint, resolve_model
 from yolo_dms.core.supernet import Supernet
 from yolo_dms.search.settings import SearchSettings, load_defaults
@@ -71,15 +72,16 @@ def split_arguments(arguments: dict) -> tuple[dict, dict]:
     return dms, train
 
 
-def preflight(model: str, nc: int, imgsz: int, settings: SearchSettings) -> tuple[float, float, float]:
+def preflight(model: str, nc: int, imgsz: int, settings: SearchSettings, device) -> tuple[float, float, float]:
     """Check the model and the budget before anything is written; returns (smallest, full, budget) GFLOPs."""
     source = load_detection_model(model, nc=nc)
     if isinstance(source, Supernet):
         raise DMSError(
             f"'{model}' is a search checkpoint; continue it with resume=True or export it with 'yolo-dms export'"
         )
-    supernet = Supernet(source, divisor=settings.divisor)
-    resources = resource_model(supernet, imgsz, settings.resource)  # latency: measured once here, then cached
+    supernet = Supernet(source, divisor=settings.divisor, hidden_divisor=settings.hidden_divisor)
+    backend = latency_backend(settings.latency_backend, device) if settings.resource == "latency" else None
+    resources = resource_model(supernet, imgsz, settings.resource, backend)  # latency: measured here, then cached
     return resolve_budget(supernet, resources, settings)
 
 
@@ -147,7 +149,8 @@ def run_search(arguments: dict) -> DMSTrainer:
         train["model"] = resolve_model(train["model"])
         data = resolve_data(train.get("data"))
         imgsz = train.get("imgsz", DEFAULT_CFG_DICT["imgsz"])
-        preflight(train["model"], data["nc"], imgsz if isinstance(imgsz, int) else max(imgsz), settings)
+        preflight(train["model"], data["nc"], imgsz if isinstance(imgsz, int) else max(imgsz), settings,
+                  train.get("device"))
         trainer = DMSTrainer(overrides=train, settings=settings)
     trainer.train()
     return trainer

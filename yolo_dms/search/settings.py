@@ -9,6 +9,8 @@ from pathlib import Path
 import yaml
 
 from yolo_dms.core.errors import DMSError
+from yolo_dms.core.handlers.base import OUTPUT_DIVISOR
+from yolo_dms.core.latency_backends import BACKENDS
 
 DEFAULTS_FILE = Path(__file__).parents[1] / "cfg" / "default.yaml"
 
@@ -34,6 +36,7 @@ class SearchSettings:
     params: float | None = None
     latency: float | None = None
     resource: str = "gflops"
+    latency_backend: str = "auto"
     divisor: int = 8
     resource_weight: float = 1.0
     structure_lr: float | None = None  # None: sized to the run (schedule.SearchSchedule.auto_structure_lr)
@@ -93,6 +96,8 @@ class SearchSettings:
                 "divisor must be a multiple of 8 (parse_model rounds layer widths up to multiples of 8), "
                 f"got {self.divisor}"
             )
+        if self.latency_backend not in BACKENDS:
+            raise SettingsError(f"latency_backend must be one of {', '.join(BACKENDS)}, got {self.latency_backend}")
         if self.structure_optimizer not in ("adam", "sgd"):
             raise SettingsError(f"structure_optimizer must be adam or sgd, got {self.structure_optimizer}")
         if not 0 < self.target_schedule <= 1:
@@ -104,6 +109,13 @@ class SearchSettings:
             )
         if not 0 < self.importance_decay < 1:
             raise SettingsError(f"importance_decay must lie in (0, 1), got {self.importance_decay}")
+
+    @property
+    def hidden_divisor(self) -> int:
+        """The multiple CSP hidden widths keep: the divisor under a latency budget or a divisor above 8 (runtimes
+        lay channels out in blocks, and an unaligned width measures slower than its FLOPs say), else 1 (a
+        GFLOPs or parameter search settles on its budget in finer steps)."""
+        return self.divisor if self.resource == "latency" or self.divisor > OUTPUT_DIVISOR else 1
 
     def budget(self, supernet_figure: float) -> float:
         """The budget in the unit of `budget.figure` (GFLOPs, millions of parameters, ms): the absolute budget, or

@@ -34,7 +34,8 @@ from ultralytics.utils.torch_utils import strip_optimizer, torch_distributed_zer
 
 from yolo_dms.core.budget import describe, fit_to_budget, hard_figure, hard_gflops, resolve_budget, structure_as
 from yolo_dms.core.export import ExportResult, export_searched
-from yolo_dms.core.latency import export_weights_onnx, fit_to_measured_budget, resource_model, time_onnx
+from yolo_dms.core.latency import fit_to_measured_budget, resource_model
+from yolo_dms.core.latency_backends import latency_backend
 from yolo_dms.core.resources import ResourceModel
 from yolo_dms.core.supernet import Supernet
 from yolo_dms.search.distributed import broadcast_keep_ratios
@@ -117,6 +118,7 @@ class DMSTrainer(DetectionTrainer):
             depth_lam=settings.depth_lam,
             decay=settings.importance_decay,
             divisor=settings.divisor,
+            hidden_divisor=settings.hidden_divisor,
         )
         supernet.dms_settings = settings
         return supernet
@@ -138,7 +140,8 @@ class DMSTrainer(DetectionTrainer):
         for group in optimizer.param_groups:
             group["params"] = [p for p in group["params"] if id(p) not in structure]
         settings = self.supernet.dms_settings
-        self.resources = resource_model(self.supernet, self.args.imgsz, settings.resource)
+        self.latency_backend = latency_backend(settings.latency_backend, self.device)
+        self.resources = resource_model(self.supernet, self.args.imgsz, settings.resource, self.latency_backend)
         self.structure = StructureStep(
             self.supernet,
             self.resources,
@@ -346,7 +349,8 @@ class DMSTrainer(DetectionTrainer):
         supernet = deepcopy(self.ema.ema).float().eval()
         if not self.frozen:  # interrupted before the refine phase and its fit, or refine=0
             resource = self.settings.resource
-            fit_to_budget(supernet, resource_model(supernet, self.args.imgsz, resource), self.budget, resource)
+            resources = resource_model(supernet, self.args.imgsz, resource, self.latency_backend)
+            fit_to_budget(supernet, resources, self.budget, resource)
         self.export_result = result = export_searched(supernet, self.save_dir, self.args.imgsz)
         self.write_summary(result)
         plot_structure(supernet, self.save_dir / "structure.png")
@@ -378,7 +382,7 @@ class DMSTrainer(DetectionTrainer):
                 "backend": self.resources.latency.table.backend,
                 "supernet_measured_ms": self.resources.latency.table.measured_full_ms,
                 "predicted_ms": predicted,
-                "measured_ms": time_onnx(export_weights_onnx(result.weights_path, self.args.imgsz)),
+                "measured_ms": self.latency_backend.time_weights(result.weights_path, (self.args.imgsz,) * 2),
             }
             LOGGER.info(
                 f"{colorstr('DMS:')} latency of pruned.pt ({summary['latency']['backend']}): predicted {predicted:.3f} "

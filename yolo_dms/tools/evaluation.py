@@ -18,7 +18,7 @@ import torch
 from ultralytics import YOLO
 from ultralytics.models.yolo.detect import DetectionValidator
 
-from yolo_dms.core.latency import time_session
+from yolo_dms.core.latency_backends import time_calls
 from yolo_dms.core.resources import deployed_gflops
 
 
@@ -96,4 +96,4 @@ def onnx_report(weights: Path, imgsz: int, runs: int = 50) -> OnnxReport:
     with torch.no_grad():
         torch_out = YOLO(str(weights)).model.float().eval()(torch.from_numpy(x))[0].numpy()
     difference = float(np.abs(session.run(None, feed)[0] - torch_out).max())
-    return OnnxReport(onnx_path, difference, time_session(session, feed, runs, warmup=10, blocks=1))
+    return OnnxReport(onnx_path, difference, time_calls(lambda: session.run(None, feed), runs, warmup=10, blocks=1))

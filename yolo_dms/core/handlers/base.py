@@ -107,16 +107,19 @@ class Wiring:
     """The context handlers wire into: it creates masks and records gated convolutions, blocks and sites.
 
     `divisor` is the multiple every searchable layer output width keeps (`parse_model` rounds them up to
-    multiples of 8, so it is a multiple of 8). CSP hidden widths are free at the default divisor (the finer
-    steps let the search settle on its budget) and keep a larger divisor too (`hidden_divisor`), so that
-    hardware that wants multiples of 16, 32 or 64 gets them in every searched width. Widths that stock
+    multiples of 8, so it is a multiple of 8). CSP hidden widths keep `hidden_divisor`: 1 lets a GFLOPs search
+    settle on its budget in fine steps; the divisor itself gives hardware that wants multiples of 8, 16, 32 or
+    64 aligned channels in every searched width (runtimes lay channels out in blocks of 8 or 16, and an
+    unaligned width costs more than its FLOPs say). Widths that stock
     Ultralytics derives from others (SPPF's `c1 // 2`, the Detect head's, inner block widths) follow their own
     formulas.
     """
 
-    def __init__(self, masks: nn.ModuleDict, lam: float, depth_lam: float, decay: float, divisor: int) -> None:
-        self.masks, self.lam, self.depth_lam, self.decay, self.divisor = masks, lam, depth_lam, decay, divisor
-        self.hidden_divisor = divisor if divisor > OUTPUT_DIVISOR else 1
+    def __init__(
+        self, masks: nn.ModuleDict, lam: float, depth_lam: float, decay: float, divisor: int, hidden_divisor: int
+    ) -> None:
+        self.masks, self.lam, self.depth_lam, self.decay = masks, lam, depth_lam, decay
+        self.divisor, self.hidden_divisor = divisor, hidden_divisor
         self.sites: list[ConvSite] = []
         self.attention_sites: list[AttentionSite] = []
         self.gated_convs: dict[str, Layout] = {}  # Conv module path -> spaces of its output
