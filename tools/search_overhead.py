@@ -1,6 +1,6 @@
 """Time one DMS search iteration against one plain training iteration of the same supernet.
 
-    python tools/search_overhead.py model=yolov8s.yaml imgsz=320 batch=8 iters=10 device=cpu
+    python tools/search_overhead.py model=yolov8s.yaml imgsz=320 batch=8 iters=10 device=cpu keep=0.5
     python tools/search_overhead.py model=yolov8s.yaml imgsz=640 batch=32 iters=20 warmup=5 device=0 amp=True
 """
 
@@ -13,7 +13,7 @@ from ultralytics.cfg import smart_value
 
 from yolo_dms.tools.overhead import measure_overhead
 
-DEFAULTS = {"model": "yolov8s.yaml", "imgsz": 320, "batch": 8, "iters": 10, "warmup": 3, "device": "cpu", "amp": False}
+DEFAULTS = {"model": "yolov8s.yaml", "imgsz": 320, "batch": 8, "iters": 10, "warmup": 3, "device": "cpu", "amp": False, "keep": 1.0}
 
 
 def main(argv: list[str]) -> None:
@@ -30,7 +30,7 @@ def main(argv: list[str]) -> None:
     print(
         f"{options['model']} imgsz={options['imgsz']} batch={options['batch']} amp={options['amp']} on {name}: "
         f"plain {plain * 1000:.1f} ms/iter, search {search * 1000:.1f} ms/iter, ratio {search / plain:.2f} "
-        f"(median of {options['iters']} after {options['warmup']} warm-up)"
+        f"(keep ratios {options['keep']}, median of {options['iters']} after {options['warmup']} warm-up)"
     )
 
 

@@ -2,7 +2,8 @@
 
 Both run the same model, batch and image size through forward, Ultralytics' detection loss, backward and an
 SGD weight step; the search iteration adds the masks (soft, with Taylor-importance hooks) and the structure
-step (resource model, balanced resource gradient, Adam on keep ratios).
+step (resource model, balanced resource gradient, Adam on keep ratios). `keep` sets every keep ratio first: a
+search spends most of its batches below 1, where many gates are closed (exactly 0, see `core.topk`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import torch
 from ultralytics.nn.tasks import DetectionModel
 from ultralytics.utils import DEFAULT_CFG
 
+from yolo_dms.core.budget import set_keep_ratios
 from yolo_dms.core.resources import ResourceModel
 from yolo_dms.core.supernet import Supernet
 from yolo_dms.search.structure_step import StructureStep
@@ -41,7 +43,14 @@ def _time(model, step, batch: dict, iters: int, warmup: int, amp: bool, device: 
 
 
 def measure_overhead(
-    model: str, imgsz: int, batch: int, iters: int = 10, warmup: int = 3, device: str = "cpu", amp: bool = False
+    model: str,
+    imgsz: int,
+    batch: int,
+    iters: int = 10,
+    warmup: int = 3,
+    device: str = "cpu",
+    amp: bool = False,
+    keep: float = 1.0,
 ) -> tuple[float, float]:
     """(plain, search) median seconds per iteration of the same supernet on a random batch."""
     device = torch.device("cuda:0" if device not in {"cpu", ""} else "cpu")
@@ -49,6 +58,7 @@ def measure_overhead(
     base.args = copy.copy(DEFAULT_CFG)
     plain = copy.deepcopy(base).to(device).train()
     supernet = Supernet(copy.deepcopy(base)).to(device).train()
+    set_keep_ratios(supernet, dict.fromkeys(supernet.keep_ratio_masks(), keep))
     data = random_batch(batch, imgsz, device)
 
     def sgd(net):
