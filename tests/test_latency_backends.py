@@ -96,3 +96,24 @@ def test_info_reports_predicted_milliseconds_on_the_backend_asked_for(tmp_path: 
     assert "ms predicted (torch-cpu-fp32, batch 1" in proc.stdout
     bad = yolo_dms("info", "model=yolov8n.yaml", "latency=True", "latency_backend=tensorrt", cwd=tmp_path, env=env)
     assert bad.returncode == 2 and "latency_backend must be one of" in bad.stderr + bad.stdout
+
+
+def test_search_under_a_latency_budget_on_the_torch_backend(tmp_path: Path):
+    """The trainer measures on the backend it was given (here PyTorch on the CPU, the path a GPU search takes)
+    and reports it; the pruned model, timed the same way, is well under the supernet's measured latency."""
+    import json
+
+    from yolo_dms.tools.demo_data import make_dataset
+
+    data = make_dataset(tmp_path / "data", n_train=16, n_val=8, imgsz=64, seed=5)
+    proc = yolo_dms(
+        "search", "model=yolov8n.yaml", f"data={data}", "resource=latency", "latency_backend=torch", "target=0.6",
+        "epochs=1", "imgsz=64", "batch=8", "workers=0", "device=cpu", "plots=False", f"project={tmp_path / 'runs'}",
+        "name=torch", cwd=tmp_path, env={**os.environ, "YOLO_CONFIG_DIR": str(tmp_path / "config")},
+    )
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    summary = json.loads((tmp_path / "runs" / "torch" / "search.json").read_text())
+    latency = summary["latency"]
+    assert latency["backend"] == "torch-cpu-fp32" and summary["budget"]["resource"] == "latency"
+    assert 0 < latency["measured_ms"] < 0.85 * latency["supernet_measured_ms"], latency
+    assert "measured on torch-cpu-fp32" in proc.stdout + proc.stderr
