@@ -152,6 +152,10 @@ def rebuild(model: DetectionModel, source: str | Path, nc: int | None = None) ->
     return fresh.train(model.training)
 
 
+TASK_NAMES = {"segment": "instance segmentation", "pose": "pose estimation", "obb": "oriented boxes",
+              "classify": "classification"}
+
+
 def load_detection_model(source: str | Path, nc: int | None = None) -> DetectionModel:
     """A YOLO detection model built from a YAML or loaded from a checkpoint; clear errors for anything else."""
     source = resolve_model(source)
@@ -160,7 +164,8 @@ def load_detection_model(source: str | Path, nc: int | None = None) -> Detection
         task = guess_model_task(cfg)
         if task not in {"detect", None}:  # None: an unknown head, named layer by layer by the supernet
             raise UnsupportedModelError(
-                f"'{source}' is a {task} model; DMS searches YOLO detection models (YOLOv8, YOLO11, YOLO26)"
+                f"'{source}' is not a detection model (task={task}, {TASK_NAMES.get(task, task)}); DMS searches "
+                "YOLO detection models (YOLOv8, YOLO11, YOLO26)"
             )
         try:
             return DetectionModel(cfg, nc=nc, verbose=False)
