@@ -60,6 +60,7 @@ def layer_table(supernet: Supernet, imgsz: int | list[int] = 640, latency: Laten
         with torch.no_grad():
             predicted = resources.latency.ms().item()
         table = resources.latency.table
-        total += f", {predicted:.3f} ms predicted ({table.backend}, batch 1; {table.alpha:+.3f} ms outside the layers)"
+        total += (f", {predicted:.3f} ms predicted ({table.backend}, batch 1; the layers plus a calibration offset "
+                  f"of {table.alpha:+.3f} ms)")
     lines.append(total)
     return "\n".join(lines)
