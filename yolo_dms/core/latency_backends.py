@@ -3,8 +3,8 @@
 - `onnxruntime`: ONNX Runtime on the CPU (the `tools` extra), how `yolo export format=onnx` is deployed; whole
   models are exported by the stock exporter and timed as exported.
 - `torch`: PyTorch on the training device, the model fused as `yolo predict` runs it; FP16 on a GPU (as
-  `half=True` deploys it), FP32 on the CPU. With CUDA every run ends in a synchronize, so a figure is the
-  latency of one batch-1 call, launch overhead included.
+  `half=True` deploys it), FP32 on the CPU (and Apple's MPS). On a GPU every run ends in a synchronize, so a
+  figure is the latency of one batch-1 call, launch overhead included.
 
 `latency_backend=auto` picks `torch` when the search trains on a GPU and `onnxruntime` on the CPU. Every
 figure is the lowest of three block medians (`time_calls`), so that a burst of other work on the machine
@@ -185,7 +185,7 @@ class TorchDevice(LatencyBackend):
         x = x.to(self.device)
         if self.half:
             module, x = module.half(), x.half()
-        synchronize = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
+        synchronize = {"cuda": torch.cuda.synchronize, "mps": torch.mps.synchronize}.get(self.device.type, lambda: None)
 
         def call() -> None:
             module(x)
