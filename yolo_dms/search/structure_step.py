@@ -2,9 +2,11 @@
 
 Kept apart from the trainer so that it can be timed and tested on its own. The resource loss is
 `log(F / F_target)` while the straight-through GFLOPs `F` exceed the target (zero below; two-sided once the
-target holds at the budget); its gradient on the
-keep ratios is rescaled to `weight` times the running norm of the task gradient, so neither term drowns the
-other whatever the loss scale, as the DMS reference does.
+target holds at the budget); its gradient on the keep ratios is rescaled to `weight` times the running norm of
+the task gradient, so neither term drowns the other whatever the loss scale, as the DMS reference does. A
+structure that lags above its target gets a stronger push, `(F / target) ** TRACKING_GAIN`: from a trained
+model the task gradient resists every cut, and at equal norms a 30% search ended 10 to 15% above its budget,
+leaving the final fit to make the cut at once.
 """
 
 from __future__ import annotations
@@ -15,6 +17,9 @@ from yolo_dms.core.budget import figure
 from yolo_dms.core.resources import ResourceModel
 from yolo_dms.core.supernet import Supernet
 from yolo_dms.search.distributed import average_importance, broadcast_keep_ratios
+
+TRACKING_GAIN = 8.0  # while F is above its target the resource gradient grows as (F / target) ** TRACKING_GAIN
+MAX_BOOST = 10.0  # up to this factor (reached 33% above the target)
 
 
 class StructureStep:
@@ -77,6 +82,7 @@ class StructureStep:
             grads = torch.autograd.grad(resource_loss, params, allow_unused=True)
             resource = torch.stack([g if g is not None else torch.zeros_like(p) for g, p in zip(grads, params)])
             balance = self.weight * max(self.task_norm, 1e-12) / max(resource.norm().item(), 1e-12)
+            balance *= min(MAX_BOOST, max(1.0, value.item() / target) ** TRACKING_GAIN)
             total = task + balance * resource
         if self.normalize:
             total = total * (len(params) ** 0.5 / max(self.task_norm, 1e-12))
