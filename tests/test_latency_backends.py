@@ -117,3 +117,19 @@ def test_search_under_a_latency_budget_on_the_torch_backend(tmp_path: Path):
     assert latency["backend"] == "torch-cpu-fp32" and summary["budget"]["resource"] == "latency"
     assert 0 < latency["measured_ms"] < 0.85 * latency["supernet_measured_ms"], latency
     assert "measured on torch-cpu-fp32" in proc.stdout + proc.stderr
+
+
+def test_only_a_latency_budget_needs_onnx_runtime(monkeypatch):
+    """Without the tools extra a GFLOPs search still builds its backend and resource model; a latency budget on
+    ONNX Runtime says in one line what to install."""
+    import sys
+
+    from yolo_dms.core.latency import resource_model
+
+    for name in ("onnx", "onnxruntime"):
+        monkeypatch.setitem(sys.modules, name, None)  # as if not installed
+    backend = latency_backend("auto", "cpu")
+    supernet = Supernet.from_source("yolov8n.yaml", nc=3)
+    assert resource_model(supernet, 64, "gflops", backend).gflops().item() > 0
+    with pytest.raises(DMSError, match=r"needs 'onnx.*pip install 'yolo-dms\[tools\]'"):
+        resource_model(supernet, 64, "latency", backend)

@@ -27,6 +27,9 @@ def test_command_line_overrides_the_recipe_and_its_budget(tmp_path):
     settings = SearchSettings.from_arguments(dms)
     assert train["epochs"] == 3 and settings.refine == 0.1
     assert settings.resource == "gflops" and settings.gflops == 2.0 and settings.target is None
+    dms, _ = split_arguments({"cfg": str(recipe), "model": "m.yaml", "latency": 3.5})  # every kind of budget
+    settings = SearchSettings.from_arguments(dms)
+    assert settings.resource == "latency" and settings.latency == 3.5 and settings.target is None
 
 
 def test_missing_recipe_is_one_line(tmp_path):

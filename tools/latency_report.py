@@ -6,10 +6,10 @@
 Builds (or reads from its cache) the latency model `yolo-dms search resource=latency` uses, then for the full
 supernet, uniform keep ratios 0.75 and 0.5, and random structures, prints the predicted milliseconds and the
 measured milliseconds of the pruned, deployed model. The random structures are drawn from `seed` (default 1;
-the latency model calibrates on structures drawn from seed 0, so these are held out). `divisor` is the
-search's `divisor=`; `hidden_divisor` the multiple CSP hidden widths keep (by default the divisor, as
-`yolo-dms search resource=latency` builds it; 1 frees them, as a GFLOPs search does). Last, it times the full model `repeats` times and prints the spread
-(max / min - 1): the margin a latency test must allow for timing noise.
+the latency model calibrates on structures drawn from seed 0, so these are held out). `divisor` is the search's
+`divisor=`; `hidden_divisor` the multiple CSP hidden widths keep (by default the divisor, as `yolo-dms search
+resource=latency` builds it; 1 frees them, as a GFLOPs search does). Last, it times the full model `repeats`
+times and prints the spread (max / min - 1): the margin a latency test must allow for timing noise.
 """
 
 from __future__ import annotations
@@ -22,15 +22,15 @@ import torch
 from yolo_dms import Supernet
 from yolo_dms.cli import parse_arguments
 from yolo_dms.core.budget import structure_as
-from yolo_dms.core.latency import resource_model, time_structure
+from yolo_dms.core.latency import CALIBRATION_RANGE, resource_model, time_structure
 from yolo_dms.core.latency_backends import latency_backend
+
+DEFAULTS = {"model": "yolov8n.yaml", "imgsz": 128, "structures": 6, "repeats": 5, "nc": 5, "seed": 1, "divisor": 8,
+            "hidden_divisor": None, "latency_backend": "auto", "device": "cpu"}
 
 
 def main(argv: list[str]) -> None:
-    options = {"model": "yolov8n.yaml", "imgsz": 128, "structures": 6, "repeats": 5, "nc": 5, "seed": 1,
-               "divisor": 8, "hidden_divisor": None, "latency_backend": "auto", "device": "cpu",
-               **parse_arguments(argv, {"model", "imgsz", "structures", "repeats", "nc", "seed", "divisor", "hidden_divisor",
-                                        "latency_backend", "device"})}
+    options = {**DEFAULTS, **parse_arguments(argv, set(DEFAULTS))}
     divisor = options["divisor"]
     hidden = options["hidden_divisor"] or divisor  # as a latency search aligns them
     supernet = Supernet.from_source(options["model"], nc=options["nc"], divisor=divisor, hidden_divisor=hidden)
@@ -41,10 +41,11 @@ def main(argv: list[str]) -> None:
     rng = random.Random(options["seed"])
     structures = [("full", 1.0), ("uniform 0.75", 0.75), ("uniform 0.5", 0.5)]
     structures += [(f"random {i + 1}", None) for i in range(options["structures"] - 3)]
-    print(f"| {options['model']} @ {options['imgsz']}, {backend.name} | predicted ms | measured ms | measured / predicted |")
+    title = f"{options['model']} @ {options['imgsz']}, {backend.name}"
+    print(f"| {title} | predicted ms | measured ms | measured / predicted |")
     print("|---|---|---|---|")
     for label, ratio in structures:
-        ratios = {n: ratio if ratio is not None else rng.uniform(0.25, 1.0) for n in names}
+        ratios = {n: ratio if ratio is not None else rng.uniform(*CALIBRATION_RANGE) for n in names}
         with structure_as(supernet, ratios), torch.no_grad():
             predicted, measured = resources.latency.ms().item(), time_structure(supernet, imgsz, backend)
         print(f"| {label} | {predicted:.3f} | {measured:.3f} | {measured / predicted:.3f} |")

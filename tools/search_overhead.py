@@ -13,7 +13,9 @@ from ultralytics.cfg import smart_value
 
 from yolo_dms.tools.overhead import measure_overhead
 
-DEFAULTS = {"model": "yolov8s.yaml", "imgsz": 320, "batch": 8, "iters": 10, "warmup": 3, "device": "cpu", "amp": False, "keep": 1.0}
+DEFAULTS = {
+    "model": "yolov8s.yaml", "imgsz": 320, "batch": 8, "iters": 10, "warmup": 3, "device": "cpu", "amp": False, "keep": 1.0
+}
 
 
 def main(argv: list[str]) -> None:

@@ -19,8 +19,8 @@ Modes:
   search  model=<yaml|pt> data=<yaml> target=0.5 | gflops=G | params=P | latency=MS  [any Ultralytics train
           argument]  search every width and depth under the budget; writes searched.yaml, pruned.pt, search.json
           DMS settings (defaults in yolo_dms/cfg/default.yaml): target, resource (gflops|params|latency), gflops,
-          params, latency, latency_backend (auto|onnxruntime|torch), divisor, resource_weight, structure_lr, structure_optimizer, target_schedule, refine, width_lam,
-          depth_lam, importance_decay
+          params, latency, latency_backend (auto|onnxruntime|torch), divisor, resource_weight, structure_lr,
+          structure_optimizer, target_schedule, refine, width_lam, depth_lam, importance_decay
           cfg=cfg/search/<recipe>.yaml takes settings from a recipe (the command line wins)
           resume=True (or resume=path/to/last.pt) continues an interrupted search
   export  model=<search checkpoint> [out=dir] [imgsz=N]   searched.yaml and pruned.pt from any search checkpoint

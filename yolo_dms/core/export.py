@@ -10,6 +10,7 @@ from ultralytics.utils.checks import check_imgsz
 from yolo_dms.core.budget import fit_to_budget, resolve_budget
 from yolo_dms.core.errors import DMSError, first_line
 from yolo_dms.core.latency import resource_model
+from yolo_dms.core.latency_backends import latency_backend
 from yolo_dms.core.model_io import load_search_checkpoint, write_checkpoint, write_model_yaml
 from yolo_dms.core.prune import prune, searched_yaml
 from yolo_dms.core.resources import deployed_gflops
@@ -54,7 +55,8 @@ def export_checkpoint(path: str | Path, out: str | Path | None = None, imgsz: in
         raise DMSError(first_line(e)) from None
     supernet.eval()
     settings = supernet.dms_settings
-    resources = resource_model(supernet, imgsz, settings.resource)
+    backend = latency_backend(settings.latency_backend, None)  # the search's backend, on this machine's device
+    resources = resource_model(supernet, imgsz, settings.resource, backend)
     fit_to_budget(supernet, resources, resolve_budget(supernet, resources, settings)[2], settings.resource)
     path = Path(path)
     directory = Path(out) if out else (path.parent.parent if path.parent.name == "weights" else path.parent)

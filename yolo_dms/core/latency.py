@@ -148,18 +148,21 @@ class LatencyModel:
         self.resources, self.table, self.backend = resources, table, backend
         self.coefficients = torch.tensor(table.coefficients, dtype=torch.float64)
 
+    def site_lines(self) -> torch.Tensor:
+        """Every convolution site's line at the current structure, before calibration."""
+        features = self.resources.conv_features()
+        return (features * self.coefficients.to(features.device)).sum(1)
+
     def raw(self) -> torch.Tensor:
         """The sum of the sites' lines, before calibration."""
-        features = self.resources.conv_features()
-        return (features * self.coefficients.to(features.device)).sum()
+        return self.site_lines().sum()
 
     def ms(self) -> torch.Tensor:
         return self.table.alpha + self.table.beta * self.raw()
 
     def per_site(self) -> torch.Tensor:
         """Calibrated milliseconds of every convolution site (the rest of `ms()` is the constant `alpha`)."""
-        features = self.resources.conv_features()
-        return self.table.beta * (features * self.coefficients.to(features.device)).sum(1)
+        return self.table.beta * self.site_lines()
 
 
 def measure_table(

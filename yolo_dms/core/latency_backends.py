@@ -238,11 +238,11 @@ def torch_device(device: str | torch.device | None) -> torch.device:
 
 def latency_backend(name: str = "auto", device: str | torch.device | None = "cpu") -> LatencyBackend:
     """The backend `latency_backend=name` asks for on `device=`: `auto` is PyTorch on a GPU, ONNX Runtime on
-    the CPU."""
+    the CPU. Building one imports nothing: a missing ONNX Runtime is reported when something is first timed, so
+    GFLOPs and parameter searches never need it."""
     if name not in BACKENDS:
         raise DMSError(f"latency_backend must be one of {', '.join(BACKENDS)}, got {name}")
     target = torch_device(device)
     if name == "onnxruntime" or (name == "auto" and target.type == "cpu"):
-        _onnxruntime()
         return OnnxRuntimeCPU()
     return TorchDevice(target)

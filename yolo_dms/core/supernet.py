@@ -16,7 +16,7 @@ from torch import nn
 from ultralytics.nn.tasks import DetectionModel
 
 from yolo_dms.core.handlers import AttentionSite, ConvSite, LayerHandler, Layout, Space, Wiring, handlers_for
-from yolo_dms.core.handlers.base import OUTPUT_DIVISOR
+from yolo_dms.core.handlers.base import OUTPUT_DIVISOR, default_hidden_divisor
 from yolo_dms.core.masks import DepthMask, DerivedWidthMask, KeepRatioMask, WidthMask, straight_through
 from yolo_dms.core.model_io import load_detection_model
 
@@ -45,8 +45,7 @@ class Supernet(DetectionModel):
         self.masks = nn.ModuleDict()
         self.divisor = divisor
         self.handlers: list[LayerHandler] = handlers_for(self.model)
-        if hidden_divisor is None:  # CSP hidden widths free at the default divisor, aligned with a larger one
-            hidden_divisor = divisor if divisor > OUTPUT_DIVISOR else 1
+        hidden_divisor = default_hidden_divisor(divisor) if hidden_divisor is None else hidden_divisor
         wiring = Wiring(self.masks, lam, depth_lam, decay, divisor, hidden_divisor)
         self._wire(wiring, model.yaml.get("channels", 3))
         self.sites: list[ConvSite] = wiring.sites

@@ -17,7 +17,7 @@ from yolo_dms.core.latency import resource_model
 from yolo_dms.core.latency_backends import latency_backend
 from yolo_dms.core.model_io import load_detection_model, load_search_checkpoint, resolve_model
 from yolo_dms.core.supernet import Supernet
-from yolo_dms.search.settings import SearchSettings, load_defaults
+from yolo_dms.search.settings import RESOURCES, SearchSettings, load_defaults
 from yolo_dms.search.trainer import DMSTrainer
 
 
@@ -35,7 +35,7 @@ def check_train_arguments(train: dict) -> None:
         raise DMSError(first_line(e)) from None
 
 
-BUDGET_KEYS = {"target", "gflops", "params"}
+BUDGET_KEYS = {"target", *RESOURCES}
 
 
 def load_recipe(path: str | Path) -> dict:
@@ -79,8 +79,8 @@ def preflight(model: str, nc: int, imgsz: int, settings: SearchSettings, device)
         raise DMSError(
             f"'{model}' is a search checkpoint; continue it with resume=True or export it with 'yolo-dms export'"
         )
-    supernet = Supernet(source, divisor=settings.divisor, hidden_divisor=settings.hidden_divisor)
-    backend = latency_backend(settings.latency_backend, device) if settings.resource == "latency" else None
+    supernet = DMSTrainer.wrap(source, settings)
+    backend = latency_backend(settings.latency_backend, device)
     resources = resource_model(supernet, imgsz, settings.resource, backend)  # latency: measured here, then cached
     return resolve_budget(supernet, resources, settings)
 

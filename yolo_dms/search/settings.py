@@ -9,7 +9,7 @@ from pathlib import Path
 import yaml
 
 from yolo_dms.core.errors import DMSError
-from yolo_dms.core.handlers.base import OUTPUT_DIVISOR
+from yolo_dms.core.handlers.base import default_hidden_divisor
 from yolo_dms.core.latency_backends import BACKENDS
 
 DEFAULTS_FILE = Path(__file__).parents[1] / "cfg" / "default.yaml"
@@ -77,7 +77,9 @@ class SearchSettings:
         if self.resource not in RESOURCES:
             raise SettingsError(f"resource must be one of {', '.join(RESOURCES)}, got {self.resource}")
         if self.target is None and getattr(self, self.resource) is None:
-            raise SettingsError("give a budget: target= (a fraction of the supernet's figure), gflops= or params=")
+            raise SettingsError(
+                "give a budget: target= (a fraction of the supernet's figure), gflops=, params= or latency="
+            )
         if self.target is not None and not (0 < self.target <= 1) or _nan(self.target):
             raise SettingsError(
                 f"target must lie in (0, 1] (a fraction of the supernet's {self.resource}), got {self.target}"
@@ -115,7 +117,7 @@ class SearchSettings:
         """The multiple CSP hidden widths keep: the divisor under a latency budget or a divisor above 8 (runtimes
         lay channels out in blocks, and an unaligned width measures slower than its FLOPs say), else 1 (a
         GFLOPs or parameter search settles on its budget in finer steps)."""
-        return self.divisor if self.resource == "latency" or self.divisor > OUTPUT_DIVISOR else 1
+        return self.divisor if self.resource == "latency" else default_hidden_divisor(self.divisor)
 
     def budget(self, supernet_figure: float) -> float:
         """The budget in the unit of `budget.figure` (GFLOPs, millions of parameters, ms): the absolute budget, or

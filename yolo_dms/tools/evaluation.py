@@ -84,7 +84,7 @@ class OnnxReport:
 
 def onnx_report(weights: Path, imgsz: int, runs: int = 50) -> OnnxReport:
     """Export with stock Ultralytics, compare ONNX Runtime with PyTorch on one random image, and time ONNX
-    Runtime on the CPU (batch 1, 2 threads, median of `runs` after 10 warm-up runs)."""
+    Runtime on the CPU (batch 1, 2 threads, median of `runs` after `time_calls`' warm-up)."""
     import onnxruntime as ort
 
     onnx_path = Path(YOLO(str(weights)).export(format="onnx", imgsz=imgsz, simplify=True, verbose=False))

@@ -103,6 +103,12 @@ def searchable(layout: Layout, what: str) -> tuple[Space, ...]:
 OUTPUT_DIVISOR = 8  # default width multiple: parse_model rounds every layer output width up to a multiple of 8
 
 
+def default_hidden_divisor(divisor: int) -> int:
+    """CSP hidden widths move in single channels at the default divisor (a GFLOPs search settles on its budget
+    in finer steps) and keep a larger one (hardware that asked for multiples of 16 gets them everywhere)."""
+    return divisor if divisor > OUTPUT_DIVISOR else 1
+
+
 class Wiring:
     """The context handlers wire into: it creates masks and records gated convolutions, blocks and sites.
 
