@@ -10,7 +10,7 @@ an interrupted run never leaves a half-written file behind.
 from __future__ import annotations
 
 import os
-import tempfile
+import secrets
 from contextlib import contextmanager
 from copy import deepcopy
 from datetime import datetime
@@ -176,16 +176,20 @@ def load_detection_model(source: str | Path, nc: int | None = None) -> Detection
 
 @contextmanager
 def atomic_path(path: str | Path):
-    """Yield a temporary path beside `path`; on success it replaces `path` in one rename."""
+    """Yield a new temporary path beside `path`; on success it replaces `path` in one rename.
+
+    The temporary file is created the way `open()` creates files, mode 0666 less the umask (as Ultralytics'
+    outputs are), not owner-only as `mkstemp` makes it.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))  # never an existing file
     try:
-        yield Path(tmp)
+        yield tmp
         os.replace(tmp, path)
     finally:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
 
 
 def format_model_yaml(cfg: dict, header: str = "") -> str:

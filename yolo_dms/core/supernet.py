@@ -10,6 +10,7 @@ hard, so the supernet then computes exactly what the pruned model computes.
 from __future__ import annotations
 
 from contextlib import contextmanager
+from copy import deepcopy
 
 import torch
 from torch import nn
@@ -24,7 +25,7 @@ from yolo_dms.core.model_io import load_detection_model
 class Supernet(DetectionModel):
     """A YOLO `DetectionModel` with DMS masks; it still trains, validates and saves as one.
 
-    Build it with `Supernet(model)` from a `DetectionModel` (which it takes over, layers and weights) or with
+    Build it with `Supernet(model)` from a `DetectionModel` (copied: the model given is left as it was) or with
     `Supernet.from_source("yolov8s.yaml" | "weights.pt")`. Once `structure_frozen` is set (the search's refine
     phase) it trains at hard masks too: the weights then train exactly the structure that will be exported.
     """
@@ -39,8 +40,13 @@ class Supernet(DetectionModel):
         decay: float = 0.99,
         divisor: int = OUTPUT_DIVISOR,
         hidden_divisor: int | None = None,
+        *,
+        copy: bool = True,
     ):
+        """`copy=False` takes `model` over instead of copying it (its layers become the supernet's gated layers):
+        for a model built only to be wrapped, where a copy would only double its memory for a moment."""
         nn.Module.__init__(self)
+        model = deepcopy(model) if copy else model
         self.__dict__.update(model.__dict__)  # same layers, yaml, stride, names, save list, args
         self.masks = nn.ModuleDict()
         self.divisor = divisor
@@ -57,8 +63,10 @@ class Supernet(DetectionModel):
     @classmethod
     def from_source(cls, source: str | DetectionModel, nc: int | None = None, **mask_args) -> Supernet:
         """Supernet from a model YAML, a `.pt` checkpoint or a `DetectionModel`."""
-        model = source if isinstance(source, DetectionModel) else load_detection_model(source, nc=nc)
-        return model if isinstance(model, Supernet) else cls(model, **mask_args)
+        if isinstance(source, DetectionModel):
+            return source if isinstance(source, Supernet) else cls(source, **mask_args)
+        model = load_detection_model(source, nc=nc)
+        return model if isinstance(model, Supernet) else cls(model, copy=False, **mask_args)
 
     def _wire(self, wiring: Wiring, image_channels: int) -> None:
         """Walk the layers like `parse_model`, each handler wiring its layer from its sources' layouts."""

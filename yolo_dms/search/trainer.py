@@ -111,7 +111,9 @@ class DMSTrainer(DetectionTrainer):
 
     @staticmethod
     def wrap(model, settings: SearchSettings) -> Supernet:
-        """A supernet over `model` with the mask settings of `settings`, which it carries along."""
+        """A supernet over `model` with the mask settings of `settings`, which it carries along.
+
+        It takes `model` over rather than copying it: every caller builds that model only to wrap it."""
         supernet = Supernet(
             model,
             lam=settings.width_lam,
@@ -119,6 +121,7 @@ class DMSTrainer(DetectionTrainer):
             decay=settings.importance_decay,
             divisor=settings.divisor,
             hidden_divisor=settings.hidden_divisor,
+            copy=False,
         )
         supernet.dms_settings = settings
         return supernet
