@@ -96,6 +96,14 @@ def stored_model(ckpt: dict) -> torch.nn.Module | None:
     return model if isinstance(model, torch.nn.Module) else None
 
 
+def trained_on(source: str | Path, names: dict | list) -> bool:
+    """Whether a checkpoint's class names are `names` (in order): a model trained on other classes never saw the
+    data, so it is no teacher for distillation on it."""
+    stored = getattr(stored_model(read_checkpoint(source)), "names", None) or {}
+    return [*(stored.values() if isinstance(stored, dict) else stored)] == [
+        *(names.values() if isinstance(names, dict) else names)]
+
+
 def load_checkpoint_model(source: str | Path, nc: int | None = None) -> DetectionModel:
     """The detection model (EMA first) of a checkpoint, in float32.
 

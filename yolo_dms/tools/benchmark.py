@@ -5,8 +5,10 @@ total epochs `E`; `S` of them (`search_epochs`) are spent before the structure i
 arm but the from-scratch ones starts from its weights.
 
 - `dms`: `yolo-dms search` of the model for S epochs, then stock fine-tuning of `pruned.pt` for E - S;
-- `dms_kd`: the same search, then stock fine-tuning with Ultralytics' distillation from the original `.pt`
-  (`distill_model=`, `dis` at its default), for E - S;
+- `dms_kd`: the same search, then stock fine-tuning with Ultralytics' distillation (`distill_model=`, `dis` at
+  its default), for E - S, from a teacher that knows the data: `teacher=` when given (`{seed}` in it becomes the
+  seed), else the starting `.pt` when its class names are the data's, else the `reference` arm's model (trained
+  once per seed, shared with that arm);
 - `dms_scratch`: the same search, then `searched.yaml` trained from scratch for E - S;
 - `dms_sgd`: `dms` with the keep ratios stepped by normalized SGD instead of Adam (`structure_optimizer=sgd`),
   the ablation of how the structure step allocates the budget across layers;
@@ -15,7 +17,8 @@ arm but the from-scratch ones starts from its weights.
 - `magnitude_uniform` / `magnitude_global`: the model trained for S epochs, pruned to the budget in one shot by
   Torch-Pruning's L2 magnitude importance, per layer / ranked across layers (`global_pruning`), fine-tuned for E - S
   (Torch-Pruning is a benchmark-only extra: `pip install yolo-dms[tools]`);
-- `uniform`: the model's YAML with one `width_multiple` chosen to meet the budget, trained from scratch for E.
+- `uniform`: the model's YAML with one `width_multiple` chosen to meet the budget, trained from scratch for E;
+- `reference`: the unpruned model trained for E (fine-tuned from a `.pt`), the accuracy pruning gives away.
 
 Every model is scored by Ultralytics' validator and, independently, by pycocotools on the COCO-format files that
 validator writes (`evaluation.validate`); its ONNX export is timed under ONNX Runtime on the CPU (batch 1,
@@ -45,10 +48,12 @@ from ultralytics.utils.torch_utils import select_device
 from yolo_dms.core.data import resolve_data
 from yolo_dms.core.errors import DMSError
 from yolo_dms.core.model_io import (
+    is_checkpoint,
     load_checkpoint_model,
     load_detection_model,
     load_model_yaml,
     resolve_model,
+    trained_on,
     write_model_yaml,
 )
 from yolo_dms.core.resources import deployed_gflops
@@ -58,11 +63,12 @@ from yolo_dms.tools.evaluation import onnx_report, validate
 from yolo_dms.tools.overhead import measure_overhead
 
 ARMS = ("dms", "dms_kd", "dms_scratch", "dms_sgd", "taylor_uniform", "magnitude_uniform", "magnitude_global",
-        "uniform")
+        "uniform", "reference")
 DEFAULTS = {
     "data": "", "model": "yolov8s.yaml", "target": 0.5, "epochs": 20, "search_epochs": 10, "imgsz": 128,
     "batch": 16, "seeds": "0,1", "arms": "", "out": "runs/dms/benchmark", "n_train": 512,
     "n_val": 128, "latency_runs": 100, "device": None, "workers": 2, "cache": False, "overhead": True,
+    "teacher": "",
 }
 # arm -> the search it starts from (also its run name), and that search's own settings: `search_taylor` has its
 # structure frozen (0: the keep ratios never move), `search_sgd` steps the keep ratios with normalized SGD
@@ -193,7 +199,9 @@ def timed(fn: Callable[[], object]) -> tuple[object, float]:
     return fn(), (time.time() - start) / 60
 
 
-def run_seed(seed: int, arms: list[str], options: dict, data: Path, cfg: dict, budget: float) -> list[dict]:
+def run_seed(
+    seed: int, arms: list[str], options: dict, data: Path, cfg: dict, budget: float, names: dict
+) -> list[dict]:
     """All arms for one seed; one row each, with the wall time of each phase.
 
     Phases: `structure_min` (the search, shared by the arms that use the same one; for the magnitude arms the
@@ -211,8 +219,23 @@ def run_seed(seed: int, arms: list[str], options: dict, data: Path, cfg: dict, b
             shared[key] = timed(fn)
         return shared[key]
 
+    def reference() -> tuple[Path, float]:
+        """The unpruned model trained for E epochs, and its minutes (once per seed)."""
+        return once("reference", lambda: train(model, data, epochs, seed, out, "reference", options))
+
+    def teacher() -> tuple[str, float]:
+        """The distillation teacher (see `dms_kd`) and the minutes spent training it here."""
+        if options["teacher"]:
+            return str(options["teacher"]).replace("{seed}", str(seed)), 0.0
+        if is_checkpoint(model) and trained_on(model, names):
+            return model, 0.0
+        weights, minutes = reference()
+        return str(weights), minutes
+
     def structure(arm: str) -> tuple[Callable[[], Path], float]:
         """(The arm's final training, still to run; the minutes spent fixing its structure)."""
+        if arm == "reference":
+            return lambda: reference()[0], 0.0
         if arm == "uniform":
             path = write_model_yaml(uniform_yaml(cfg, budget, imgsz), out / "uniform.yaml",
                                     "Uniformly scaled baseline written by the yolo-dms benchmark")
@@ -227,8 +250,11 @@ def run_seed(seed: int, arms: list[str], options: dict, data: Path, cfg: dict, b
         pruned, search_min = once(name, lambda: search(model, data, budget, seed, out, name, options, **settings))
         if arm == "dms_scratch":
             return lambda: train(pruned.parent / "searched.yaml", data, rest, seed, out, arm, options), search_min
-        teacher = {"distill_model": model} if arm == "dms_kd" else {}
-        return lambda: train(pruned, data, rest, seed, out, arm, options, **teacher), search_min
+        if arm == "dms_kd":
+            distill_model, teacher_min = teacher()
+            return (lambda: train(pruned, data, rest, seed, out, arm, options, distill_model=distill_model),
+                    search_min + teacher_min)
+        return lambda: train(pruned, data, rest, seed, out, arm, options), search_min
 
     def score(weights: Path, arm: str) -> dict:
         """GFLOPs, params, both mAPs and ONNX Runtime latency; `latency_runs=0` skips ONNX (NaN), for runs that
@@ -345,8 +371,6 @@ def run_benchmark(**overrides) -> str:
         raise DMSError("search_epochs must be at least 1 and below epochs (the arms then train for the rest)")
     if not 0 < float(options["target"]) <= 1:
         raise DMSError(f"target must lie in (0, 1] (a fraction of the model's GFLOPs), got {options['target']}")
-    if "dms_kd" in arms and not model.endswith(".pt"):
-        raise DMSError("the dms_kd arm distils from the starting checkpoint, so it needs model=<.pt>")
     out = Path(options["out"]).resolve()
     options["out"] = out
     out.mkdir(parents=True, exist_ok=True)
@@ -357,7 +381,7 @@ def run_benchmark(**overrides) -> str:
     budget = float(options["target"]) * deployed_gflops(DetectionModel(copy.deepcopy(cfg), verbose=False), options["imgsz"])
     seeds = options["seeds"]  # "0,1" from Python, (0, 1) once the CLI has typed it
     seeds = [int(x) for x in (seeds if isinstance(seeds, list | tuple) else str(seeds).split(",")) if str(x).strip()]
-    rows = [row for seed in seeds for row in run_seed(seed, arms, options, data, cfg, budget)]
+    rows = [row for seed in seeds for row in run_seed(seed, arms, options, data, cfg, budget, info["names"])]
     overhead = ""
     if options["overhead"]:
         device = select_device(options["device"], verbose=False).type
