@@ -17,7 +17,7 @@ from yolo_dms.core.latency import resource_model
 from yolo_dms.core.latency_backends import latency_backend
 from yolo_dms.core.model_io import load_detection_model, load_search_checkpoint, resolve_model
 from yolo_dms.core.supernet import Supernet
-from yolo_dms.search.settings import RESOURCES, SearchSettings, load_defaults
+from yolo_dms.search.settings import RECIPES_DIR, RESOURCES, SearchSettings, load_defaults
 from yolo_dms.search.trainer import DMSTrainer
 
 
@@ -38,11 +38,25 @@ def check_train_arguments(train: dict) -> None:
 BUDGET_KEYS = {"target", *RESOURCES}
 
 
-def load_recipe(path: str | Path) -> dict:
+def recipe_names() -> list[str]:
+    """The recipes packaged with yolo-dms, by the name `cfg=` takes."""
+    return sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
+
+
+def recipe_path(cfg: str | Path) -> Path:
+    """`cfg=` as a file, else as the name of a packaged recipe (`pretrained-short`, or `pretrained-short.yaml`)."""
+    path = Path(cfg)
+    if path.is_file():
+        return path
+    packaged = RECIPES_DIR / f"{path.stem}.yaml"
+    if path.name in {path.stem, packaged.name} and path.parent == Path(".") and packaged.is_file():
+        return packaged
+    raise DMSError(f"cfg '{cfg}' is neither a file nor a packaged recipe; recipes: {', '.join(recipe_names())}")
+
+
+def load_recipe(cfg: str | Path) -> dict:
     """A search recipe (`cfg=`, as Ultralytics takes it): a YAML of DMS settings and train arguments."""
-    path = Path(path)
-    if not path.is_file():
-        raise DMSError(f"cfg file '{path}' does not exist (recipes ship in the repository's cfg/ folder)")
+    path = recipe_path(cfg)
     try:
         recipe = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
@@ -81,7 +95,7 @@ def preflight(model: str, nc: int, imgsz: int, settings: SearchSettings, device)
         )
     supernet = DMSTrainer.wrap(source, settings)
     backend = latency_backend(settings.latency_backend, device)
-    resources = resource_model(supernet, imgsz, settings.resource, backend)  # latency: measured here, then cached
+    resources = resource_model(supernet, imgsz, settings.resource, backend, refresh=settings.latency_refresh)
     return resolve_budget(supernet, resources, settings)
 
 
@@ -137,10 +151,11 @@ def resume_overrides(arguments: dict) -> dict:
     return {**arguments, "resume": last, "model": last}
 
 
-def run_search(arguments: dict) -> DMSTrainer:
-    """Search as the CLI does: `arguments` are `yolo-dms search` key=value pairs, already typed."""
+def run_search(arguments: dict, callbacks: dict | None = None) -> DMSTrainer:
+    """Search as `yolo-dms search` and `DMS(model).search()` do: `arguments` are its key=value pairs, already
+    typed; `callbacks` are Ultralytics callbacks by event (its defaults when None)."""
     if arguments.get("resume"):
-        trainer = DMSTrainer(overrides=resume_overrides(arguments))
+        trainer = DMSTrainer(overrides=resume_overrides(arguments), _callbacks=callbacks)
     else:
         dms, train = split_arguments(arguments)
         settings = SearchSettings.from_arguments(dms)
@@ -151,6 +166,6 @@ def run_search(arguments: dict) -> DMSTrainer:
         imgsz = train.get("imgsz", DEFAULT_CFG_DICT["imgsz"])
         preflight(train["model"], data["nc"], imgsz if isinstance(imgsz, int) else max(imgsz), settings,
                   train.get("device"))
-        trainer = DMSTrainer(overrides=train, settings=settings)
+        trainer = DMSTrainer(overrides=train, _callbacks=callbacks, settings=settings)
     trainer.train()
     return trainer

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import get_args, get_type_hints
 
 import yaml
 
@@ -13,9 +14,12 @@ from yolo_dms.core.handlers.base import default_hidden_divisor
 from yolo_dms.core.latency_backends import BACKENDS
 
 DEFAULTS_FILE = Path(__file__).parents[1] / "cfg" / "default.yaml"
+RECIPES_DIR = DEFAULTS_FILE.parent / "search"  # packaged recipes, taken by name: cfg=pretrained-short
 
 
 RESOURCES = ("gflops", "params", "latency")  # budgets: GFLOPs, a count of parameters, milliseconds
+ACCEPTED = {float: (int, float), int: (int,), str: (str,), bool: (bool,)}  # a setting's annotated type: the values it accepts
+A_TYPE = {float: "a number", int: "an integer", str: "a word", bool: "True or False"}
 
 
 class SettingsError(DMSError):
@@ -37,6 +41,7 @@ class SearchSettings:
     latency: float | None = None
     resource: str = "gflops"
     latency_backend: str = "auto"
+    latency_refresh: bool = False  # measure the latency table again instead of reading its cache
     divisor: int = 8
     resource_weight: float = 1.0
     structure_lr: float | None = None  # None: sized to the run (schedule.SearchSchedule.auto_structure_lr)
@@ -59,6 +64,9 @@ class SearchSettings:
         budget that also names the resource. Two budgets, or an absolute budget of another resource than
         `resource=`, are contradictions.
         """
+        unknown = sorted(set(arguments) - cls.names())
+        if unknown:
+            raise SettingsError(f"unknown DMS setting '{unknown[0]}'; valid: {', '.join(sorted(cls.names()))}")
         values = {**load_defaults()["dms"], **arguments}
         absolute = [k for k in RESOURCES if arguments.get(k) is not None]
         if len(absolute) > 1 or (absolute and arguments.get("target") is not None):
@@ -74,6 +82,7 @@ class SearchSettings:
 
     def validate(self) -> None:
         """Refuse values the search cannot work with, naming the setting."""
+        self.check_types()
         if self.resource not in RESOURCES:
             raise SettingsError(f"resource must be one of {', '.join(RESOURCES)}, got {self.resource}")
         if self.target is None and getattr(self, self.resource) is None:
@@ -111,6 +120,16 @@ class SearchSettings:
             )
         if not 0 < self.importance_decay < 1:
             raise SettingsError(f"importance_decay must lie in (0, 1), got {self.importance_decay}")
+
+    def check_types(self) -> None:
+        """Refuse a value of the wrong type (`target=abc`, `divisor=8.0`) before any range check compares it."""
+        for name, hint in get_type_hints(type(self)).items():
+            allowed, value = get_args(hint) or (hint,), getattr(self, name)
+            if value is None and type(None) in allowed:
+                continue
+            expected = next(t for t in allowed if t is not type(None))
+            if isinstance(value, bool) is not (expected is bool) or not isinstance(value, ACCEPTED[expected]):
+                raise SettingsError(f"{name} must be {A_TYPE[expected]}, got {value!r}")
 
     @property
     def hidden_divisor(self) -> int:

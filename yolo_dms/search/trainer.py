@@ -41,7 +41,7 @@ from yolo_dms.core.supernet import Supernet
 from yolo_dms.search.distributed import broadcast_keep_ratios
 from yolo_dms.search.schedule import FINAL_LR_FACTOR, SearchSchedule
 from yolo_dms.search.search_log import SearchLog, plot_search, plot_structure, structure_columns
-from yolo_dms.search.settings import SearchSettings
+from yolo_dms.search.settings import SearchSettings, load_defaults
 from yolo_dms.search.structure_step import StructureStep
 
 TRACE_ROWS = 2000  # search.csv keeps about this many steps, however long the run
@@ -323,7 +323,16 @@ class DMSTrainer(DetectionTrainer):
         if RANK not in {-1, 0}:
             return
         result = self.export_result
-        self.metrics = {k: v for k, v in metrics.items() if k != "fitness"}
+        self.metrics = {  # what loggers get: pruned.pt's metrics and the DMS figures (the budget as dms/target)
+            **{k: v for k, v in metrics.items() if k != "fitness"},
+            "dms/budget": self.budget,
+            "dms/GFLOPs": result.gflops,
+            "dms/params": result.params,
+            "dms/fit_factor": self.fit.get("factor", 1.0),
+        }
+        self.epoch += 1  # as stock final_eval: logger integrations record the final figures at step epochs + 1
+        self.run_callbacks("on_fit_epoch_end")
+        self.epoch -= 1
         LOGGER.info(
             f"\n{colorstr('DMS search done:')} {result.gflops:.4g} GFLOPs at imgsz={self.args.imgsz}, "
             f"{result.params:,} parameters (budget {self.describe(self.budget)}, supernet {self.describe(self.full)}), "
@@ -392,3 +401,17 @@ class DMSTrainer(DetectionTrainer):
                 f"ms, measured {summary['latency']['measured_ms']:.3f} ms, budget {self.budget:.3f} ms"
             )
         (self.save_dir / "search.json").write_text(json.dumps(summary, indent=2))
+
+    @classmethod
+    def configured(cls, **settings) -> type[DMSTrainer]:
+        """This trainer bound to DMS settings, for `YOLO(model).train(trainer=DMSTrainer.configured(target=0.5),
+        data=..., epochs=...)`: Ultralytics takes a trainer class and refuses keys it does not know, so the settings
+        travel in the class. The search's defaults for train arguments (`project=dms`, `name=search`, `patience`)
+        apply under the caller's, as in `yolo-dms search`; a bad setting raises `DMSError` here."""
+        bound, search_defaults = SearchSettings.from_arguments(settings), load_defaults()["train"]
+
+        class ConfiguredDMSTrainer(cls):
+            def __init__(self, cfg=DEFAULT_CFG, overrides=None, _callbacks=None, settings=None):
+                super().__init__(cfg, {**search_defaults, **(overrides or {})}, _callbacks, settings or bound)
+
+        return ConfiguredDMSTrainer
