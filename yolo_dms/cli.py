@@ -12,38 +12,18 @@ from collections.abc import Callable
 from contextlib import contextmanager
 
 from yolo_dms.core.errors import DMSError
-
-USAGE = """Usage: yolo-dms MODE key=value ...
-
-Modes:
-  search  model=<yaml|pt> data=<yaml> target=0.5 | gflops=G | params=P | latency=MS  [any Ultralytics train
-          argument]  search every width and depth under the budget; writes searched.yaml, pruned.pt, search.json
-          DMS settings (defaults in yolo_dms/cfg/default.yaml): target, resource (gflops|params|latency), gflops,
-          params, latency, latency_backend (auto|onnxruntime|torch), divisor, resource_weight, structure_lr,
-          structure_optimizer, target_schedule, refine, width_lam, depth_lam, importance_decay
-          cfg=cfg/search/<recipe>.yaml takes settings from a recipe (the command line wins)
-          resume=True (or resume=path/to/last.pt) continues an interrupted search
-  export  model=<search checkpoint> [out=dir] [imgsz=N]   searched.yaml and pruned.pt from any search checkpoint
-  expand  model=<yaml|pt> width=1.5 depth=2.0 [out=file.yaml] [nc=N]   a larger supernet YAML
-  info    model=<yaml|pt> [imgsz=640|[h,w]] [nc=N] [latency=True] [latency_backend=auto] [device=cpu]
-          per-layer widths, depths, GFLOPs, parameters and, with latency=True, predicted milliseconds (ONNX
-          Runtime on the CPU; PyTorch with latency_backend=torch, FP16 on a GPU device)
-  demo    [out=runs/dms/demo]   generate data, search yolov8n at 50% GFLOPs, fine-tune, export ONNX, compare
-  benchmark [model=yolov8s.yaml] [target=0.5] [epochs=20] [search_epochs=10] [seeds=0,1] [arms=...] [data=...]
-          DMS against uniform scaling and magnitude pruning at equal GFLOPs and epochs (see docs/BENCHMARKS.md)
-  help    this message
-
-model= and data= resolve as in 'yolo train' in every mode: yolov8n.pt from here, the weights directory or the
-Ultralytics releases; coco8.yaml from the YAMLs Ultralytics ships, its images under the datasets directory.
-Add debug=True to any mode to see a traceback instead of a one-line error.
-
-Examples:
-  yolo-dms search model=yolov8n.pt data=coco8.yaml target=0.5 epochs=10
-  yolo-dms search model=yolov8n.yaml data=my.yaml gflops=4.0 imgsz=640 batch=32
-  yolo-dms search model=yolov8s.pt data=my.yaml resource=latency target=0.6 device=0 divisor=16
-  yolo-dms export model=runs/detect/dms/search/weights/last.pt
-  yolo-dms expand model=yolov8n.yaml width=1.5 depth=2.0 out=yolov8n-x1.5.yaml
-"""
+from yolo_dms.usage import (
+    BENCHMARK,
+    DEMO,
+    EXPAND,
+    EXPORT,
+    INFO,
+    USAGE,
+    export_help,
+    mode_help,
+    search_help,
+    with_defaults,
+)
 
 
 class UsageError(DMSError):
@@ -60,7 +40,7 @@ def parse_arguments(pairs: list[str], allowed: set[str] | None = None) -> dict[s
         if not sep or not key:
             raise UsageError(f"argument '{pair}' is not of the form key=value")
         if allowed is not None and key not in allowed | {"debug"}:
-            raise UsageError(f"unknown argument '{key}'; valid arguments: {', '.join(sorted(allowed))}")
+            raise UsageError(f"unknown argument '{key}'; valid arguments: {', '.join(sorted(allowed)) or 'none'}")
         parsed[key] = smart_value(value)
     parsed.pop("debug", None)
     return parsed
@@ -80,16 +60,40 @@ def search(args: list[str]) -> None:
 
 
 def export(args: list[str]) -> None:
-    """Write searched.yaml and pruned.pt from a search checkpoint, fitted under its budget."""
+    """Write searched.yaml and pruned.pt from a search checkpoint, fitted under its budget; with `format=`, hand
+    pruned.pt to Ultralytics' exporter too."""
     from yolo_dms.core.export import export_checkpoint
+    from yolo_dms.search.run import check_train_arguments
 
-    options = parse_arguments(args, {"model", "out", "imgsz"})
+    options = parse_arguments(args)
+    exporter_options = {k: v for k, v in options.items() if k not in EXPORT}
+    parse_arguments(args, set(EXPORT) | format_arguments(options.get("format")))  # refuses what the format cannot take
+    if "format" in options:
+        check_train_arguments({"format": options["format"], **exporter_options})
     result = export_checkpoint(
         required(options, "model", "export", "model=runs/detect/dms/search/weights/last.pt"),
         options.get("out"),
         options.get("imgsz"),
     )
     print(f"{result.gflops:.4g} GFLOPs, {result.params:,} parameters\n{result.yaml_path}\n{result.weights_path}")
+    if "format" in options:
+        from ultralytics import YOLO
+
+        size = {"imgsz": options["imgsz"]} if "imgsz" in options else {}  # else pruned.pt's: the search's
+        print(YOLO(str(result.weights_path)).export(format=options["format"], **size, **exporter_options))
+
+
+def format_arguments(fmt: object) -> set[str]:
+    """The `yolo export` arguments format `fmt` takes (none without a format), as Ultralytics lists them."""
+    if fmt is None:
+        return set()
+    from ultralytics.engine.exporter import export_formats
+
+    formats = export_formats()
+    names = [name for name in formats["Argument"] if name != "-"]
+    if fmt not in names:
+        raise UsageError(f"unknown export format '{fmt}'; valid formats: {', '.join(names)}")
+    return {"device", *formats["Arguments"][list(formats["Argument"]).index(fmt)]}
 
 
 def expand(args: list[str]) -> None:
@@ -99,7 +103,7 @@ def expand(args: list[str]) -> None:
     from yolo_dms.core.expand import expanded_yaml
     from yolo_dms.core.model_io import write_model_yaml
 
-    options = parse_arguments(args, {"model", "width", "depth", "out", "nc"})
+    options = parse_arguments(args, set(EXPAND))
     source = str(required(options, "model", "expand", "model=yolov8n.yaml width=1.5 depth=2.0"))
     width, depth = float(options.get("width", 1.0)), float(options.get("depth", 1.0))
     out = Path(str(options.get("out") or f"{Path(source).stem}-w{width:g}-d{depth:g}.yaml"))
@@ -113,7 +117,7 @@ def info(args: list[str]) -> None:
     from yolo_dms.core.report import layer_table
     from yolo_dms.core.supernet import Supernet
 
-    options = parse_arguments(args, {"model", "imgsz", "nc", "latency", "latency_backend", "device"})
+    options = parse_arguments(args, set(INFO))
     model = required(options, "model", "info", "model=yolov8s.yaml")
     supernet = Supernet.from_source(str(model), nc=options.get("nc"))
     backend = None
@@ -143,7 +147,7 @@ def demo(args: list[str]) -> None:
     with tools_extra("demo"):
         from yolo_dms.tools.demo import run_demo
 
-        run_demo(**parse_arguments(args, {"out", "epochs", "search_epochs", "finetune_epochs", "imgsz"}))
+        run_demo(**parse_arguments(args, set(DEMO)))
 
 
 def benchmark(args: list[str]) -> None:
@@ -154,6 +158,41 @@ def benchmark(args: list[str]) -> None:
         run_benchmark(**parse_arguments(args, set(DEFAULTS)))
 
 
+def version(args: list[str]) -> None:
+    """yolo-dms's version and those of the libraries it runs on."""
+    import platform
+
+    import torch
+    import ultralytics
+
+    import yolo_dms
+
+    parse_arguments(args, set())
+    print(
+        f"yolo-dms {yolo_dms.__version__}\nultralytics {ultralytics.__version__}\ntorch {torch.__version__}\n"
+        f"python {platform.python_version()}"
+    )
+
+
+def demo_help() -> str:
+    import inspect
+
+    with tools_extra("demo"):
+        from yolo_dms.tools.demo import run_demo
+
+    defaults = {name: p.default for name, p in inspect.signature(run_demo).parameters.items()}
+    summary = "generate data, train yolov8n, search it at 50% of its GFLOPs, fine-tune, export ONNX, compare"
+    return mode_help("demo", summary, with_defaults(DEMO, defaults))
+
+
+def benchmark_help() -> str:
+    with tools_extra("benchmark"):
+        from yolo_dms.tools.benchmark import DEFAULTS
+
+    summary = "DMS against other pruning and uniform scaling at equal GFLOPs and epochs (see docs/BENCHMARKS.md)"
+    return mode_help("benchmark", summary, with_defaults(BENCHMARK, DEFAULTS))
+
+
 COMMANDS: dict[str, Callable[[list[str]], None]] = {
     "search": search,
     "export": export,
@@ -161,6 +200,16 @@ COMMANDS: dict[str, Callable[[list[str]], None]] = {
     "info": info,
     "demo": demo,
     "benchmark": benchmark,
+    "version": version,
+}
+HELP: dict[str, Callable[[], str]] = {
+    "search": search_help,
+    "export": export_help,
+    "expand": lambda: mode_help("expand", "write a wider and deeper supernet YAML to search from", EXPAND),
+    "info": lambda: mode_help("info", "per-layer widths, depths, GFLOPs, parameters (and milliseconds)", INFO),
+    "demo": demo_help,
+    "benchmark": benchmark_help,
+    "version": lambda: "yolo-dms version\nprints the versions of yolo-dms, Ultralytics, torch and Python",
 }
 
 
@@ -175,7 +224,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if mode not in COMMANDS:
             raise UsageError(f"unknown mode '{mode}'; valid modes: {', '.join(COMMANDS)}, help")
-        COMMANDS[mode](args)
+        if args and args[0] in {"help", "-h", "--help"}:
+            print(HELP[mode]())
+        else:
+            COMMANDS[mode](args)
     except DMSError as e:
         if debug:
             raise

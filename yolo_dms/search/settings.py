@@ -18,7 +18,7 @@ RECIPES_DIR = DEFAULTS_FILE.parent / "search"  # packaged recipes, taken by name
 
 
 RESOURCES = ("gflops", "params", "latency")  # budgets: GFLOPs, a count of parameters, milliseconds
-ACCEPTED = {float: (int, float), int: (int,), str: (str,), bool: (bool,)}  # a setting's annotated type: the values it accepts
+ACCEPTED = {float: (int, float), int: (int,), str: (str,), bool: (bool,)}  # a type: the values it takes
 A_TYPE = {float: "a number", int: "an integer", str: "a word", bool: "True or False"}
 
 
