@@ -5,15 +5,18 @@ import torch
 
 from yolo_dms import DepthMask, DerivedWidthMask, WidthMask
 from yolo_dms.core.masks import straight_through
+from yolo_dms.core.topk import straight_through_topk
 
 
 def test_importance_is_moving_average_of_taylor_score():
     mask = WidthMask(size=8, spaces=2, decay=0.9)
     x = torch.arange(1.0, 9.0)
+    relaxation = straight_through_topk(mask.importance.clone(), mask.count())[1]  # the sigmoid, m in the score
     soft = mask.soft_masks(mask.count())  # registers the importance hook
+    assert torch.equal(soft, torch.ones(2, 8))  # keep ratio 1: the forward is untouched
     loss = (soft[0] * x).sum() + (soft[1] * x.flip(0)).sum()
     loss.backward()
-    expected = 0.1 * torch.stack([(soft[0].detach() * x) ** 2, (soft[1].detach() * x.flip(0)) ** 2])
+    expected = 0.1 * torch.stack([(relaxation[0] * x) ** 2, (relaxation[1] * x.flip(0)) ** 2])
     assert torch.allclose(mask.importance, expected)
     assert mask.keep_ratio.grad is not None
 

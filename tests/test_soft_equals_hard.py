@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import random
+from pathlib import Path
 
 import pytest
 import torch
@@ -80,3 +82,33 @@ def test_importance_does_not_depend_on_the_loss_scale(scale):
         (reference.soft_masks(reference.count()) * x).square().sum().backward()
     assert torch.allclose(mask.importance, reference.importance, rtol=1e-5)
     assert mask.importance.sum() > 0
+
+
+TRAINED = Path(__file__).parent / "fixtures" / "yolov8-ultralytics8.1.47-trained-nc5-fp16.pt"
+
+
+def _flat(outputs) -> torch.Tensor:
+    """Every tensor of a model's (nested) outputs, flattened into one vector."""
+    if isinstance(outputs, torch.Tensor):
+        return outputs.flatten()
+    values = outputs.values() if isinstance(outputs, dict) else outputs
+    return torch.cat([_flat(v) for v in values])
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_trained_supernet_is_unperturbed_at_keep_ratio_one(train):
+    """At keep ratio 1 nothing is removed, so the masks leave a trained model's outputs as they were, whatever
+    importance says: the search and its control start from the model the user gave them. (Soft masks that
+    scaled each layer's lowest-ranked channels by 0.62, 0.82, 0.92 moved them by a fifth or more.)"""
+    supernet = Supernet.from_source(str(TRAINED)).float()
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for mask in supernet.masks.values():
+            mask.importance.copy_(torch.rand(mask.importance.shape, generator=gen))
+    assert all(m.keep_ratio.item() == 1.0 for m in supernet.keep_ratio_masks().values())
+    image = torch.rand(2, 3, 64, 64, generator=gen)
+    masked, plain = copy.deepcopy(supernet).train(train), copy.deepcopy(supernet).train(train)
+    with plain.masks_off():
+        expected = _flat(plain(image))
+    found = _flat(masked(image))  # grad enabled, as in the search: straight-through gates and importance hooks
+    assert torch.allclose(found, expected, rtol=1e-5, atol=1e-5 * expected.abs().max().item())

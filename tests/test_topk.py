@@ -1,4 +1,4 @@
-"""The DMS operator: exact hard counts, a useful gradient, and a nearly hard soft mask at lam=1."""
+"""The DMS operator: exact hard counts, a forward that is the hard mask, and a useful gradient."""
 
 import math
 
@@ -24,7 +24,7 @@ def test_hard_mask_keeps_ceil_k_n_highest(n):
         # the kept elements are the highest-scoring ones
         if 0 < expected < n:
             assert scores[kept].min() > scores[~kept].max()
-        assert torch.equal(kept.float(), hard_topk(scores, kept_count(keep.item(), n)))
+        assert torch.equal(mask, hard_topk(scores, kept_count(keep.item(), n)))  # the forward is the hard mask
 
 
 def test_gradient_with_respect_to_keep_ratio_is_nonzero():
@@ -35,15 +35,21 @@ def test_gradient_with_respect_to_keep_ratio_is_nonzero():
         assert keep.grad is not None and keep.grad.item() > 0  # a larger keep ratio keeps more
 
 
-@pytest.mark.parametrize("n", [64, 256, 1024])
-def test_soft_mask_is_nearly_hard_at_lam_one(n):
-    scores = torch.randn(n)
-    for k in (0.2, 0.5, 0.77):
-        keep = torch.tensor(k)
-        soft = differentiable_topk(scores, keep, lam=1.0)
-        hard = (soft > 0.5).float()
-        far = int(((soft - hard).abs() > 0.05).sum())
-        assert far <= 6, f"{far} elements are more than 0.05 away from the hard mask"
+@pytest.mark.parametrize("lam", [1.0, 4.0, 8.0])
+def test_nothing_is_scaled_at_keep_ratio_one_yet_the_keep_ratio_learns(lam):
+    """A trained model must start the search as it was: every element exactly 1 at keep ratio 1, while the
+    gradient still tells the keep ratio which way to move, from the lowest-ranked elements outward."""
+    scores = torch.randn(32)
+    keep = torch.tensor(1.0, requires_grad=True)
+    mask = differentiable_topk(scores, keep, lam)
+    assert torch.equal(mask, torch.ones(32))
+    weights = torch.linspace(-1.0, 1.0, 32)
+    (mask * weights).sum().backward()
+    expected = torch.autograd.functional.jacobian(
+        lambda k: torch.sigmoid(lam * (ranks(scores).double() - 32 * (1 - k) - 0.5)), torch.tensor(1.0).double()
+    )
+    assert keep.grad.item() == pytest.approx((weights.double() * expected).sum().item(), rel=1e-5)
+    assert keep.grad.item() != 0
 
 
 def test_ranks_spread_scores_evenly_and_break_ties_by_position():

@@ -11,12 +11,48 @@ import math
 import torch
 from torch import nn
 
-from yolo_dms.core.topk import hard_topk, kept_count, kept_count_tensor, kept_indices, soft_topk
+from yolo_dms.core.topk import hard_topk, kept_count, kept_count_tensor, kept_indices, straight_through_topk
 
 
 def straight_through(hard: float | torch.Tensor, soft: torch.Tensor) -> torch.Tensor:
     """A value that reads `hard` in the forward pass and carries the gradient of `soft` in the backward pass."""
     return soft - soft.detach() + hard
+
+
+def keep_ratio_counts(keep_ratio: torch.Tensor, size, divisor) -> torch.Tensor:
+    """Straight-through counts of keep-ratio masks (one or a vector of them), float64 on the keep ratios' device.
+
+    Value: `ceil(k N)` rounded half to even to a multiple of `divisor` (at least one multiple where `divisor` >
+    1), at most N, exactly `KeepRatioMask.hard_count`; gradient: that of the continuous count `k N`.
+    """
+    size = torch.as_tensor(size, dtype=torch.float64, device=keep_ratio.device)
+    divisor = torch.as_tensor(divisor, dtype=torch.float64, device=keep_ratio.device)
+    exact = kept_count_tensor(keep_ratio, size)
+    rounded = torch.maximum(torch.round(exact / divisor) * divisor, divisor)  # torch.round and round: half to even
+    exact = torch.minimum(torch.where(divisor > 1, rounded, exact), size)
+    return straight_through(exact, (keep_ratio * size.to(keep_ratio.dtype)).double())
+
+
+def derived_counts(source_count: torch.Tensor, div, floor, size) -> torch.Tensor:
+    """Straight-through counts of derived masks from their sources' summed straight-through count (vectors or
+    scalars): value `min(size, max(floor, source // div))` as `parse_model` computes it, gradient of the
+    continuous `source / div` (zero where the floor or the size holds it)."""
+    low, high = (torch.as_tensor(v, dtype=torch.float64, device=source_count.device) for v in (floor, size))
+    exact = torch.div(source_count.detach(), div, rounding_mode="floor").clamp(low, high)
+    return straight_through(exact, torch.clamp(source_count / div, low, high).double())
+
+
+def taylor_update(
+    importance: torch.Tensor, relaxation: torch.Tensor, grad: torch.Tensor, grad_scale, decay, keep
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(Moving average `decay * importance + keep * (m dL/dm)^2`, whether each row's score is finite).
+
+    `m` is the mask's relaxation (the sigmoid), so the elements just removed keep a score and can return;
+    `keep` is `1 - decay` computed in float64 as the caller's float32 would not. `grad_scale` (AMP's loss scale,
+    a float or a tensor read without a host sync) is divided out so importance does not depend on it.
+    """
+    score = (relaxation * grad / grad_scale).float().pow(2).to(importance.dtype)
+    return importance * decay + score * keep, torch.isfinite(score).all(-1)
 
 
 class ImportanceMask(nn.Module):
@@ -46,18 +82,18 @@ class ImportanceMask(nn.Module):
         return self
 
     def soft_masks(self, count: torch.Tensor, track: bool = True) -> torch.Tensor:
-        """Soft masks (spaces x size) for a straight-through element `count` (its value the hard count).
+        """Training masks (spaces x size) for a straight-through element `count` (its value the hard count).
 
-        `(masks > 0.5).sum(1)` equals the count's value in every space, so soft training and pruning agree on
-        which elements are kept. With `track`, in a grad-enabled pass, the task gradient reaching these masks
-        updates importance; the resource model reads masks untracked so the FLOPs gradient never counts as
-        importance.
+        Straight-through (`topk.straight_through_topk`): the value is the hard mask, exactly the elements
+        pruning keeps (all ones when nothing is removed), the gradient that of the sigmoid relaxation. With
+        `track`, in a grad-enabled pass, the task gradient reaching these masks updates importance; the
+        resource model reads masks untracked so the FLOPs gradient never counts as importance.
         """
-        masks = soft_topk(self.importance, count, self.lam).to(self.importance.dtype)
+        masks, relaxation = straight_through_topk(self.importance, count, self.lam)
         if track and torch.is_grad_enabled():
             if not masks.requires_grad:
                 masks.requires_grad_()
-            masks.register_hook(self._accumulate_taylor(masks.detach()))
+            masks.register_hook(self._accumulate_taylor(relaxation.detach()))
         return masks
 
     def hard_masks(self, count: int) -> torch.Tensor:
@@ -68,14 +104,15 @@ class ImportanceMask(nn.Module):
         """Per space, the sorted indices of the elements that pruning keeps."""
         return [kept_indices(row, count) for row in self.importance]
 
-    def _accumulate_taylor(self, masks: torch.Tensor):
-        """Gradient hook folding `(m * dL/dm)^2` into the moving average; a non-finite step (an AMP overflow)
-        leaves importance as it was. Decided on the device, so the backward pass never waits for the host."""
+    def _accumulate_taylor(self, relaxation: torch.Tensor):
+        """Gradient hook folding `(m * dL/dm)^2` into the moving average (`taylor_update`); a non-finite step (an
+        AMP overflow) leaves importance as it was. Decided on the device, so the backward pass never waits."""
 
         def hook(grad: torch.Tensor) -> None:
-            score = (masks * grad / self.grad_scale).float().pow(2).to(self.importance.dtype)
-            updated = self.importance * self.decay + score * (1.0 - self.decay)
-            self.importance.copy_(torch.where(torch.isfinite(score).all(), updated, self.importance))
+            updated, finite = taylor_update(
+                self.importance, relaxation, grad, self.grad_scale, self.decay, 1.0 - self.decay
+            )
+            self.importance.copy_(torch.where(finite.all(), updated, self.importance))
 
         return hook
 
@@ -123,11 +160,7 @@ class KeepRatioMask(ImportanceMask):
 
         Soft masks take it as their threshold, so training sees the rounded width that pruning will keep.
         """
-        exact = kept_count_tensor(self.keep_ratio, self.size)
-        if self.divisor > 1:  # torch.round and Python's round both round half to even
-            exact = (torch.round(exact / self.divisor) * self.divisor).clamp(min=self.divisor)
-        soft = self.soft_count().double()
-        return soft - soft.detach() + exact.clamp(max=self.size)
+        return keep_ratio_counts(self.keep_ratio, self.size, self.divisor)
 
     def soft_count(self) -> torch.Tensor:
         """Continuous count `k N`, the quantity the resource loss differentiates."""
@@ -165,12 +198,6 @@ class DerivedWidthMask(ImportanceMask):
         """Hard count from the sources' summed hard count, exactly as `parse_model` and `Detect` compute it."""
         return min(self.size, max(self.floor, source_count // self.div))
 
-    def derive_soft(self, source_count: torch.Tensor) -> torch.Tensor:
-        """Continuous count from the sources' continuous count, differentiable in their keep ratios."""
-        return torch.clamp(source_count / self.div, min=float(self.floor), max=float(self.size))
-
     def derive_count(self, source_count: torch.Tensor) -> torch.Tensor:
         """Straight-through count from the sources' straight-through count: value `derive_hard`, soft gradient."""
-        exact = torch.div(source_count.detach(), self.div, rounding_mode="floor").clamp(self.floor, self.size)
-        soft = self.derive_soft(source_count).double()
-        return soft - soft.detach() + exact
+        return derived_counts(source_count, self.div, self.floor, self.size)

@@ -2,6 +2,13 @@
 
 The keep ratio `k` of a dimension is one learnable scalar. Scores are replaced by their rank fraction so
 that moving `k` by 1/N adds or removes exactly one element, which is what makes the soft mask smooth in `k`.
+
+The mask is straight-through: its forward value is the hard top-k mask (exactly 0 or 1, what pruning keeps),
+its gradient that of the DMS sigmoid relaxation. The count that sets the threshold is itself straight-through
+(its value the whole number of kept elements), so the relaxation only ever served the backward pass; used as
+the forward value it scaled the last kept element by sigmoid(1/2) = 0.62 and the next ones by 0.82 and 0.92
+(also at keep ratio 1, where nothing is removed), and let 0.38, 0.18, 0.08 of the first removed ones through,
+which moved a trained model's outputs by a fifth before the search had cut anything.
 """
 
 from __future__ import annotations
@@ -32,37 +39,48 @@ def kept_count(keep_ratio: float, n: int) -> int:
     return min(n, max(0, math.ceil(float(keep_ratio) * n - BOUNDARY_SLACK)))
 
 
-def kept_count_tensor(keep_ratio: torch.Tensor, n: int) -> torch.Tensor:
-    """`kept_count` computed on the tensor's device (float64, no host synchronization), bit for bit the same."""
-    return torch.ceil(keep_ratio.detach().double() * n - BOUNDARY_SLACK).clamp(0, n)
+def kept_count_tensor(keep_ratio: torch.Tensor, n: int | torch.Tensor) -> torch.Tensor:
+    """`kept_count` computed on the tensor's device (float64, no host synchronization), bit for bit the same.
+
+    `keep_ratio` and `n` may be vectors (one entry per mask)."""
+    n = torch.as_tensor(n, dtype=torch.float64, device=keep_ratio.device)
+    return torch.minimum(torch.ceil(keep_ratio.detach().double() * n - BOUNDARY_SLACK).clamp(min=0), n)
 
 
-# A mask this far below the threshold is exactly 0 (sigmoid(-30) is 1e-13, nothing to any gradient that matters).
-# Left to the sigmoid it would be a denormal float in float32, and denormal gates make every convolution they
-# reach, forward and backward, many times slower on CPUs: a search slowed from 15 s to 46 s per epoch as
-# channels closed.
-FAR_BELOW = 30.0
+def straight_through_topk(
+    scores: torch.Tensor, count: torch.Tensor, lam: float | torch.Tensor = 1.0, sizes: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k masks over the last dimension of `scores` for a straight-through element `count`, unchecked.
 
-
-def soft_topk(scores: torch.Tensor, count: torch.Tensor, lam: float = 1.0) -> torch.Tensor:
-    """Soft top-k over the last dimension of `scores` for a (straight-through) element `count`, unchecked.
-
-    `logit = lam * (rank - (N - count) - 1/2)`: with an integer-valued count the threshold falls halfway between
-    the last kept and the first removed element, so `(mask > 0.5).sum()` is exactly `count` for every row, and
-    the gradient in `count` is `lam` times the sigmoid slope. This is the training hot path: no host
-    synchronization, one batched sort for all rows.
+    Returns (mask, relaxation). The mask's value is the hard top-k mask of the count's value (an integer), its
+    gradient that of the relaxation `sigmoid(lam * (rank - (N - count) - 1/2))`, whose threshold falls
+    halfway between the last kept and the first removed element: the gradient in `count` is `lam` times the
+    sigmoid slope, largest for those two. Rows are independent and may differ in `count`, `lam` and, with
+    `sizes`, in length: row `r` then holds its `sizes[r]` scores at its end, after padding that must rank below
+    them (-inf); padded entries are 0. This is the training hot path: no host synchronization, one sort.
     """
-    n = scores.shape[-1]
-    logits = lam * (ranks(scores).double() - (n - count.double()) - 0.5)
-    masks = torch.sigmoid(logits).masked_fill(logits < -FAR_BELOW, 0.0)
-    return masks.to(scores.dtype if scores.is_floating_point() else torch.float32)
+    n = scores.shape[-1] if sizes is None else sizes.double()
+    if scores.ndim > 1:
+        count, lam = _column(count), _column(lam)
+        n = n if sizes is None else _column(n)
+    removed = n - count.double()
+    rank = ranks(scores).double() - (scores.shape[-1] - n)  # the padding takes ranks 0 and below
+    relaxation = torch.sigmoid(lam * (rank - removed - 0.5)).to(torch.float32)
+    hard = (rank > removed.detach()).to(torch.float32)
+    return relaxation - relaxation.detach() + hard, relaxation
+
+
+def _column(value: float | torch.Tensor) -> float | torch.Tensor:
+    """A per-row value shaped to broadcast over the columns of a 2-D input (a scalar stays a scalar)."""
+    return value[:, None] if isinstance(value, torch.Tensor) and value.ndim == 1 else value
 
 
 def differentiable_topk(scores: torch.Tensor, keep_ratio: torch.Tensor, lam: float = 1.0) -> torch.Tensor:
-    """Soft top-k mask of the `ceil(k N)` highest scores, differentiable in `keep_ratio` (DESIGN.md section 2).
+    """Top-k mask of the `ceil(k N)` highest scores, differentiable in `keep_ratio` (DESIGN.md section 2).
 
-    The count is straight-through: its value is `kept_count(keep_ratio, N)`, its gradient that of `k N`, so the
-    hard mask (`mask > 0.5`) keeps exactly the elements pruning keeps while the keep ratio still learns.
+    Straight-through twice: the count reads `kept_count(keep_ratio, N)` with the gradient of `k N`, and the mask
+    reads the hard mask of that count with the gradient of the sigmoid relaxation. Its forward value is exactly
+    what pruning keeps (all ones at `keep_ratio` 1) while the keep ratio still learns.
     """
     if scores.ndim != 1:
         raise ValueError(f"scores must be 1-D, got shape {tuple(scores.shape)}")
@@ -74,7 +92,7 @@ def differentiable_topk(scores: torch.Tensor, keep_ratio: torch.Tensor, lam: flo
         raise ValueError(f"keep_ratio must lie in [0, 1], got {value}")
     n = scores.shape[-1]
     soft = keep_ratio.double() * n
-    return soft_topk(scores, soft - soft.detach() + kept_count_tensor(keep_ratio, n), lam)
+    return straight_through_topk(scores, soft - soft.detach() + kept_count_tensor(keep_ratio, n), lam)[0]
 
 
 def hard_topk(scores: torch.Tensor, count: int) -> torch.Tensor:
