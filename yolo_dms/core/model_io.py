@@ -207,8 +207,12 @@ def format_model_yaml(cfg: dict, header: str = "") -> str:
         return yaml.safe_dump(value, default_flow_style=True, width=10**9, sort_keys=False).strip()
 
     lines = [f"# {line}" for line in header.splitlines()]
-    settings = {k: v for k, v in cfg.items() if k not in {"backbone", "head"}}
+    settings = {k: v for k, v in cfg.items() if k not in {"backbone", "head", "scales"}}
     lines.append(yaml.safe_dump(settings, sort_keys=False, allow_unicode=True).strip())
+    scales = cfg.get("scales")
+    if scales:
+        lines.append("scales: # depth, width, max_channels")
+        lines += [f"  {yaml.safe_dump({name: row}, default_flow_style=None).strip()}" for name, row in scales.items()]
     layer_index = 0
     for key in ("backbone", "head"):
         lines.append(f"{key}:")
@@ -218,10 +222,25 @@ def format_model_yaml(cfg: dict, header: str = "") -> str:
     return "\n".join(lines) + "\n"
 
 
+def with_scales_table(cfg: dict) -> dict:
+    """`cfg` with its multipliers in a one-row `scales` table named by its scale, as a YAML file must carry them.
+
+    Ultralytics takes a YAML file's scale from the file name, `''` for `searched.yaml`, and before 8.4.131 then
+    forces `c3k=True` into every C3k2 layer (`'' in 'mlx'`); given a `scales` table it takes the table's scale.
+    """
+    if cfg.get("scales"):
+        return cfg
+    scale = cfg.get("scale") or "n"
+    multipliers = [cfg.get("depth_multiple", 1.0), cfg.get("width_multiple", 1.0), float("inf")]  # no channel cap
+    settings = {k: v for k, v in cfg.items() if k not in {"scale", "depth_multiple", "width_multiple"}}
+    return {**settings, "scales": {scale: multipliers}}
+
+
 def write_model_yaml(cfg: dict, path: str | Path, header: str = "") -> Path:
-    """Write a model dict as a standard Ultralytics model YAML (atomically)."""
+    """Write a model dict as a standard Ultralytics model YAML (atomically) that builds the same model in every
+    supported Ultralytics version, whatever the file is named."""
     with atomic_path(path) as tmp:
-        tmp.write_text(format_model_yaml(cfg, header))
+        tmp.write_text(format_model_yaml(with_scales_table(cfg), header))
     return Path(path)
 
 

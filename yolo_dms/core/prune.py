@@ -23,7 +23,7 @@ def searched_yaml(supernet: Supernet) -> dict:
     """The supernet's architecture at hard masks as a standard Ultralytics model dict (no `scales`)."""
     counts, blocks = supernet.hard_channel_counts(), supernet.kept_blocks()
     cfg = deepcopy(supernet.yaml)
-    for key in ("scales", "scale", "yaml_file"):
+    for key in ("scales", "yaml_file"):  # `scale` stays: parse_model before 8.4.131 fails on C3k2 without one
         cfg.pop(key, None)
     cfg["depth_multiple"], cfg["width_multiple"] = 1.0, 1.0
     names = getattr(supernet, "names", None)

@@ -15,10 +15,10 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 
+import thop
 import torch
 from torch import nn
 from ultralytics.nn.tasks import DetectionModel
-from ultralytics.utils.torch_utils import get_flops
 
 from yolo_dms.core.handlers import Channels, Space
 from yolo_dms.core.handlers.heads import channels_per_element
@@ -27,11 +27,18 @@ from yolo_dms.core.supernet import Supernet
 
 
 def deployed_gflops(model: DetectionModel, imgsz: int | tuple[int, int] = 640) -> float:
-    """`get_flops` of `model` as deployed: an end-to-end head without the branch `fuse()` drops (YOLO26 keeps
-    both for training), which is what `ResourceModel.gflops()` counts."""
+    """GFLOPs of `model` as deployed, which is what `ResourceModel.gflops()` counts: an end-to-end head without
+    the branch `fuse()` drops (YOLO26 keeps both for training), counted by THOP at the full image size, as
+    `get_flops` counts them since Ultralytics 8.4.x (8.4.0 scales a 32-pixel count, which misses attention's
+    quadratic cost)."""
     deployed = copy.deepcopy(model)
-    deployed.model[-1].fuse()
-    return get_flops(deployed, imgsz)
+    head = deployed.model[-1]
+    if hasattr(head, "one2one"):  # two branches; 8.4.0's `fuse` drops both from a head without a one-to-one one
+        head.fuse()
+    p = next(deployed.parameters())
+    size = (imgsz, imgsz) if isinstance(imgsz, int) else tuple(imgsz)
+    image = torch.empty(1, p.shape[1], *size, dtype=p.dtype, device=p.device)
+    return thop.profile(deployed, inputs=[image], verbose=False)[0] / 1e9 * 2
 
 
 @dataclass(frozen=True)

@@ -195,13 +195,16 @@ class Supernet(DetectionModel):
         finally:
             self._masks_off = False
 
-    def _predict_once(self, x, profile=False, embed=None):
-        """Stock forward with soft masks in train mode and hard masks in eval mode or once the structure is frozen."""
+    def predict(self, x, *args, **kwargs):
+        """Stock forward with soft masks in train mode and hard masks in eval mode or once the structure is frozen.
+
+        Arguments pass through untouched: their list differs between Ultralytics versions (8.4.0 has `visualize`).
+        """
         if getattr(self, "_masks_off", False):
-            return super()._predict_once(x, profile, embed)
+            return super().predict(x, *args, **kwargs)
         self._set_gates(hard=not self.training or self.structure_frozen)
         try:
-            return super()._predict_once(x, profile, embed)
+            return super().predict(x, *args, **kwargs)
         finally:
             self._clear_gates()
 
