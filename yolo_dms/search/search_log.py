@@ -1,35 +1,64 @@
 """The search's own record: a per-step trace (`search.csv`), per-epoch columns for `results.csv`, and plots.
 
-`search.png` shows GFLOPs against the scheduled target over the run; `structure.png` shows every layer's
-width and every C2f's depth in the supernet and in the searched model.
+`search.png` shows the searched resource against the scheduled target over the run; `structure.png` shows every
+layer's width and every CSP layer's depth in the supernet and in the searched model.
 """
 
 from __future__ import annotations
 
 import csv
+import re
+from dataclasses import dataclass
 from pathlib import Path
 
+from yolo_dms.core.handlers.registry import stock_type
 from yolo_dms.core.masks import DepthMask, WidthMask
 from yolo_dms.core.supernet import Supernet
+
+
+@dataclass(frozen=True)
+class ResourceUnit:
+    """How a resource's figures are written: budgets, the log and plots count in the budget's unit (what the user
+    typed: GFLOPs, millions of parameters, ms), the search's files in `unit` (parameters one by one, as Ultralytics
+    counts them), `scale` of which make one budget unit."""
+
+    unit: str
+    axis: str  # plot label, in the budget's unit
+    scale: float = 1.0
+
+    def absolute(self, budget_figure: float) -> float:
+        """A figure in the budget's unit, in `unit`."""
+        return budget_figure * self.scale
+
+
+UNITS = {
+    "gflops": ResourceUnit("GFLOPs", "GFLOPs"),
+    "params": ResourceUnit("parameters", "parameters (M)", 1e6),
+    "latency": ResourceUnit("ms", "latency (ms)"),
+}
 
 
 class SearchLog:
     """Collects (iteration, epoch, resource, target, resource loss) rows and writes them out once per epoch.
 
-    The resource column is named after the budget: `gflops`, or `params` in millions.
+    The resource column is named after the budget (`gflops`, `params`, `latency`); it and the target are in the
+    resource's `UNITS` unit: GFLOPs, parameters (not millions), ms.
     """
 
     def __init__(self, save_dir: str | Path, resource: str = "gflops", every: int = 1) -> None:
         self.path = Path(save_dir) / "search.csv"
         self.columns = ("iteration", "epoch", resource, "target", "resource_loss")
+        self.unit = UNITS[resource]
         self.every = max(1, every)
         self.pending: list[tuple] = []
         self.epoch_losses: list[float] = []
 
     def record(self, iteration: int, epoch: int, value: float, target: float, resource_loss: float) -> None:
-        """Keep every `every`-th step for the trace, and every step for the epoch mean."""
+        """Keep every `every`-th step for the trace, and every step for the epoch mean; `value` and `target` in the
+        budget's unit."""
         self.epoch_losses.append(resource_loss)
         if iteration % self.every == 0:
+            value, target = self.unit.absolute(value), self.unit.absolute(target)
             self.pending.append((iteration, epoch + 1, round(value, 6), round(target, 6), round(resource_loss, 6)))
 
     def end_epoch(self) -> float:
@@ -47,7 +76,7 @@ class SearchLog:
 
 
 def structure_columns(supernet: Supernet) -> dict[str, float]:
-    """Per-epoch `results.csv` columns: kept blocks of every C2f stage."""
+    """Per-epoch `results.csv` columns: kept blocks of every CSP stage."""
     return {
         f"dms/depth_{name.removesuffix('_depth')}": float(mask.hard_count())
         for name, mask in supernet.masks.items()
@@ -56,7 +85,8 @@ def structure_columns(supernet: Supernet) -> dict[str, float]:
 
 
 def plot_search(csv_path: str | Path, out: str | Path, budget: float) -> Path:
-    """The searched resource of the hard structure and the scheduled target over the search."""
+    """The searched resource of the hard structure and the scheduled target over the search, on an axis in the
+    budget's unit (`budget` is in it), labelled by the resource `search.csv` names."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -66,25 +96,32 @@ def plot_search(csv_path: str | Path, out: str | Path, budget: float) -> Path:
         reader = csv.DictReader(f)
         resource = reader.fieldnames[2]
         rows = list(reader)
-    unit = "GFLOPs" if resource == "gflops" else "parameters (M)"
+    unit = UNITS[resource]
     steps = [int(r["iteration"]) for r in rows]
     fig, ax = plt.subplots(figsize=(8, 4.5), tight_layout=True)
-    ax.plot(steps, [float(r[resource]) for r in rows], label="searched structure (hard masks)")
-    ax.plot(steps, [float(r["target"]) for r in rows], "--", label="scheduled target")
+    ax.plot(steps, [float(r[resource]) / unit.scale for r in rows], label="searched structure (hard masks)")
+    ax.plot(steps, [float(r["target"]) / unit.scale for r in rows], "--", label="scheduled target")
     ax.axhline(budget, color="gray", linewidth=0.8, label=f"budget {budget:.3g}")
-    ax.set(xlabel="iteration", ylabel=unit, title="DMS search: resources over the run (flat end: refine phase)")
+    ax.set(xlabel="iteration", ylabel=unit.axis, title="DMS search: resources over the run (flat end: refine phase)")
     ax.legend()
     fig.savefig(out, dpi=150)
     plt.close(fig)
     return Path(out)
 
 
+def layer_type_name(supernet: Supernet, mask_name: str) -> str:
+    """The stock type of the layer a mask belongs to (`C3k2`, `C2PSA`, ...); masks are named `l<layer index>...`."""
+    index = re.match(r"l(\d+)", mask_name)
+    return stock_type(supernet.model[int(index[1])]).__name__ if index else ""
+
+
 def plot_structure(supernet: Supernet, out: str | Path) -> Path:
-    """Widths of every layer and depths of every C2f: supernet against searched model."""
+    """Widths of every layer and depths of every CSP layer: supernet against searched model."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     counts = supernet.hard_channel_counts()
     widths = [(n, m.size, counts[n]) for n, m in supernet.masks.items() if isinstance(m, WidthMask)]
@@ -94,11 +131,14 @@ def plot_structure(supernet: Supernet, out: str | Path) -> Path:
         x = range(len(items))
         ax.bar(x, [full for _, full, _ in items], color="lightgray", label="supernet")
         ax.bar(x, [kept for _, _, kept in items], color="tab:blue", label="searched")
-        ax.set_xticks(list(x), [name for name, _, _ in items], rotation=90, fontsize=7)
+        labels = [f"{name} {layer_type_name(supernet, name)}" for name, _, _ in items]
+        ax.set_xticks(list(x), labels, rotation=90, fontsize=7)
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))  # whole channels and blocks
         ax.set_ylabel(what)
         ax.legend()
-    top.set_title("Widths (output and C2f hidden) per layer")
-    bottom.set_title("Depth per C2f stage")
+    csp_types = " / ".join(dict.fromkeys(layer_type_name(supernet, name) for name, _, _ in depths))
+    top.set_title("Width per layer (output, and hidden widths of CSP layers)")
+    bottom.set_title(f"Depth per CSP layer ({csp_types})" if csp_types else "Depth per CSP layer (none searched)")
     fig.savefig(out, dpi=150)
     plt.close(fig)
     return Path(out)

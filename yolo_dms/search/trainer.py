@@ -40,7 +40,7 @@ from yolo_dms.core.resources import ResourceModel
 from yolo_dms.core.supernet import Supernet
 from yolo_dms.search.distributed import broadcast_keep_ratios
 from yolo_dms.search.schedule import FINAL_LR_FACTOR, SearchSchedule
-from yolo_dms.search.search_log import SearchLog, plot_search, plot_structure, structure_columns
+from yolo_dms.search.search_log import UNITS, SearchLog, plot_search, plot_structure, structure_columns
 from yolo_dms.search.settings import SearchSettings, load_defaults
 from yolo_dms.search.structure_step import StructureStep
 
@@ -375,12 +375,24 @@ class DMSTrainer(DetectionTrainer):
         return state.get("source") or str(self.args.model)
 
     def write_summary(self, result: ExportResult) -> None:
-        """`search.json`: budget, supernet and final resources, and how far the fit had to move the structure."""
+        """`search.json`: budget, supernet and final resources, and how far the fit had to move the structure.
+
+        Units are named in the file: the budget and the figure before the fit in `budget.unit` (for a parameter
+        budget a count of parameters, like every `params`), `gflops` in GFLOPs, `*_ms` in milliseconds.
+        """
+        unit = UNITS[self.settings.resource]
+        before = self.fit.get("before")
         summary = {
-            "budget": {"resource": self.settings.resource, "value": self.budget, "imgsz": self.args.imgsz},
+            "units": {"gflops": "GFLOPs", "params": "parameters", "*_ms": "milliseconds"},
+            "budget": {
+                "resource": self.settings.resource,
+                "value": unit.absolute(self.budget),
+                "unit": unit.unit,
+                "imgsz": self.args.imgsz,
+            },
             "supernet": {"gflops": self.full_gflops, "params": self.full_params},
             "final": {"gflops": result.gflops, "params": result.params},
-            "before_fit": self.fit.get("before"),
+            "before_fit": None if before is None else unit.absolute(before),
             "fit_factor": self.fit.get("factor", 1.0),
             "fit_iteration": self.fit.get("iteration"),
             "total_iterations": self.schedule.total_steps,
