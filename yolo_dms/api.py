@@ -31,7 +31,7 @@ class SearchResult:
 
     save_dir: Path
     resource: str  # what the budget counts: gflops, params or latency
-    budget: float  # in the resource's unit: GFLOPs, millions of parameters or milliseconds
+    budget: float  # in search.json's budget unit: GFLOPs, parameters or milliseconds
     gflops: float  # of pruned.pt, at the search's imgsz
     params: int
     supernet_gflops: float
