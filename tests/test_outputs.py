@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -37,11 +38,11 @@ def figures(monkeypatch) -> list[Figure]:
     return saved
 
 
-@pytest.fixture
-def umask():
-    """Set the process umask for one test, then restore it."""
-    previous = os.umask(0o022)
-    yield os.umask
+@pytest.fixture(params=[0o022, 0o027])
+def umask(request) -> Iterator[int]:
+    """The process umask (inherited by subprocesses) for one test, then the previous one again."""
+    previous = os.umask(request.param)
+    yield request.param
     os.umask(previous)
 
 
@@ -71,16 +72,14 @@ def test_supernet_leaves_the_model_it_is_given_unchanged(cfg):
     assert Supernet.from_source(model).model is not model.model
 
 
-@pytest.mark.parametrize("mask", [0o022, 0o027])
-def test_written_models_respect_the_umask(tmp_path, umask, mask):
+def test_written_models_respect_the_umask(tmp_path, umask):
     """`pruned.pt`, `searched.yaml` and an expanded YAML get 0666 less the umask, as Ultralytics' own files do."""
-    umask(mask)
     supernet = Supernet.from_source("yolov8n.yaml", nc=3)
     randomize_structure(supernet, seed=1)
     result = export_searched(supernet.eval(), tmp_path, IMGSZ)
     expanded = write_model_yaml(expanded_yaml("yolov8n.yaml", width=1.25, nc=3), tmp_path / "expanded.yaml")
     for path in (result.weights_path, result.yaml_path, expanded):
-        assert mode(path) == 0o666 & ~mask, path.name
+        assert mode(path) == 0o666 & ~umask, path.name
     assert sorted(p.name for p in tmp_path.iterdir()) == ["expanded.yaml", "pruned.pt", "searched.yaml"]
 
 
@@ -125,23 +124,20 @@ def test_structure_plot_names_real_layer_types_and_whole_blocks(tmp_path, figure
         assert ticks and all(float(t).is_integer() for t in ticks), (ax.get_title(), ticks)
 
 
-def test_parameter_search_writes_one_unit_everywhere_and_respects_the_umask(tmp_path):
+@pytest.mark.parametrize("umask", [0o027], indirect=True)
+def test_parameter_search_writes_one_unit_everywhere_and_respects_the_umask(tmp_path, umask):
     """A tiny `resource=params` search under umask 027: `search.json`'s budget, figure before the fit and
     `params` entries, and `search.csv`'s column, all count parameters one by one; every output is 0640."""
     data = make_dataset(tmp_path / "data", n_train=32, n_val=8, imgsz=IMGSZ, seed=2)
-    previous = os.umask(0o027)  # inherited by the search process
-    try:
-        proc = yolo_dms(
-            "search", "model=yolov8n.yaml", f"data={data}", "resource=params", "target=0.5", "epochs=1",
-            f"imgsz={IMGSZ}", "batch=8", "workers=0", "device=cpu", "plots=False", "seed=0",
-            f"project={tmp_path / 'runs'}", "name=params", cwd=tmp_path,
-        )
-    finally:
-        os.umask(previous)
+    proc = yolo_dms(
+        "search", "model=yolov8n.yaml", f"data={data}", "resource=params", "target=0.5", "epochs=1",
+        f"imgsz={IMGSZ}", "batch=8", "workers=0", "device=cpu", "plots=False", "seed=0",
+        f"project={tmp_path / 'runs'}", "name=params", cwd=tmp_path,
+    )
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     run = tmp_path / "runs" / "params"
     for name in ("pruned.pt", "searched.yaml", "search.json", "search.csv", "search.png", "structure.png"):
-        assert mode(run / name) == 0o640, name
+        assert mode(run / name) == 0o666 & ~umask, name
 
     summary = json.loads((run / "search.json").read_text())
     budget, supernet, final = summary["budget"], summary["supernet"], summary["final"]
