@@ -15,6 +15,12 @@ from torch import nn
 from yolo_dms import DepthMask, Supernet
 
 
+# One model per task head and family, searched by the exactness tests of every task (tests/test_tasks.py)
+TASK_CASES = [
+    f"{family}-{task}.yaml" for task in ("seg", "pose", "obb", "cls") for family in ("yolov8n", "yolo11n", "yolo26n")
+]
+
+
 def randomize_structure(supernet: Supernet, seed: int, empty_c2f: int | None = None) -> None:
     """Random importance, keep ratios and BatchNorm statistics, as after some search steps.
 

@@ -14,7 +14,7 @@ from functools import cache
 
 import pytest
 import torch
-from helpers import randomize_structure
+from helpers import TASK_CASES, randomize_structure
 from torch import nn
 from ultralytics.nn.tasks import DetectionModel
 
@@ -23,6 +23,7 @@ from yolo_dms.core.handlers import HANDLERS
 from yolo_dms.core.handlers.blocks import BLOCKS
 from yolo_dms.core.model_io import write_model_yaml
 from yolo_dms.core.resources import deployed_gflops
+from yolo_dms.core.tasks import build_task_model
 
 IMGSZ = 128
 FORWARD_CASES = [(cfg, seed) for cfg in ("yolov8n.yaml", "yolov8s.yaml") for seed in range(5)]
@@ -34,10 +35,11 @@ LARGE_CASES = ["yolov8m.yaml", "yolov8l.yaml", "yolov8x.yaml", "yolo11m.yaml", "
 
 @cache
 def layer_types_tested() -> set[type]:
-    """Every layer type, and every block type inside a CSP layer, of the models the forward cases build."""
+    """Every layer type, and every block type inside a CSP layer, of the models the forward cases (and the
+    task cases of tests/test_tasks.py) build."""
     found = set()
-    for cfg in {cfg for cfg, _ in FORWARD_CASES}:
-        for layer in DetectionModel(cfg, verbose=False).model:
+    for cfg in {cfg for cfg, _ in FORWARD_CASES} | set(TASK_CASES):
+        for layer in build_task_model(cfg).model:
             found.add(type(layer))
             blocks = getattr(layer, "m", None)
             found |= {type(b) for b in blocks} if isinstance(blocks, nn.ModuleList | nn.Sequential) else set()

@@ -1,6 +1,6 @@
 """YOLO11 and YOLO26 end to end: `yolo-dms search` through the CLI on tiny data, then every point of the
 exactness contract on what it wrote (searched.yaml, pruned.pt), the last checks in a process without yolo_dms.
-Heads DMS cannot prune (segmentation, pose, OBB) are refused with one line naming the layer."""
+(Task heads and the heads DMS cannot search: tests/test_tasks.py.)"""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 from helpers import assert_stock_trains_and_exports, yolo_dms
-from ultralytics.nn.tasks import DetectionModel, OBBModel, PoseModel, SegmentationModel
+from ultralytics.nn.tasks import DetectionModel
 
-from yolo_dms import ResourceModel, Supernet, UnsupportedModelError, prune
+from yolo_dms import ResourceModel, Supernet, prune
 from yolo_dms.core.model_io import load_checkpoint_model
 from yolo_dms.core.resources import deployed_gflops
 from yolo_dms.tools.demo_data import make_dataset
@@ -82,16 +82,3 @@ def test_attention_narrows_in_whole_heads():
     with torch.no_grad():
         searched, exported = raw_heads(supernet(x)), raw_heads(pruned(x))
     assert all((searched[k] - exported[k]).abs().max().item() < 1e-4 for k in searched)
-
-
-@pytest.mark.parametrize(
-    ("model_class", "cfg", "layer"),
-    [
-        (SegmentationModel, "yolo11n-seg.yaml", "Segment"),
-        (PoseModel, "yolo26n-pose.yaml", "Pose26"),
-        (OBBModel, "yolo11n-obb.yaml", "OBB"),
-    ],
-)
-def test_other_heads_are_refused_by_name(model_class, cfg, layer):
-    with pytest.raises(UnsupportedModelError, match=rf"^DMS cannot search layer 23 \({layer}\);[^\n]*$"):
-        Supernet(model_class(cfg, verbose=False))

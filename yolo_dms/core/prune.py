@@ -1,4 +1,4 @@
-"""Pruning a supernet to its hard masks: a standard Ultralytics YAML and a stock `DetectionModel` with weights.
+"""Pruning a supernet to its hard masks: a standard Ultralytics YAML and a stock model of its task with weights.
 
 The YAML is built by stock `parse_model` with `depth_multiple = width_multiple = 1`: each layer's handler
 writes its explicit widths, expansion and repeats into its row. Weights are sliced by the kept channel indices
@@ -12,11 +12,12 @@ from copy import deepcopy
 
 import torch
 from torch import nn
-from ultralytics.nn.tasks import DetectionModel
+from ultralytics.nn.tasks import BaseModel
 
 from yolo_dms.core.handlers import Channels, Space, Transfer
 from yolo_dms.core.handlers.heads import channels_per_element
 from yolo_dms.core.supernet import Supernet
+from yolo_dms.core.tasks import stock_model_class
 
 
 def searched_yaml(supernet: Supernet) -> dict:
@@ -34,10 +35,11 @@ def searched_yaml(supernet: Supernet) -> dict:
     return cfg
 
 
-def prune(supernet: Supernet) -> DetectionModel:
-    """A stock `DetectionModel` built from `searched_yaml`, holding the kept channels and blocks' weights."""
+def prune(supernet: Supernet) -> BaseModel:
+    """A stock model of the supernet's task (`DetectionModel`, `SegmentationModel`, ...) built from
+    `searched_yaml`, holding the kept channels and blocks' weights (and the modules kept whole)."""
     cfg = searched_yaml(supernet)
-    pruned = DetectionModel(deepcopy(cfg), ch=supernet.yaml.get("channels", 3), verbose=False)
+    pruned = stock_model_class(supernet)(deepcopy(cfg), ch=supernet.yaml.get("channels", 3), verbose=False)
     p = next(supernet.parameters())
     pruned.to(device=p.device, dtype=p.dtype)
     for attr in ("names", "args", "pt_path"):
@@ -50,13 +52,16 @@ def prune(supernet: Supernet) -> DetectionModel:
         for handler in supernet.handlers:
             for transfer in handler.transfers(supernet.layer_sites(handler.index), blocks):
                 written |= _apply(transfer, supernet, pruned, kept)
+            for path in handler.kept_whole:
+                pruned.get_submodule(path).load_state_dict(supernet.get_submodule(path).state_dict())
+                written |= {f"{path}.{k}" for k in pruned.get_submodule(path).state_dict()}
     missing = set(pruned.state_dict()) - written
     if missing:
         raise RuntimeError(f"pruning left {len(missing)} tensors unset, e.g. {sorted(missing)[:3]}")
     return pruned
 
 
-def _apply(t: Transfer, supernet: Supernet, pruned: DetectionModel, kept: dict[Space, torch.Tensor]) -> set[str]:
+def _apply(t: Transfer, supernet: Supernet, pruned: BaseModel, kept: dict[Space, torch.Tensor]) -> set[str]:
     """Copy one convolution (and its BatchNorm); returns the pruned state-dict keys written."""
     device = next(supernet.parameters()).device
 
@@ -72,8 +77,11 @@ def _apply(t: Transfer, supernet: Supernet, pruned: DetectionModel, kept: dict[S
     out_idx = torch.cat([chosen(c) + offset for c, offset in zip(t.outputs, _offsets(map(size, t.outputs)))])
     src_conv: nn.Conv2d = supernet.get_submodule(t.src)
     dst_conv: nn.Conv2d = pruned.get_submodule(t.dst)
+    src_weight, dst_weight = src_conv.weight, dst_conv.weight
+    if isinstance(src_conv, nn.ConvTranspose2d):  # its weight is laid out (in, out, kh, kw)
+        src_weight, dst_weight = src_weight.transpose(0, 1), dst_weight.transpose(0, 1)
     if t.depthwise:  # one filter per channel: only the output channels are chosen
-        dst_conv.weight.copy_(src_conv.weight[out_idx])
+        dst_weight.copy_(src_weight[out_idx])
     else:
         slot_width: dict[int, int] = {}
         for c, slot in t.segments:
@@ -83,9 +91,9 @@ def _apply(t: Transfer, supernet: Supernet, pruned: DetectionModel, kept: dict[S
         for (c, slot), offset in zip(t.segments, _offsets(size(c) for c, _ in t.segments)):
             src_in.append(chosen(c) + offset)
             dst_in.append(torch.arange(len(chosen(c)), device=device) + slot_offset[slot])
-        weight = torch.zeros_like(dst_conv.weight)
-        weight.index_add_(1, torch.cat(dst_in), src_conv.weight[out_idx][:, torch.cat(src_in)].to(weight.dtype))
-        dst_conv.weight.copy_(weight)
+        weight = torch.zeros_like(dst_weight)
+        weight.index_add_(1, torch.cat(dst_in), src_weight[out_idx][:, torch.cat(src_in)].to(weight.dtype))
+        dst_weight.copy_(weight)
     written = {f"{t.dst}.weight"}
     if dst_conv.bias is not None:
         dst_conv.bias.copy_(src_conv.bias[out_idx])

@@ -16,6 +16,7 @@ import copy
 from dataclasses import dataclass
 
 import thop
+import thop
 import torch
 from torch import nn
 from ultralytics.nn.tasks import DetectionModel
@@ -50,13 +51,27 @@ class SiteShape:
     bias: bool
 
 
+def site_shape(conv: nn.Conv2d | nn.ConvTranspose2d, positions: int) -> SiteShape:
+    """A convolution's shape over `positions`; its kernel area counts per input channel (depthwise: per channel)."""
+    return SiteShape(positions, conv.kernel_size[0] * conv.kernel_size[1], conv.bias is not None)
+
+
+@dataclass(frozen=True)
+class WholeCost:
+    """A module kept whole (`LayerHandler.kept_whole`): fixed MACs and parameters."""
+
+    path: str
+    macs: float
+    params: int
+
+
 class ResourceModel:
     """GFLOPs and parameters of a `Supernet` at image size `imgsz`, from its mask counts."""
 
     def __init__(self, supernet: Supernet, imgsz: int | tuple[int, int] = 640) -> None:
         self.supernet = supernet
         self.imgsz = (imgsz, imgsz) if isinstance(imgsz, int) else tuple(imgsz)
-        self.shapes = self._trace()
+        self.shapes, self.whole = self._trace()
         self._compile()
         self.latency = None  # a `latency.LatencyModel`, attached when the budget is in milliseconds
 
@@ -110,20 +125,32 @@ class ResourceModel:
         )
         self.attention_heads = tensor([index(a.heads) for a in attention])
         self.attention_block = tensor([gate(a.block) for a in attention])
-        self.layer = [int(s.path.split(".")[1]) for s in (*sites, *attention)]
+        self.whole_macs = tensor([w.macs for w in self.whole], torch.float64)
+        self.whole_params = tensor([w.params for w in self.whole], torch.float64)
+        self.layer = [int(s.path.split(".")[1]) for s in (*sites, *attention, *self.whole)]
 
-    def _trace(self) -> dict[str, SiteShape]:
-        """Run the supernet once at `imgsz` to record each convolution's output positions."""
+    def _trace(self) -> tuple[dict[str, SiteShape], list[WholeCost]]:
+        """Run the supernet once at `imgsz` to record each convolution's positions (its output's; a transposed
+        one's input, as THOP walks it) and the cost of every module kept whole. A site that does not run in
+        an eval forward must be a training-only branch (not `counted`): it has parameters and no positions."""
         shapes: dict[str, SiteShape] = {}
+        whole_inputs: dict[str, tuple] = {}
         hooks = []
         for site in self.supernet.sites:
             conv = self.supernet.get_submodule(site.path)
 
-            def record(module: nn.Conv2d, _, y: torch.Tensor, path: str = site.path) -> None:
-                kernel = module.kernel_size[0] * module.kernel_size[1]  # per input channel (depthwise: per channel)
-                shapes[path] = SiteShape(y[0, 0].numel(), kernel, module.bias is not None)
+            def record(module: nn.Conv2d, inputs: tuple, y: torch.Tensor, path: str = site.path) -> None:
+                walked = inputs[0] if isinstance(module, nn.ConvTranspose2d) else y
+                shapes[path] = site_shape(module, walked[0, 0].numel())
 
             hooks.append(conv.register_forward_hook(record))
+        whole = [path for handler in self.supernet.handlers for path in handler.kept_whole]
+        for path in whole:
+
+            def keep_inputs(module: nn.Module, inputs: tuple, y, path: str = path) -> None:
+                whole_inputs[path] = inputs
+
+            hooks.append(self.supernet.get_submodule(path).register_forward_hook(keep_inputs))
         training = self.supernet.training
         p = next(self.supernet.parameters())
         try:
@@ -134,7 +161,18 @@ class ResourceModel:
             self.supernet.train(training)
             for hook in hooks:
                 hook.remove()
-        return shapes
+        for site in self.supernet.sites:
+            if site.path not in shapes:
+                if site.counted:
+                    raise RuntimeError(f"{site.path} does not run in an eval forward, yet its cost is counted")
+                shapes[site.path] = site_shape(self.supernet.get_submodule(site.path), 0)
+        return shapes, [self._whole_cost(path, whole_inputs.get(path)) for path in whole]
+
+    def _whole_cost(self, path: str, inputs: tuple | None) -> WholeCost:
+        """A module kept whole: its parameters, and THOP's count (as `get_flops` makes it) where it ran."""
+        module = self.supernet.get_submodule(path)
+        macs = thop.profile(module, inputs=inputs, verbose=False)[0] if inputs is not None else 0.0
+        return WholeCost(path, macs, sum(p.numel() for p in module.parameters()))
 
     def _counts(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(Straight-through width of every channel entry, gate of every block then a constant 1), float64."""
@@ -176,7 +214,9 @@ class ResourceModel:
         conv = self._conv_terms(width, gate)
         heads = width[self.attention_heads.to(width.device)]
         attention = self.attention_macs.to(width.device) * heads * gate[self.attention_block.to(width.device)]
-        return torch.cat([conv["macs"], attention]), torch.cat([conv["params"], torch.zeros_like(attention)])
+        whole_macs, whole_params = self.whole_macs.to(width.device), self.whole_params.to(width.device)
+        macs = torch.cat([conv["macs"], attention, whole_macs])
+        return macs, torch.cat([conv["params"], torch.zeros_like(attention), whole_params])
 
     def conv_features(self) -> torch.Tensor:
         """Per convolution site, what a latency model weighs: (kept, MACs, output elements), differentiable."""

@@ -32,6 +32,15 @@ class Supernet(DetectionModel):
 
     structure_frozen: bool = False
 
+    def __new__(cls, model: nn.Module | None = None, *args, **kwargs):
+        """`Supernet(model)` is the supernet of `model`'s task (`yolo_dms.core.tasks`): a segmentation model gets a
+        `SegmentationSupernet`, which trains with the segmentation loss. Unpickling passes no model."""
+        if cls is Supernet and model is not None:
+            from yolo_dms.core.tasks import supernet_class  # tasks.py builds on this module
+
+            cls = supernet_class(model)
+        return super().__new__(cls)
+
     def __init__(
         self,
         model: DetectionModel,

@@ -4,7 +4,7 @@ Importing this package registers every handler. Adding a layer type is one handl
 `@register`; the exactness tests run over `HANDLERS`, so a handler without a test model fails them.
 """
 
-from yolo_dms.core.handlers import csp, detect, simple, sppf  # noqa: F401  (registration)
+from yolo_dms.core.handlers import classify, csp, detect, simple, sppf, task_heads  # noqa: F401  (registration)
 from yolo_dms.core.handlers.base import (
     AttentionSite,
     BlockRef,

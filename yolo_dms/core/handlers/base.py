@@ -214,6 +214,10 @@ class LayerHandler:
     Handlers hold only names and numbers (never modules), so they pickle and copy with the supernet.
     """
 
+    # Submodules no mask narrows (a head's pooling and linear layer, a loss-only flow model): pruning copies
+    # them as they are, the resource model counts their parameters and, where they run, their `get_flops` cost.
+    kept_whole: tuple[str, ...] = ()
+
     def __init__(self, index: int) -> None:
         self.index, self.path = index, f"model.{index}"
 

@@ -1,0 +1,120 @@
+"""The exactness contract for every task head (Segment, Pose, OBB, Classify; YOLOv8, YOLO11 and YOLO26 variants).
+
+For one random searched structure per model: (a) the exported YAML rebuilds the task's stock model with the
+pruned model's exact parameter names and shapes; (b) the supernet at hard masks and the pruned model agree on
+every output branch (boxes, class scores, mask coefficients and prototypes, keypoints, angles, class logits;
+both branches of an end-to-end head); (c) the resource model equals `get_flops` of the deployed pruned model
+and its parameter count. And the supernet is its task's model: it trains with the task's loss.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from helpers import TASK_CASES, randomize_structure
+from ultralytics.nn.tasks import ClassificationModel, DetectionModel, DepthModel, RTDETRDetectionModel, WorldModel
+
+from yolo_dms import ResourceModel, Supernet, prune, searched_yaml
+from yolo_dms.core.errors import UnsupportedModelError
+from yolo_dms.core.model_io import write_model_yaml
+from yolo_dms.core.resources import deployed_gflops
+from yolo_dms.core.tasks import build_task_model
+
+IMGSZ = 64
+
+
+def tensors(output, prefix: str = "") -> dict[str, torch.Tensor]:
+    """Every tensor of a (nested) model output by its path, without the feature maps a Detect head passes on
+    (their width is the supernet's, not the pruned model's)."""
+    if isinstance(output, torch.Tensor):
+        return {prefix: output}
+    items = output.items() if isinstance(output, dict) else enumerate(output)
+    found = {}
+    for key, value in items:
+        if key != "feats":
+            found |= tensors(value, f"{prefix}/{key}")
+    return found
+
+
+def state_shapes(model: torch.nn.Module) -> dict[str, tuple[int, ...]]:
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("cfg", TASK_CASES)
+def test_task_model_prunes_exactly(cfg, tmp_path):
+    seed = TASK_CASES.index(cfg)
+    stock = build_task_model(cfg, nc=3)
+    supernet = Supernet(stock)
+    assert isinstance(supernet, type(stock))
+    assert type(supernet).init_criterion is type(stock).init_criterion  # the task's loss
+    randomize_structure(supernet, seed, empty_c2f=seed)
+    supernet.eval()
+    pruned = prune(supernet).eval()
+    assert type(pruned) is type(stock)
+    assert all(type(m).__module__.startswith(("ultralytics", "torch")) for m in pruned.modules())
+
+    path = write_model_yaml(searched_yaml(supernet), tmp_path / "searched.yaml")
+    assert state_shapes(type(stock)(str(path), verbose=False)) == state_shapes(pruned)
+
+    resources = ResourceModel(supernet, IMGSZ)
+    expected = deployed_gflops(pruned, IMGSZ)
+    assert expected > 0
+    assert resources.gflops().item() == pytest.approx(expected, rel=1e-6)
+    assert round(resources.params().item()) == sum(p.numel() for p in pruned.parameters())
+
+    x = torch.rand(2, 3, IMGSZ, IMGSZ, generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():  # float32: raw outputs of every branch within 1e-4
+        searched, exported = tensors(supernet(x)[1]), tensors(pruned(x)[1])
+    assert searched.keys() == exported.keys() and len(searched) >= (1 if isinstance(stock, ClassificationModel) else 3)
+    for key in searched:
+        assert (searched[key] - exported[key]).abs().max().item() < 1e-4, key
+    supernet.double(), pruned.double()
+    with torch.no_grad():  # float64: decoded predictions (and mask prototypes) agree to rounding
+        searched, exported = tensors(supernet(x.double())[0]), tensors(pruned(x.double())[0])
+    for key in searched:
+        scale = searched[key].abs().max().item()
+        assert (searched[key] - exported[key]).abs().max().item() <= 1e-9 * max(scale, 1.0), key
+
+
+@pytest.mark.parametrize("cfg", ["yolov8n-seg.yaml", "yolo26n-seg.yaml", "yolo26n-pose.yaml", "yolo11n-cls.yaml"])
+def test_every_mask_learns_importance_in_a_training_pass(cfg):
+    """Soft masks gate every searched space in train mode, training-only branches included (the prototype
+    module's upsampling and semantic branch, Pose26's keypoint spreads): one backward pass scores them all."""
+    supernet = Supernet(build_task_model(cfg, nc=3)).train()
+    output = supernet(torch.rand(2, 3, IMGSZ, IMGSZ, generator=torch.Generator().manual_seed(0)))
+    sum(t.float().square().mean() for t in tensors(output).values()).backward()
+    unscored = [f"{n}[{r}]" for n, m in supernet.masks.items() for r, row in enumerate(m.importance) if not row.any()]
+    assert not unscored
+
+
+def test_segment_prototype_width_is_searched_and_exported():
+    """`npr` (Segment's `args[2]`) is the prototype module's searched hidden width, a multiple of 8."""
+    supernet = Supernet(build_task_model("yolov8n-seg.yaml", nc=3))
+    head = len(supernet.model) - 1
+    supernet.masks[f"l{head}_proto"].set_keep_ratio(0.4)  # 64 channels: ceil(25.6) = 26, rounded to 24
+    assert searched_yaml(supernet)["head"][-1][3][2] == 24
+    assert prune(supernet).model[-1].proto.cv1.conv.out_channels == 24
+
+
+@pytest.mark.parametrize(
+    ("build", "named"),
+    [
+        (lambda: WorldModel("yolov8s-world.yaml", verbose=False), "WorldDetect"),
+        (lambda: RTDETRDetectionModel("rtdetr-l.yaml", verbose=False), "RTDETRDecoder"),
+        (lambda: DepthModel("yolo26n-depth.yaml", verbose=False), "Depth"),
+    ],
+    ids=["world", "rtdetr", "depth"],
+)
+def test_unsupported_heads_are_named_in_one_line(build, named):
+    with pytest.raises(UnsupportedModelError, match=rf"^DMS cannot search layer [^\n]*\({named}\)[^\n]*$"):
+        Supernet(build())
+
+
+@pytest.mark.parametrize(("cfg", "task"), [("yolo26n-depth.yaml", "depth"), ("yolo26n-sem.yaml", "semantic")])
+def test_unsupported_tasks_are_named_in_one_line(cfg, task):
+    with pytest.raises(UnsupportedModelError, match=rf"^'{cfg}' is a {task} model; DMS searches the tasks [^\n]*$"):
+        build_task_model(cfg)
+
+
+def test_detection_models_keep_the_detection_supernet():
+    assert type(Supernet(DetectionModel("yolov8n.yaml", nc=3, verbose=False))) is Supernet
