@@ -63,8 +63,8 @@ def test_recipe_by_name_after_a_regular_install(tmp_path):
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(REPO / name, source / name)
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "--no-input"]
-    wheel = subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-w", str(tmp_path / "dist"),
-                            str(source)], capture_output=True, text=True, timeout=300)
+    wheel = subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "--no-index",
+                            "-w", str(tmp_path / "dist"), str(source)], capture_output=True, text=True, timeout=300)
     assert wheel.returncode == 0, wheel.stderr[-3000:]
     site = tmp_path / "site"
     install = subprocess.run([*pip, "install", "--no-deps", "--no-index", "--target", str(site),

@@ -217,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the `yolo-dms` console script; returns the process exit status."""
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in {"help", "-h", "--help"}:
-        print(USAGE)
+        print(HELP[argv[1]]() if argv[1:] and argv[1] in HELP else USAGE)  # also 'yolo-dms help search'
         return 0
     mode, args = argv[0], argv[1:]
     debug = os.environ.get("YOLO_DMS_DEBUG") == "1" or any(a.lower() in {"debug=true", "debug=1"} for a in args)

@@ -167,7 +167,8 @@ def search_help() -> str:
         "yolo-dms search model=<yaml|pt> data=<yaml> [key=value ...]\n"
         "Search every width and depth under a budget inside Ultralytics training; writes searched.yaml, pruned.pt "
         "and search.json.\nPython: from yolo_dms import DMS; DMS(model).search(data=..., **arguments)",
-        f"DMS settings (defaults in {DEFAULTS_FILE}):\n" + table(argument_rows([a for a in ours if a.section == "dms"])),
+        f"DMS settings (defaults in {DEFAULTS_FILE}):\n"
+        + table(argument_rows([a for a in ours if a.section == "dms"])),
         "The search's defaults for Ultralytics arguments (any value given wins):\n"
         + table(argument_rows([a for a in ours if a.section == "train"])),
         "Recipes and resuming:\n" + table([
