@@ -323,9 +323,9 @@ class DMSTrainer(DetectionTrainer):
         if RANK not in {-1, 0}:
             return
         result = self.export_result
-        self.metrics = {  # what loggers get: pruned.pt's metrics and the DMS figures (the budget as dms/target)
+        self.metrics = {  # what loggers get: pruned.pt's metrics and the DMS figures (the budget as search.json's)
             **{k: v for k, v in metrics.items() if k != "fitness"},
-            "dms/budget": self.budget,
+            "dms/budget": UNITS[self.settings.resource].absolute(self.budget),
             "dms/GFLOPs": result.gflops,
             "dms/params": result.params,
             "dms/fit_factor": self.fit.get("factor", 1.0),
