@@ -1,6 +1,7 @@
-"""Generate the procedural demo detection dataset and print the path of its data.yaml.
+"""Generate the procedural demo dataset and print what `data=` takes (its data.yaml, or for classify its folder).
 
     python tools/make_demo_data.py root=datasets/dms-demo n_train=256 n_val=64 imgsz=128 seed=0
+    python tools/make_demo_data.py root=datasets/dms-demo-seg task=segment   # or pose, obb, classify
     python tools/make_demo_data.py root=datasets/dms-demo overwrite=True
 
 Arguments are Ultralytics-style key=value pairs; all are optional. A dataset already generated at `root` with
@@ -14,6 +15,7 @@ from pathlib import Path
 
 DEFAULTS: dict[str, object] = {
     "root": "datasets/dms-demo", "n_train": 256, "n_val": 64, "imgsz": 128, "seed": 0, "overwrite": False,
+    "task": "detect",
 }
 USAGE = "usage: make_demo_data.py " + " ".join(f"{key}={value}" for key, value in DEFAULTS.items())
 TRUE, FALSE = {"true", "1", "yes"}, {"false", "0", "no"}
@@ -28,7 +30,7 @@ def parse_args(argv: list[str]) -> dict[str, object]:
             raise ValueError(f"unknown argument {arg!r}")
         if not value:
             raise ValueError(f"{key} needs a value")
-        if key == "root":
+        if key in {"root", "task"}:
             settings[key] = value
         elif key == "overwrite":
             if value.lower() not in TRUE | FALSE:

@@ -1,8 +1,19 @@
-"""A procedural detection dataset in Ultralytics YOLO format, so demos and tests need no download.
+"""A procedural dataset for every Ultralytics task in its YOLO format, so demos and tests need no download.
 
 Objects are told apart by shape only (every object gets a random colour), come in sizes from 8% to 50% of the
 image side at random angles, and sit on a textured, noisy background with unlabelled lines, arcs and blobs.
 A tiny YOLOv8n learns it in a few epochs at 128 px, yet it is not trivial. The same seed gives the same files.
+
+Every task labels the same rendered objects from their exact visible pixels (`task=`):
+
+- `detect`: tight boxes, `cls cx cy w h`.
+- `segment`: the outline polygon, `cls x1 y1 ...` (a ring's hole joined to its outline by a zero-width cut,
+  as Ultralytics merges multi-part outlines, so the rasterised polygon keeps the hole).
+- `obb`: the minimum-area rotated rectangle, `cls x1 y1 ... x4 y4`.
+- `pose`: the tight box and four keypoints, the topmost, rightmost, bottommost and leftmost visible pixels
+  (`kpt_shape: [4, 3]`, `flip_idx: [0, 3, 2, 1]` in the data YAML: a horizontal flip swaps right and left).
+- `classify`: class folders (`train/<class>/`, `val/<class>/`) of square crops, each around the largest object
+  of one rendered image.
 """
 
 from __future__ import annotations
@@ -18,6 +29,9 @@ import torch
 import yaml
 
 CLASS_NAMES: tuple[str, ...] = ("circle", "square", "triangle", "cross", "ring")
+TASKS: tuple[str, ...] = ("detect", "segment", "pose", "obb", "classify")
+KPT_SHAPE, FLIP_IDX = (4, 3), (0, 3, 2, 1)  # pose: topmost, rightmost, bottommost, leftmost; flip swaps 1 and 3
+CROP_MARGIN = 0.25  # classify: context around the object's box, as a fraction of its longer side
 
 # Bump when the drawing changes, so a dataset cached by an older version is regenerated rather than reused.
 GENERATOR_VERSION = 2
@@ -40,21 +54,26 @@ def make_dataset(
     imgsz: int = 128,
     seed: int = 0,
     overwrite: bool = False,
+    task: str = "detect",
 ) -> Path:
-    """Write the dataset under `root` and return its `data.yaml`.
+    """Write the dataset for `task` under `root` and return what `data=` takes: its `data.yaml`, or for
+    `classify` the directory of class folders.
 
     A dataset already made here with the same settings is reused (nothing is written), so callers can simply
-    call this every time. Different settings, or `overwrite=True`, replace `root/images` and `root/labels`.
+    call this every time. Different settings, or `overwrite=True`, replace what an earlier call wrote.
     A directory that holds images or labels not made by this function is never deleted unless `overwrite=True`.
     """
     _check_int("n_train", n_train, minimum=1)
     _check_int("n_val", n_val, minimum=1)
     _check_int("imgsz", imgsz, minimum=32)
     _check_int("seed", seed, minimum=0)
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
     root = Path(root).expanduser().resolve()
     if root.exists() and not root.is_dir():
         raise ValueError(f"root must be a directory, but {root} is a file")
     yaml_path, stamp_path = root / "data.yaml", root / STAMP_NAME
+    result = root if task == "classify" else yaml_path
     counts = {"train": int(n_train), "val": int(n_val)}
     settings = {
         "generator": "yolo_dms.tools.demo_data",
@@ -64,16 +83,18 @@ def make_dataset(
         "imgsz": int(imgsz),
         "seed": int(seed),
         "names": list(CLASS_NAMES),
+        **({"task": task} if task != "detect" else {}),  # detection datasets made before tasks stay valid
     }
 
     stamp = _read_stamp(stamp_path)
-    if not overwrite and stamp == {**settings, "complete": True} and _is_intact(root, counts):
-        if _recorded_path(yaml_path) != str(root):  # the directory was moved: only the absolute path is stale
-            _write_yaml(yaml_path, root)
-        return yaml_path
-    if stamp is None and not overwrite and any((root / d).exists() for d in ("images", "labels")):
+    if not overwrite and stamp == {**settings, "complete": True} and _is_intact(root, counts, task):
+        if task != "classify" and _recorded_path(yaml_path) != str(root):  # moved: only the path is stale
+            _write_yaml(yaml_path, root, task)
+        return result
+    written = ("images", "labels", *SPLITS)
+    if stamp is None and not overwrite and any((root / d).exists() for d in written):
         raise FileExistsError(
-            f"{root} already holds images/ or labels/ not made by make_dataset; "
+            f"{root} already holds {'/, '.join(written)}/ not made by make_dataset; "
             "pass overwrite=True to replace them, or choose an empty directory"
         )
 
@@ -81,31 +102,69 @@ def make_dataset(
     root.mkdir(parents=True, exist_ok=True)
     stamp_path.write_text(json.dumps({**settings, "complete": False}, indent=1))
     yaml_path.unlink(missing_ok=True)
-    for sub in ("images", "labels"):
+    for sub in written:
         shutil.rmtree(root / sub, ignore_errors=True)
 
     for split_id, split in enumerate(SPLITS):
-        image_dir, label_dir = root / "images" / split, root / "labels" / split
-        image_dir.mkdir(parents=True)
-        label_dir.mkdir(parents=True)
         for index in range(counts[split]):
             # One generator per image: a split's files do not depend on the other split's size.
             rng = np.random.default_rng([int(seed), split_id, index])
-            image, labels = render_sample(rng, int(imgsz))
-            if not cv2.imwrite(str(image_dir / f"{index:06d}.png"), image):
-                raise OSError(f"could not write {image_dir / f'{index:06d}.png'}")
-            (label_dir / f"{index:06d}.txt").write_text("".join(f"{line}\n" for line in labels))
+            if task == "classify":
+                crop, cls = render_crop(rng, int(imgsz))
+                _write_image(root / split / CLASS_NAMES[cls] / f"{index:06d}.png", crop)
+                continue
+            image, labels = render_sample(rng, int(imgsz), task)
+            _write_image(root / "images" / split / f"{index:06d}.png", image)
+            label_path = root / "labels" / split / f"{index:06d}.txt"
+            label_path.parent.mkdir(parents=True, exist_ok=True)
+            label_path.write_text("".join(f"{line}\n" for line in labels))
 
-    _write_yaml(yaml_path, root)
+    if task != "classify":
+        _write_yaml(yaml_path, root, task)
     stamp_path.write_text(json.dumps({**settings, "complete": True}, indent=1))
-    return yaml_path
+    return result
 
 
-def render_sample(rng: np.random.Generator, imgsz: int) -> tuple[np.ndarray, list[str]]:
-    """One BGR image and its YOLO label lines (`cls cx cy w h`, normalized, tight around the visible pixels)."""
+def render_sample(rng: np.random.Generator, imgsz: int, task: str = "detect") -> tuple[np.ndarray, list[str]]:
+    """One BGR image and its label lines in `task`'s YOLO format (normalized, from the visible pixels)."""
+    image, objects = _render_objects(rng, imgsz)
+    labels = []
+    for cls, visible in objects:
+        ys, xs = np.nonzero(visible)
+        x1, x2, y1, y2 = xs.min(), xs.max() + 1, ys.min(), ys.max() + 1  # pixel edges, inside the image
+        if x2 - x1 < 2 or y2 - y1 < 2:
+            continue
+        box = ((x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1)
+        values = {
+            "detect": box,
+            "segment": _outline(visible),
+            "obb": cv2.boxPoints(cv2.minAreaRect(np.stack([xs, ys], 1).astype(np.float32) + 0.5)).flatten(),
+            "pose": box,
+        }[task]
+        line = f"{cls} " + " ".join(f"{v / imgsz:.6f}" for v in np.clip(values, 0, imgsz))
+        if task == "pose":
+            line += "".join(f" {x / imgsz:.6f} {y / imgsz:.6f} 2" for x, y in _extreme_points(xs, ys))
+        labels.append(line)
+    return image, labels
+
+
+def render_crop(rng: np.random.Generator, imgsz: int) -> tuple[np.ndarray, int]:
+    """A square BGR crop of `imgsz` pixels around the largest object of one rendered image, and its class."""
+    image, objects = _render_objects(rng, imgsz)
+    cls, visible = max(objects, key=lambda obj: int(obj[1].sum()))
+    ys, xs = np.nonzero(visible)
+    cx, cy = (xs.min() + xs.max() + 1) / 2, (ys.min() + ys.max() + 1) / 2
+    half = max(xs.max() + 1 - xs.min(), ys.max() + 1 - ys.min()) * (0.5 + CROP_MARGIN)
+    x1, y1 = int(max(0, round(cx - half))), int(max(0, round(cy - half)))
+    x2, y2 = int(min(imgsz, round(cx + half))), int(min(imgsz, round(cy + half)))
+    return cv2.resize(image[y1:y2, x1:x2], (imgsz, imgsz), interpolation=cv2.INTER_LINEAR), cls
+
+
+def _render_objects(rng: np.random.Generator, imgsz: int) -> tuple[np.ndarray, list[tuple[int, np.ndarray]]]:
+    """One BGR image and its objects as (class, mask of the pixels it shows), at least one pixel each."""
     image = _background(rng, imgsz)
     _draw_clutter(rng, image)
-    owner = np.full((imgsz, imgsz), -1, np.int16)  # which object each pixel shows, for exact tight boxes
+    owner = np.full((imgsz, imgsz), -1, np.int16)  # which object each pixel shows, for exact tight labels
     classes: list[int] = []
     placed: list[tuple[float, float, float, float]] = []
     for _ in range(int(rng.integers(1, MAX_OBJECTS + 1))):
@@ -129,18 +188,42 @@ def render_sample(rng: np.random.Generator, imgsz: int) -> tuple[np.ndarray, lis
         image = cv2.GaussianBlur(image, (3, 3), 0.7)
     noisy = image.astype(np.float32) + rng.normal(0.0, rng.uniform(3.0, 9.0), image.shape).astype(np.float32)
     image = np.clip(noisy, 0, 255).astype(np.uint8)
+    objects = [(cls, owner == index) for index, cls in enumerate(classes)]
+    return image, [(cls, visible) for cls, visible in objects if visible.any()]
 
-    labels = []
-    for index, cls in enumerate(classes):
-        ys, xs = np.nonzero(owner == index)
-        if len(xs) == 0:
-            continue
-        x1, x2, y1, y2 = xs.min(), xs.max() + 1, ys.min(), ys.max() + 1  # pixel edges, inside the image
-        if x2 - x1 < 2 or y2 - y1 < 2:
-            continue
-        box = ((x1 + x2) / 2 / imgsz, (y1 + y2) / 2 / imgsz, (x2 - x1) / imgsz, (y2 - y1) / imgsz)
-        labels.append(f"{cls} " + " ".join(f"{v:.6f}" for v in box))
-    return image, labels
+
+def _outline(visible: np.ndarray) -> np.ndarray:
+    """The largest visible part's outline as one polygon (x1, y1, x2, y2, ...) in pixel-edge coordinates.
+
+    Each hole is joined to the outline through its nearest point (out along the cut, round the hole, back), so
+    filling the polygon leaves the hole open, as Ultralytics joins the parts of a multi-part outline.
+    """
+    contours, hierarchy = cv2.findContours(visible.astype(np.uint8), cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
+    outer = max((i for i, h in enumerate(hierarchy[0]) if h[3] < 0), key=lambda i: cv2.contourArea(contours[i]))
+    polygon = contours[outer][:, 0].astype(np.float64)
+    for i, h in enumerate(hierarchy[0]):
+        if h[3] == outer:
+            hole = contours[i][:, 0].astype(np.float64)
+            gaps = np.linalg.norm(polygon[:, None] - hole[None], axis=2)
+            a, b = np.unravel_index(gaps.argmin(), gaps.shape)
+            polygon = np.concatenate([polygon[: a + 1], np.roll(hole, -b, 0), hole[b : b + 1], polygon[a:]])
+    return (polygon + 0.5).flatten()
+
+
+def _extreme_points(xs: np.ndarray, ys: np.ndarray) -> list[tuple[float, float]]:
+    """Pixel centres of the topmost, rightmost, bottommost and leftmost visible pixels (ties: their middle)."""
+    points = []
+    for along, across, pick in ((ys, xs, np.min), (xs, ys, np.max), (ys, xs, np.max), (xs, ys, np.min)):
+        edge = along == pick(along)
+        middle = (across[edge].min() + across[edge].max()) / 2
+        points.append((middle, along[edge][0]) if along is ys else (along[edge][0], middle))
+    return [(x + 0.5, y + 0.5) for x, y in points]
+
+
+def _write_image(path: Path, image: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not cv2.imwrite(str(path), image):
+        raise OSError(f"could not write {path}")
 
 
 def _check_int(name: str, value: object, minimum: int) -> None:
@@ -160,8 +243,10 @@ def _read_stamp(stamp_path: Path) -> dict | None:
     return stamp if isinstance(stamp, dict) and stamp.get("generator") == "yolo_dms.tools.demo_data" else None
 
 
-def _is_intact(root: Path, counts: dict[str, int]) -> bool:
+def _is_intact(root: Path, counts: dict[str, int], task: str) -> bool:
     """Whether every image and label file is still there, so a partly deleted dataset is not reused."""
+    if task == "classify":
+        return all(sum(1 for _ in (root / split).glob("*/*.png")) == count for split, count in counts.items())
     if not (root / "data.yaml").is_file():
         return False
     for split, count in counts.items():
@@ -179,13 +264,14 @@ def _recorded_path(yaml_path: Path) -> str | None:
         return None
 
 
-def _write_yaml(yaml_path: Path, root: Path) -> None:
+def _write_yaml(yaml_path: Path, root: Path, task: str) -> None:
     data = {
         "path": str(root),
         "train": "images/train",
         "val": "images/val",
         "nc": len(CLASS_NAMES),
         "names": dict(enumerate(CLASS_NAMES)),
+        **({"kpt_shape": list(KPT_SHAPE), "flip_idx": list(FLIP_IDX)} if task == "pose" else {}),
     }
     yaml_path.write_text(yaml.safe_dump(data, sort_keys=False))
 
