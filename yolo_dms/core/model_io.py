@@ -20,10 +20,12 @@ from typing import TYPE_CHECKING
 import torch
 import yaml
 from ultralytics import __version__ as ultralytics_version
+from ultralytics.nn.modules import Detect
 from ultralytics.nn.tasks import DetectionModel, guess_model_task, torch_safe_load, yaml_model_load
-from ultralytics.utils import SETTINGS, is_online
+from ultralytics.utils import LOGGER, SETTINGS, is_online
 from ultralytics.utils.checks import check_model_file_from_stem
 from ultralytics.utils.downloads import GITHUB_ASSETS_NAMES, attempt_download_asset
+from ultralytics.utils.torch_utils import intersect_dicts
 
 from yolo_dms.core.errors import ModelSourceError, UnsupportedModelError, first_line
 
@@ -155,9 +157,38 @@ def rebuild(model: DetectionModel, source: str | Path, nc: int | None = None) ->
                 f"the weights in '{source}' do not fit the model its YAML builds: {first_line(e)}"
             ) from None
         fresh.names = model.names
-    else:
-        fresh.load(model, verbose=False)
-    return fresh.train(model.training)
+        return fresh.train(model.training)
+    loaded = deepcopy(fresh)
+    loaded.load(model, verbose=False)
+    return with_stock_class_branch(loaded, fresh).train(model.training)
+
+
+def class_branch_width(model: DetectionModel) -> int | None:
+    """Hidden width of the Detect head's class branch (`cv3`), None for other heads."""
+    head = model.model[-1]
+    if not isinstance(head, Detect):
+        return None
+    first = head.cv3[0][0]
+    return (first[-1] if isinstance(first, torch.nn.Sequential) else first).conv.out_channels
+
+
+def with_stock_class_branch(loaded: DetectionModel, fresh: DetectionModel) -> DetectionModel:
+    """`loaded` (weights from a checkpoint of another class count), unless its class branch is narrower than
+    the one `fresh` (the same YAML built for the data's `nc`) has; then `fresh` with every weight that fits.
+
+    Stock `load` (8.4) rebuilds Detect's class branch at the checkpoint's width when the class count differs.
+    Exported YAMLs rebuild it as `Detect` derives it, `max(P3, min(nc, 100))`: a wider branch is pruned to
+    that by importance, but a narrower one (a 4-class model on 80-class data) could never reach it.
+    """
+    width, stock = class_branch_width(loaded), class_branch_width(fresh)
+    if width is None or width >= stock:
+        return loaded
+    fresh.load_state_dict(intersect_dicts(loaded.state_dict(), fresh.state_dict()), strict=False)
+    LOGGER.info(
+        f"The checkpoint's class branch ({width} channels) is narrower than Detect builds for "
+        f"{fresh.yaml['nc']} classes ({stock}): it starts from fresh weights"
+    )
+    return fresh
 
 
 TASK_NAMES = {"segment": "instance segmentation", "pose": "pose estimation", "obb": "oriented boxes",

@@ -24,18 +24,29 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 from copy import deepcopy
 
 import torch
 from torch import nn
+from ultralytics.cfg import get_cfg
 from ultralytics.models.yolo.detect import DetectionTrainer
 from ultralytics.utils import DEFAULT_CFG, LOCAL_RANK, LOGGER, RANK, colorstr
 from ultralytics.utils.torch_utils import strip_optimizer, torch_distributed_zero_first, unwrap_model
 
-from yolo_dms.core.budget import describe, fit_to_budget, hard_figure, hard_gflops, resolve_budget, structure_as
+from yolo_dms.core.budget import describe, fit_structure, hard_figure, hard_gflops, resolve_budget, structure_as
+from yolo_dms.core.errors import DMSError
 from yolo_dms.core.export import ExportResult, export_searched
-from yolo_dms.core.latency import fit_to_measured_budget, resource_model
+from yolo_dms.core.latency import resource_model, same_resources
 from yolo_dms.core.latency_backends import latency_backend
+from yolo_dms.core.model_io import (
+    is_checkpoint,
+    load_search_checkpoint,
+    trained_on,
+    with_stock_class_branch,
+    write_checkpoint,
+)
+from yolo_dms.core.prune import prune
 from yolo_dms.core.resources import ResourceModel
 from yolo_dms.core.supernet import Supernet
 from yolo_dms.search.distributed import broadcast_keep_ratios
@@ -52,7 +63,11 @@ def sync_structure(source: Supernet, target: Supernet) -> None:
     target.masks.load_state_dict(source.masks.state_dict())
 
 
-FIT_WARNING = (0.95, 1.05)  # a fit factor outside this range means the search itself did not reach the budget
+def _start_epoch(trainer: DMSTrainer) -> None:
+    """Callback: the schedule follows the run's length, and the search clock restarts at the epoch's first batch
+    (an epoch retried with a halved batch after an out-of-memory error runs more batches)."""
+    trainer.follow_run_length()
+    trainer.search_iteration = trainer.epoch * len(trainer.train_loader)
 
 
 def _count_batch(trainer: DMSTrainer) -> None:
@@ -70,13 +85,33 @@ def _structure_after_batch(trainer: DMSTrainer) -> None:
         trainer.search_log.record(trainer.search_iteration, trainer.epoch, trainer.fit["after"], trainer.budget, 0.0)
 
 
-CALLBACKS = {"on_train_batch_start": _count_batch, "on_train_batch_end": _structure_after_batch}
+CALLBACKS = {
+    "on_train_epoch_start": _start_epoch,
+    "on_train_batch_start": _count_batch,
+    "on_train_batch_end": _structure_after_batch,
+}
+
+
+UNSUPPORTED = {  # train arguments the search refuses, and what to do instead
+    "distill_model": "distillation belongs to fine-tuning: search without it, then "
+    "'yolo train model=<run>/pruned.pt distill_model=<teacher.pt>'",
+    "compile": "torch.compile would recompile the supernet as its masks change every step: search without it, "
+    "then fine-tune pruned.pt with compile=True",
+}
+
+
+def refuse_unsupported(args) -> None:
+    """One line for a train argument the search cannot honour, before anything is written."""
+    for key, instead in UNSUPPORTED.items():
+        if getattr(args, key, None):
+            raise DMSError(f"{key}= is not supported during the search; {instead}")
 
 
 class DMSTrainer(DetectionTrainer):
     """Differentiable Model Scaling search as an Ultralytics detection trainer."""
 
     def __init__(self, cfg=DEFAULT_CFG, overrides=None, _callbacks=None, settings: SearchSettings | None = None):
+        refuse_unsupported(get_cfg(cfg, overrides))
         super().__init__(cfg, overrides, _callbacks)
         self.settings = settings  # None: taken from the supernet (resume, DDP workers)
         self.search_iteration = 0
@@ -101,13 +136,20 @@ class DMSTrainer(DetectionTrainer):
 
     # ------------------------------------------------------------------------------------------------ set-up
     def get_model(self, cfg=None, weights=None, verbose: bool = True) -> Supernet:
-        """Stock model from `cfg` (and pretrained weights), wrapped as a supernet; a search checkpoint resumes."""
-        if isinstance(weights, Supernet):
-            supernet = self.wrap(super().get_model(cfg, None, verbose), weights.dms_settings)
+        """Stock model from `cfg` (and pretrained weights), wrapped as a supernet; a search checkpoint resumes.
+
+        Every class-count-dependent width is the data's, as `yolo train` builds it (`Detect`'s class branch is
+        kept at a checkpoint's width only where pruning can bring it to what exported YAMLs rebuild).
+        """
+        if isinstance(weights, Supernet):  # the layers the search had (stock loading shapes the head alike)
+            supernet = self.wrap(super().get_model(cfg, weights, verbose), weights.dms_settings)
             supernet.load_state_dict(weights.float().state_dict())
             supernet.search_state = getattr(weights, "search_state", {})
             return supernet
-        return self.wrap(super().get_model(cfg, weights, verbose), self.settings or SearchSettings())
+        model = super().get_model(cfg, weights, verbose)
+        if weights is not None:  # a checkpoint of another class count: a class branch exported YAMLs can rebuild
+            model = with_stock_class_branch(model, super().get_model(cfg, None, verbose=False))
+        return self.wrap(model, self.settings or SearchSettings())
 
     @staticmethod
     def wrap(model, settings: SearchSettings) -> Supernet:
@@ -144,7 +186,8 @@ class DMSTrainer(DetectionTrainer):
             group["params"] = [p for p in group["params"] if id(p) not in structure]
         settings = self.supernet.dms_settings
         self.latency_backend = latency_backend(settings.latency_backend, self.device)
-        self.resources = resource_model(self.supernet, self.args.imgsz, settings.resource, self.latency_backend)
+        self.resources = resource_model(self.supernet, self.args.imgsz, settings.resource, self.latency_backend,
+                                        refresh=settings.latency_refresh and RANK == -1)  # DDP: the parent measured
         self.structure = StructureStep(
             self.supernet,
             self.resources,
@@ -162,35 +205,61 @@ class DMSTrainer(DetectionTrainer):
         smallest, self.full, self.budget = resolve_budget(self.supernet, self.resources, self.settings)
         with structure_as(self.supernet, dict.fromkeys(self.supernet.keep_ratio_masks(), 1.0)):
             self.full_gflops, self.full_params = hard_gflops(self.resources), round(self.resources.params().item())
-        total_steps = self.epochs * len(self.train_loader)
-        self.schedule = SearchSchedule(
-            total_steps, self.full, self.budget, self.settings.target_schedule, self.settings.refine
-        )
-        lr = self.schedule.auto_structure_lr() if self.settings.structure_lr is None else self.settings.structure_lr
-        self.structure_lr = lr
+        self.follow_run_length()
         if RANK in {-1, 0}:
-            every = math.ceil(total_steps / TRACE_ROWS)
+            every = math.ceil(self.schedule.total_steps / TRACE_ROWS)
             self.search_log = SearchLog(self.save_dir, self.settings.resource, every=every)
-            refine = self.schedule.total_steps - self.schedule.refine_start
             LOGGER.info(
                 f"{colorstr('DMS:')} supernet {self.describe(self.full)} at imgsz={self.args.imgsz}, budget "
                 f"{self.describe(self.budget)} ({self.budget / self.full:.1%}), smallest structure "
-                f"{self.describe(smallest)}. {total_steps} batches: the target reaches the budget after "
-                f"{self.schedule.schedule_steps}, "
-                f"one structure step per batch (keep-ratio lr {lr:.3g} decaying to {lr * FINAL_LR_FACTOR:.3g}"
-                f"{', auto' if self.settings.structure_lr is None else ''}), then {refine} batches at the fitted, "
-                "frozen structure"
+                f"{self.describe(smallest)}. {self.describe_schedule()}"
             )
+
+    def follow_run_length(self) -> None:
+        """Size the schedule (target, refine start, keep-ratio step size) to the batches the run will train, again
+        whenever Ultralytics changes them: a batch halved after an out-of-memory error, `time=` re-estimating the
+        epochs after each one."""
+        total = self.epochs * len(self.train_loader)
+        if self.schedule and self.schedule.total_steps == total:
+            return
+        moved = self.schedule is not None
+        self.schedule = SearchSchedule(total, self.full, self.budget, self.settings.target_schedule, self.settings.refine)
+        auto = self.settings.structure_lr is None
+        self.structure_lr = self.schedule.auto_structure_lr() if auto else self.settings.structure_lr
+        if moved and RANK in {-1, 0}:
+            LOGGER.info(f"{colorstr('DMS:')} the run's length changed; {self.describe_schedule()}")
+
+    def describe_schedule(self) -> str:
+        """The schedule in words, for the log."""
+        schedule, lr = self.schedule, self.structure_lr
+        return (
+            f"{schedule.total_steps} batches: the target reaches the budget after {schedule.schedule_steps}, one "
+            f"structure step per batch (keep-ratio lr {lr:.3g} decaying to {lr * FINAL_LR_FACTOR:.3g}"
+            f"{', auto' if self.settings.structure_lr is None else ''}), then "
+            f"{schedule.total_steps - schedule.refine_start} batches at the fitted, frozen structure"
+        )
 
     def resume_training(self, ckpt):
         """Stock resume, plus the structure optimizer, gradient norm and search clock saved with the supernet."""
         super().resume_training(ckpt)
         state = getattr(self.supernet, "search_state", None)
         if self.resume and state:
-            self.structure.load_state_dict(state)
-            self.fit = state.get("fit", {})
-            self.supernet.structure_frozen = bool(self.fit)
-            self.search_iteration = self.start_epoch * len(self.train_loader)
+            self.restore_search_state(state)
+
+    def restore_search_state(self, state: dict) -> None:
+        """The structure step's optimizer and gradient norm, the fit, and whether the structure is frozen, as saved
+        with the supernet (its keep ratios and importance come back with its weights; the clock with the epoch)."""
+        self.structure.load_state_dict(state)
+        self.fit = state.get("fit", {})
+        self.supernet.structure_frozen = bool(self.fit)
+
+    def _handle_nan_recovery(self, epoch):
+        """Stock recovery from a non-finite loss reloads last.pt's weights and masks; the search state follows."""
+        recovered = super()._handle_nan_recovery(epoch)
+        if recovered:
+            supernet, _ = load_search_checkpoint(self.last, "NaN recovery reloads the search's own last.pt")
+            self.restore_search_state(supernet.search_state)
+        return recovered
 
     # ------------------------------------------------------------------------------------------ search step
     def current_target(self) -> float:
@@ -198,15 +267,18 @@ class DMSTrainer(DetectionTrainer):
         return self.schedule.target(self.search_iteration)
 
     @property
-    def loss_scale(self) -> float:
-        """The factor AMP multiplied the loss by before backward (1 without AMP)."""
-        return self.scaler.get_scale() if self.scaler.is_enabled() else 1.0
+    def loss_scale(self) -> float | torch.Tensor:
+        """The factor AMP multiplies the loss by before backward (1 without AMP), read without waiting for the
+        device: the scaler's own scale tensor, which its `update` changes in place after each weight step (its
+        initial float before the first step). `GradScaler.get_scale()` would synchronize on every read."""
+        if not self.scaler.is_enabled():
+            return 1.0
+        scale = self.scaler._get_scale_async()
+        return self.scaler.get_scale() if scale is None else scale
 
     def preprocess_batch(self, batch):
         """Stock preprocessing; importance learns the AMP loss scale the coming backward pass will carry."""
-        scale = self.loss_scale
-        for mask in self.supernet.masks.values():
-            mask.grad_scale = scale
+        self.supernet.grad_scale = self.loss_scale
         return super().preprocess_batch(batch)
 
     def optimizer_step(self):
@@ -241,72 +313,74 @@ class DMSTrainer(DetectionTrainer):
             self.fit_structure()
         if self.ema:
             sync_structure(self.supernet, self.ema.ema)
-        return super().validate()
+        metrics, fitness = super().validate()
+        if not self.frozen:  # best.pt is the best model at the exported structure: none before it is fixed
+            self.best_fitness = None
+        return metrics, fitness
 
-    def fit_structure(self) -> None:
-        """Scale the live keep ratios by the common factor that brings them just under the budget."""
-        resource = self.settings.resource
-        before = hard_figure(self.resources, resource)
-        if resource == "latency":  # held to the exported model's measured milliseconds, not only the prediction
-            factor, measured = fit_to_measured_budget(self.supernet, self.resources, self.budget)
-        else:
-            factor, measured = fit_to_budget(self.supernet, self.resources, self.budget, resource), None
-        broadcast_keep_ratios(self.supernet)  # rank 0's fit for all (measured latency differs between ranks)
-        after = hard_figure(self.resources, resource)
-        self.fit = {"before": before, "factor": factor, "after": after, "iteration": self.search_iteration,
-                    "measured_ms": measured}
+    def fit_structure(self, supernet: Supernet | None = None, resources: ResourceModel | None = None) -> None:
+        """Scale the keep ratios of `supernet` (the live one by default, on `resources`) by the common factor that
+        brings them just under the budget (`budget.fit_structure`, the rule of every fit), record it in `self.fit`
+        for search.json and checkpoints, and say what it did."""
+        live = supernet is None
+        if live:
+            supernet, resources = self.supernet, self.resources
+        fit = fit_structure(supernet, resources, self.budget, self.settings.resource)
+        if live:
+            broadcast_keep_ratios(supernet)  # rank 0's fit for all (measured latency differs between ranks)
+        self.fit = {**fit.record(), "iteration": self.search_iteration}
         if RANK in {-1, 0}:
-            LOGGER.info(
-                f"{colorstr('DMS:')} structure at {self.describe(before)} fitted to the budget "
-                f"{self.describe(self.budget)}: keep ratios scaled by {factor:.4f}, now {self.describe(after)}"
-            )
-            low, high = FIT_WARNING
-            if not low <= factor <= high:
-                LOGGER.warning(
-                    f"{colorstr('DMS:')} the search ended {before / self.budget - 1:+.1%} off its budget and the fit "
-                    f"had to scale every keep ratio by {factor:.3f}, so the budget was reached by a uniform rescale, "
-                    "not by the search. Search more epochs, raise structure_lr (or leave it auto) or resource_weight, "
-                    "or lower target_schedule."
-                )
+            fit.log()
 
     def save_metrics(self, metrics):
-        """Stock results.csv row plus the search's columns: GFLOPs, parameters, target (in the budget's unit),
-        resource loss, depth per stage."""
+        """Stock results.csv row plus the search's columns: GFLOPs, parameters, target (in the resource's file unit,
+        as search.csv: GFLOPs, parameters, ms), resource loss, depth per stage."""
+        target = self.current_target()
         extra = {
             "dms/GFLOPs": hard_gflops(self.resources),
             "dms/params": hard_figure(self.resources, "params") * 1e6,
-            "dms/target": self.current_target(),
+            "dms/target": UNITS[self.settings.resource].absolute(target),
             "dms/resource_loss": self.search_log.end_epoch(),
             **structure_columns(self.supernet),
         }
         LOGGER.info(
             f"{colorstr('DMS:')} epoch {self.epoch + 1}: "
             f"{self.describe(hard_figure(self.resources, self.settings.resource))}"
-            f" (target {self.describe(extra['dms/target'])}, budget {self.describe(self.budget)}), mean resource loss "
+            f" (target {self.describe(target)}, budget {self.describe(self.budget)}), mean resource loss "
             f"{extra['dms/resource_loss']:.4f}"
         )
         super().save_metrics({**metrics, **extra})
 
     def save_model(self):
-        """Stock checkpoint, written atomically; the EMA supernet carries the structure step's state and settings.
+        """Stock last.pt, written atomically, whose EMA supernet carries the search state and settings; best.pt is
+        the pruned model (a stock checkpoint) at the best fitness since the structure was fixed.
 
-        Ultralytics writes last.pt and best.pt in place; here they are written under temporary names and renamed,
-        so a kill during the write leaves the previous checkpoint intact.
+        Ultralytics writes its checkpoints in place; last.pt is written under a temporary name and renamed, so a
+        kill during the write leaves the previous checkpoint intact (and a temporary file a kill left behind is
+        never renamed over one). The supernet Ultralytics would write as best.pt is dropped.
         """
         ema = self.ema.ema
         sync_structure(self.supernet, ema)
         ema.dms_settings = self.settings
         ema.search_state = {**self.structure.state_dict(), "fit": self.fit, "source": self.search_source()}
-        final = {"last": self.last, "best": self.best}
-        for attr, path in final.items():
-            setattr(self, attr, path.with_name(f".{path.name}.tmp"))
+        last, best = self.last, self.best
+        self.last, self.best = (path.with_name(f".{path.name}.tmp") for path in (last, best))
+        for path in (self.last, self.best):
+            path.unlink(missing_ok=True)
         try:
-            return super().save_model()
+            saved = super().save_model()
         finally:
-            for attr, path in final.items():
-                if getattr(self, attr).exists():
-                    os.replace(getattr(self, attr), path)
-                setattr(self, attr, path)
+            self.best.unlink(missing_ok=True)
+            if self.last.exists():
+                os.replace(self.last, last)
+            self.last, self.best = last, best
+        if self.frozen and self.best_fitness == self.fitness:
+            self.write_pruned(ema, best)
+        return saved
+
+    def write_pruned(self, supernet: Supernet, path: Path) -> None:
+        """`supernet` at its hard structure as a stock checkpoint: what best.pt and pruned.pt hold."""
+        write_checkpoint(prune(deepcopy(supernet).float().eval()), path, {"imgsz": self.args.imgsz})
 
     def final_eval(self):
         """Export from the last EMA weights, validate `pruned.pt` with the stock validator, and say what was found.
@@ -341,11 +415,13 @@ class DMSTrainer(DetectionTrainer):
             f"pruned.pt and searched.yaml are taken from the last EMA weights (epoch {self.epoch + 1}).\n"
             f"Retrain from scratch:  yolo train model={result.yaml_path} data={self.args.data}\n"
             f"Fine-tune:             yolo train model={result.weights_path} data={self.args.data}\n"
-            + (
+            + (  # a teacher must know the data: the starting .pt if trained on its classes, else a fine-tune of it
                 f"Fine-tune, distilled:  yolo train model={result.weights_path} data={self.args.data} "
                 f"distill_model={self.search_source()}\n"
-                if str(self.search_source()).endswith(".pt")
-                else ""
+                if is_checkpoint(self.search_source()) and trained_on(self.search_source(), self.data["names"])
+                else f"Fine-tune, distilled:  train the teacher first, the unpruned model on this data: yolo train "
+                f"model={self.search_source()} data={self.args.data} epochs={self.epochs}; then yolo train "
+                f"model={result.weights_path} data={self.args.data} distill_model=<that run's weights/last.pt>\n"
             )
             + f"Export:                yolo export model={result.weights_path} format=onnx"
         )
@@ -359,11 +435,11 @@ class DMSTrainer(DetectionTrainer):
         if self.last.exists():
             strip_optimizer(self.last)
         supernet = deepcopy(self.ema.ema).float().eval()
-        if not self.frozen:  # interrupted before the refine phase and its fit, or refine=0
-            resource = self.settings.resource
-            resources = resource_model(supernet, self.args.imgsz, resource, self.latency_backend)
-            fit_to_budget(supernet, resources, self.budget, resource)
+        if not self.fit:  # stopped before any fit (early stop, time=): fitted now by the same rule, and said so
+            self.fit_structure(supernet, same_resources(self.resources, supernet))
         self.export_result = result = export_searched(supernet, self.save_dir, self.args.imgsz)
+        if not self.best.exists():  # not validated since the structure was fixed: the best model is the last
+            shutil.copyfile(result.weights_path, self.best)
         self.write_summary(result)
         plot_structure(supernet, self.save_dir / "structure.png")
         if self.search_log and self.search_log.path.exists():
