@@ -104,6 +104,7 @@ class ResourceModel:
             return torch.tensor(values, dtype=dtype)
 
         self.constants = tensor(constants, torch.float64)
+        self.width_count = tensor([self.supernet.mask_bank().position[n] for n in self.widths])
         self.in_site = tensor([i for i, s in enumerate(sites) for _ in s.inputs])
         self.in_channel = tensor([index(c) for s in sites for c, _ in s.inputs])
         self.in_scale = tensor([scale(c) for s in sites for c, _ in s.inputs], torch.float64)
@@ -176,11 +177,11 @@ class ResourceModel:
 
     def _counts(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(Straight-through width of every channel entry, gate of every block then a constant 1), float64."""
-        device = next(self.supernet.parameters()).device
-        hard = self.supernet.hard_counts()
-        counts, gates = self.supernet.channel_counts(hard), self.supernet.depth_gates(hard)
-        width = torch.cat([torch.stack([counts[n] for n in self.widths]).double(), self.constants.to(device)])
-        gate = torch.cat([*(gates[n].double() for n in self.depths), torch.ones(1, dtype=torch.float64, device=device)])
+        bank, masks = self.supernet.mask_bank(), self.supernet.masks  # every mask in one pass, no host read
+        counts = bank.counts(masks)
+        width = torch.cat([counts[self.width_count.to(counts.device)], self.constants.to(counts.device)])
+        blocks = bank.rows(masks, tuple(self.depths), counts).double() if self.depths else counts.new_zeros(0)
+        gate = torch.cat([blocks, counts.new_ones(1)])
         return width, gate
 
     def _conv_terms(self, width: torch.Tensor, gate: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -18,7 +18,8 @@ from ultralytics.nn.tasks import DetectionModel
 
 from yolo_dms.core.handlers import AttentionSite, ConvSite, LayerHandler, Layout, Space, Wiring, handlers_for
 from yolo_dms.core.handlers.base import OUTPUT_DIVISOR, default_hidden_divisor
-from yolo_dms.core.masks import DepthMask, DerivedWidthMask, KeepRatioMask, WidthMask, straight_through
+from yolo_dms.core.mask_bank import MaskBank
+from yolo_dms.core.masks import DepthMask, DerivedWidthMask, KeepRatioMask
 from yolo_dms.core.model_io import load_detection_model
 
 
@@ -31,6 +32,7 @@ class Supernet(DetectionModel):
     """
 
     structure_frozen: bool = False
+    grad_scale: float | torch.Tensor = 1.0  # AMP's loss scale for the coming backward pass (a tensor: no host read)
 
     def __new__(cls, model: nn.Module | None = None, *args, **kwargs):
         """`Supernet(model)` is the supernet of `model`'s task (`yolo_dms.core.tasks`): a segmentation model gets a
@@ -100,9 +102,13 @@ class Supernet(DetectionModel):
         return [m.keep_ratio for m in self.keep_ratio_masks().values()]
 
     def clamp_keep_ratios(self) -> None:
-        """Project every keep ratio into its legal range (call after each structure optimizer step)."""
-        for mask in self.keep_ratio_masks().values():
-            mask.clamp_()
+        """Project every keep ratio into its legal range (call after each structure optimizer step), in one
+        batched operation per bound, as `KeepRatioMask.clamp_` does mask by mask."""
+        masks = list(self.keep_ratio_masks().values())
+        with torch.no_grad():
+            ratios = [m.keep_ratio for m in masks]
+            torch._foreach_maximum_(ratios, [m.min_ratio for m in masks])
+            torch._foreach_clamp_max_(ratios, 1.0)
 
     def hard_counts(self) -> dict[str, int]:
         """Kept elements of every mask (channels, or blocks for depth masks) at hard masks, read in one sync."""
@@ -114,39 +120,25 @@ class Supernet(DetectionModel):
                 counts[name] = mask.derive_hard(sum(counts[s] for s in mask.sources))
         return counts
 
+    def mask_bank(self) -> MaskBank:
+        """Every mask in one batched pass (`core.mask_bank`), compiled on first use (never saved)."""
+        if getattr(self, "_mask_bank", None) is None:
+            self._mask_bank = MaskBank(self.masks, self.gated_convs, self.gated_csps)
+        return self._mask_bank
+
     def soft_counts(self) -> dict[str, torch.Tensor]:
         """Straight-through channel count of every width mask, computed on the device (no host read).
 
         Its value is the exact hard count (rounding included), its gradient that of the continuous count `k N`
         (derived widths follow their sources), so soft masks and the resource model see what pruning keeps.
         """
-        counts = {name: m.count() for name, m in self.keep_ratio_masks().items() if isinstance(m, WidthMask)}
-        for name, mask in self.masks.items():
-            if isinstance(mask, DerivedWidthMask):
-                counts[name] = mask.derive_count(sum(counts[s] for s in mask.sources))
-        return counts
-
-    def channel_counts(self, hard: dict[str, int] | None = None) -> dict[str, torch.Tensor]:
-        """Straight-through channel count of every width mask: exact hard value, soft gradient.
-
-        `hard` is `hard_counts()` when the caller already has it (one host read per step, not two).
-        """
-        hard = self.hard_counts() if hard is None else hard
-        return {name: straight_through(hard[name], soft) for name, soft in self.soft_counts().items()}
+        bank = self.mask_bank()
+        counts = dict(zip(bank.order, bank.counts(self.masks).unbind()))
+        return {n: c for n, c in counts.items() if not isinstance(self.masks[n], DepthMask)}
 
     def hard_channel_counts(self) -> dict[str, int]:
         """Channel count of every width mask at hard masks."""
         return {k: v for k, v in self.hard_counts().items() if not isinstance(self.masks[k], DepthMask)}
-
-    def depth_gates(self, counts: dict[str, int] | None = None) -> dict[str, torch.Tensor]:
-        """Straight-through block gates of every CSP layer: hard 0/1 forward, soft gradient (importance untouched)."""
-        counts = self.hard_counts() if counts is None else counts
-        gates = {}
-        for name, mask in self.masks.items():
-            if isinstance(mask, DepthMask):
-                soft = mask.soft_masks(mask.count(), track=False)[0]
-                gates[name] = straight_through(mask.hard_masks(counts[name])[0], soft)
-        return gates
 
     def kept_blocks(self) -> dict[str, list[int]]:
         """Indices of the blocks each CSP layer keeps at hard masks."""
@@ -169,24 +161,17 @@ class Supernet(DetectionModel):
 
     # ------------------------------------------------------------------------------------------- forward
     def _set_gates(self, hard: bool) -> None:
-        """Compute every mask once for this pass and hand each gated layer its slice.
+        """Compute every mask once for this pass, in one batched pass, and hand each gated layer its gate.
 
-        Soft masks need no host synchronization: derived widths follow their sources' continuous counts.
+        Training masks are straight-through (hard values, the relaxation's gradient) and need no host
+        synchronization: counts, derived widths included, are computed on the device.
         """
-        if hard:
-            counts = self.hard_counts()
-            values = {name: mask.hard_masks(counts[name]) for name, mask in self.masks.items()}
-        else:
-            counts = self.soft_counts()
-            values = {
-                name: mask.soft_masks(counts[name] if name in counts else mask.count())
-                for name, mask in self.masks.items()
-            }
-        for path, spaces in self.gated_convs.items():
-            self.get_submodule(path).gate = torch.cat([values[s.mask][s.row] for s in spaces])
-        for path, depth in self.gated_csps.items():
+        gates = self.mask_bank().gates(self.masks, hard, self.grad_scale)
+        for path in self.gated_convs:
+            self.get_submodule(path).gate = gates[path]
+        for path in self.gated_csps:
             module = self.get_submodule(path)
-            module.depth_gate, module.depth_hard = values[depth][0], hard
+            module.depth_gate, module.depth_hard = gates[path], hard
 
     def _clear_gates(self) -> None:
         """Drop this pass's gates so that copies and checkpoints never carry autograd graphs."""

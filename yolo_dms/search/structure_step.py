@@ -44,7 +44,8 @@ class StructureStep:
         self.supernet, self.resources, self.weight, self.resource = supernet, resources, weight, resource
         params = supernet.structure_parameters()
         self.normalize = optimizer == "sgd"
-        self.optimizer = torch.optim.SGD(params, lr=lr) if self.normalize else torch.optim.Adam(params, lr=lr)
+        optimizer = torch.optim.SGD if self.normalize else torch.optim.Adam
+        self.optimizer = optimizer(params, lr=lr, foreach=True)  # one batched update, not one per keep ratio
         self.task_norm: float | None = None
 
     def set_lr(self, lr: float) -> None:

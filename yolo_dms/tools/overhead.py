@@ -1,9 +1,17 @@
 """Timing one DMS search iteration against one plain training iteration of the same supernet.
 
 Both run the same model, batch and image size through forward, Ultralytics' detection loss, backward and an
-SGD weight step; the search iteration adds the masks (soft, with Taylor-importance hooks) and the structure
-step (resource model, balanced resource gradient, Adam on keep ratios). `keep` sets every keep ratio first: a
-search spends most of its batches below 1, where many gates are closed (exactly 0, see `core.topk`).
+SGD weight step; the search iteration adds the masks (straight-through, with Taylor-importance hooks) and the
+structure step (resource model, balanced resource gradient, Adam on keep ratios). The two alternate iteration by
+iteration, so a machine whose speed drifts slows both alike. `keep` sets every keep ratio first: a search spends
+most of its batches below 1, where many gates are closed.
+
+At a size where the convolutions cost almost nothing (`model=yolov8s.yaml imgsz=32 batch=2` on a CPU; batch 1
+would leave BatchNorm one value per channel at P5) the difference between the two is the host-side cost of the
+search, the part a fast GPU cannot hide behind its kernels.
+
+The harness reads only what every version of the package has (Supernet, ResourceModel, StructureStep), so
+`tools/search_overhead.py before=<commit>` can time an earlier version with this very harness.
 """
 
 from __future__ import annotations
@@ -11,35 +19,30 @@ from __future__ import annotations
 import copy
 import statistics
 import time
+from collections.abc import Callable
 
 import torch
 from ultralytics.nn.tasks import DetectionModel
 from ultralytics.utils import DEFAULT_CFG
 
-from yolo_dms.core.budget import set_keep_ratios
 from yolo_dms.core.resources import ResourceModel
 from yolo_dms.core.supernet import Supernet
 from yolo_dms.search.structure_step import StructureStep
 from yolo_dms.tools.demo_data import random_batch
 
 
-def _time(model, step, batch: dict, iters: int, warmup: int, amp: bool, device: torch.device) -> float:
-    """Median seconds per iteration (forward, loss, backward, `step`) after `warmup` untimed ones."""
-    scaler = torch.amp.GradScaler(device.type, enabled=amp)
-    times = []
-    for i in range(warmup + iters):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        with torch.autocast(device.type, enabled=amp):
-            loss, _ = model(batch)
-        scaler.scale(loss.sum()).backward()
-        step(scaler)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        if i >= warmup:
-            times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def _iteration(model, step: Callable, scaler, batch: dict, amp: bool, device: torch.device) -> float:
+    """Seconds of one iteration: forward, loss, backward and `step`, waited for on a GPU."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    with torch.autocast(device.type, enabled=amp):
+        loss, _ = model(batch)
+    scaler.scale(loss.sum()).backward()
+    step(scaler)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
 
 
 def measure_overhead(
@@ -52,13 +55,14 @@ def measure_overhead(
     amp: bool = False,
     keep: float = 1.0,
 ) -> tuple[float, float]:
-    """(plain, search) median seconds per iteration of the same supernet on a random batch."""
+    """(plain, search) median seconds per iteration of the same supernet on a random batch, interleaved."""
     device = torch.device("cuda:0" if device not in {"cpu", ""} else "cpu")
     base = DetectionModel(model, nc=80, verbose=False)
     base.args = copy.copy(DEFAULT_CFG)
     plain = copy.deepcopy(base).to(device).train()
     supernet = Supernet(copy.deepcopy(base)).to(device).train()
-    set_keep_ratios(supernet, dict.fromkeys(supernet.keep_ratio_masks(), keep))
+    for mask in supernet.keep_ratio_masks().values():
+        mask.set_keep_ratio(max(keep, mask.min_ratio))
     data = random_batch(batch, imgsz, device)
 
     def sgd(net):
@@ -79,7 +83,12 @@ def measure_overhead(
         scaler.update()
         super_opt.zero_grad()
 
-    return (
-        _time(plain, plain_step, data, iters, warmup, amp, device),
-        _time(supernet, search_step, data, iters, warmup, amp, device),
-    )
+    runs = [(plain, plain_step), (supernet, search_step)]
+    scalers = [torch.amp.GradScaler(device.type, enabled=amp) for _ in runs]
+    times: list[list[float]] = [[], []]
+    for i in range(warmup + iters):
+        for (net, step), scaler, timed in zip(runs, scalers, times):
+            seconds = _iteration(net, step, scaler, data, amp, device)
+            if i >= warmup:
+                timed.append(seconds)
+    return statistics.median(times[0]), statistics.median(times[1])

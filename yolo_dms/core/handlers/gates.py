@@ -7,14 +7,37 @@ class names the stock layer it stands for (`stock`), which is how the handler re
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call
 from ultralytics.nn.modules import C2, C2PSA, C2f, C3k2, Conv
 
 
 def become(module: nn.Module, cls: type) -> None:
     """Give a stock layer the gated subclass's forward, keeping its parameters and names untouched."""
     module.__class__ = cls
+
+
+def gated_batch_norm(bn: nn.BatchNorm2d, x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+    """`bn(x)` with its weight and bias scaled by `gate`: BatchNorm's own forward (batch or running statistics,
+    their update, momentum, eps) called directly, since swapping the parameters in (`torch.func.functional_call`)
+    costs the host more per layer than a small layer's convolution."""
+    momentum = 0.0 if bn.momentum is None else bn.momentum
+    if bn.training and bn.track_running_stats and bn.num_batches_tracked is not None:
+        bn.num_batches_tracked.add_(1)
+        if bn.momentum is None:  # cumulative moving average
+            momentum = 1.0 / float(bn.num_batches_tracked)
+    batch_statistics = bn.training or (bn.running_mean is None and bn.running_var is None)
+    running = not bn.training or bn.track_running_stats
+    return F.batch_norm(
+        x,
+        bn.running_mean if running else None,
+        bn.running_var if running else None,
+        bn.weight * gate,
+        bn.bias * gate,
+        batch_statistics,
+        momentum,
+        bn.eps,
+    )
 
 
 class GatedConv(Conv):
@@ -31,9 +54,7 @@ class GatedConv(Conv):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.gate is None:
             return super().forward(x)
-        gate = self.gate.to(self.bn.weight.dtype)
-        affine = {"weight": self.bn.weight * gate, "bias": self.bn.bias * gate}
-        return self.act(functional_call(self.bn, affine, (self.conv(x),)))
+        return self.act(gated_batch_norm(self.bn, self.conv(x), self.gate.to(self.bn.weight.dtype)))
 
 
 class DepthGated:

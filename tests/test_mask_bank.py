@@ -1,0 +1,107 @@
+"""The batched search step (`core.mask_bank`, one pass over every mask) computes what the mask-by-mask one does.
+
+The reference here is the straightforward step: each mask's own count, masks and importance hook, a gate
+concatenated per layer, a resource model fed from host-side hard counts, keep ratios clamped and Adam-stepped
+one by one. Over a few hundred search steps (forward, backward, structure step, with an AMP-like loss scale)
+both must end with the same structure, keep ratios and importance (up to float32 rounding: the two sum the
+same gradients in a different order).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+
+from yolo_dms import DepthMask, Supernet
+from yolo_dms.core.masks import DerivedWidthMask, KeepRatioMask, straight_through
+from yolo_dms.core.resources import ResourceModel
+from yolo_dms.search.structure_step import StructureStep
+
+SCALE = 1024.0  # the loss is multiplied by it, as AMP does, and both paths divide it out
+
+
+def reference_set_gates(supernet: Supernet) -> None:
+    """Mask by mask: counts, straight-through masks with their own importance hooks, one gate per layer."""
+    counts = {n: m.count() for n, m in supernet.masks.items() if isinstance(m, KeepRatioMask)}
+    for name, mask in supernet.masks.items():
+        if isinstance(mask, DerivedWidthMask):
+            counts[name] = mask.derive_count(sum(counts[s] for s in mask.sources))
+    values = {}
+    for name, mask in supernet.masks.items():
+        mask.grad_scale = SCALE
+        values[name] = mask.soft_masks(counts[name])
+    for path, spaces in supernet.gated_convs.items():
+        supernet.get_submodule(path).gate = torch.cat([values[s.mask][s.row] for s in spaces])
+    for path, depth in supernet.gated_csps.items():
+        module = supernet.get_submodule(path)
+        module.depth_gate, module.depth_hard = values[depth][0], False
+
+
+class ReferenceResources(ResourceModel):
+    """Counts read to the host, then straight-through per mask; block gates mask by mask."""
+
+    def _counts(self) -> tuple[torch.Tensor, torch.Tensor]:
+        supernet = self.supernet
+        hard = supernet.hard_counts()
+        soft = {n: m.count() for n, m in supernet.masks.items() if isinstance(m, KeepRatioMask)}
+        for name, mask in supernet.masks.items():
+            if isinstance(mask, DerivedWidthMask):
+                soft[name] = mask.derive_count(sum(soft[s] for s in mask.sources))
+        width = torch.stack([straight_through(hard[n], soft[n]) for n in self.widths]).double()
+        gates = [
+            straight_through(mask.hard_masks(hard[n])[0], mask.soft_masks(soft[n], track=False)[0]).double()
+            for n, mask in supernet.masks.items()
+            if isinstance(mask, DepthMask)
+        ]
+        return torch.cat([width, self.constants]), torch.cat([*gates, torch.ones(1, dtype=torch.float64)])
+
+
+def flatten(outputs) -> torch.Tensor:
+    """Every tensor of a model's (nested) outputs in one vector."""
+    if isinstance(outputs, torch.Tensor):
+        return outputs.flatten()
+    return torch.cat([flatten(o) for o in (outputs.values() if isinstance(outputs, dict) else outputs)])
+
+
+def search(supernet: Supernet, reference: bool, steps: int) -> None:
+    """`steps` search iterations on fixed random images: forward, backward, structure step."""
+    resources = (ReferenceResources if reference else ResourceModel)(supernet, 32)
+    structure = StructureStep(supernet, resources, lr=0.02, weight=1.0)
+    if reference:
+        structure.optimizer = torch.optim.Adam(supernet.structure_parameters(), lr=0.02, foreach=False)
+        supernet.clamp_keep_ratios = lambda: [m.clamp_() for m in supernet.keep_ratio_masks().values()]
+        supernet._set_gates = lambda hard: reference_set_gates(supernet)
+    else:
+        supernet.grad_scale = torch.tensor(SCALE)
+    target = 0.4 * resources.gflops().item()
+    for module in supernet.modules():  # fixed BatchNorm statistics: one 32-pixel image per step is cheap
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.eval()
+    gen = torch.Generator().manual_seed(0)
+    weights = None
+    for _ in range(steps):
+        outputs = supernet.predict(torch.rand(1, 3, 32, 32, generator=gen))
+        flat = flatten(outputs)
+        weights = torch.randn(flat.shape, generator=gen) if weights is None else weights
+        (SCALE * (flat * weights).sum() / flat.numel()).backward()
+        structure.step(target, torch.tensor(SCALE) if not reference else SCALE)
+        supernet.zero_grad(set_to_none=True)
+
+
+def test_batched_step_keeps_the_same_keep_ratios_as_the_mask_by_mask_step():
+    supernet = Supernet.from_source("yolov8n.yaml", nc=3).train()
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for mask in supernet.masks.values():
+            mask.importance.copy_(torch.rand(mask.importance.shape, generator=gen))
+    batched, reference = copy.deepcopy(supernet), copy.deepcopy(supernet)
+    search(batched, reference=False, steps=200)
+    search(reference, reference=True, steps=200)
+    assert batched.hard_counts() == reference.hard_counts()
+    found = torch.stack(batched.structure_parameters())
+    expected = torch.stack(reference.structure_parameters())
+    assert torch.allclose(found, expected, rtol=0, atol=1e-5), (found - expected).abs().max()
+    assert expected.min() < 0.9 and expected.max() - expected.min() > 0.1  # the structure moved, not uniformly
+    for name, mask in batched.masks.items():
+        assert torch.allclose(mask.importance, reference.masks[name].importance, rtol=1e-5, atol=0), name
