@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from helpers import assert_stock_trains_and_exports, run_without_yolo_dms, yolo_dms
+from ultralytics.nn.tasks import DetectionModel
 from ultralytics.utils.torch_utils import get_flops
 
 from yolo_dms.core.model_io import load_checkpoint_model
@@ -66,6 +67,15 @@ def test_search_writes_outputs_within_budget(search_run, trained_yolov8n):
     assert 0.9 * budget <= pruned_gflops <= budget
     row = last_row(search_run / "results.csv")
     assert float(row["dms/GFLOPs"]) == pytest.approx(pruned_gflops, rel=1e-6)
+
+
+def test_best_pt_is_the_pruned_model_not_the_supernet(search_run):
+    """best.pt is a stock checkpoint of the pruned model (here the refine phase validated once: pruned.pt)."""
+    pruned = load_checkpoint_model(search_run / "pruned.pt")
+    best = load_checkpoint_model(search_run / "weights" / "best.pt")
+    assert type(best) is DetectionModel
+    assert best.state_dict().keys() == pruned.state_dict().keys()
+    assert all(torch.equal(a, b) for a, b in zip(best.state_dict().values(), pruned.state_dict().values()))
 
 
 def test_last_search_validation_equals_stock_val_of_pruned(search_run, tiny_data):
