@@ -14,6 +14,8 @@ from helpers import yolo_dms
 
 from yolo_dms import Supernet
 from yolo_dms.core.model_io import load_checkpoint_model
+from yolo_dms.core.resources import ResourceModel
+from yolo_dms.search.structure_step import StructureStep
 from yolo_dms.tools.demo_data import make_dataset
 
 IMGSZ = 64
@@ -73,3 +75,39 @@ def test_channels_that_carry_no_signal_lose_importance_first():
     assert mask.importance[0, silent].max() < mask.importance[0].sort().values[len(silent)]
     kept = set(mask.kept(mask.size - len(silent))[0].tolist())
     assert kept == set(range(mask.size)) - set(silent.tolist())
+
+
+def resisted_steps(step: StructureStep, target: float, n: int) -> list[float]:
+    """`n` structure steps against a task gradient that resists every cut; the multiplier after each."""
+    multipliers = []
+    for _ in range(n):
+        for p in step.supernet.structure_parameters():
+            p.grad = -torch.ones_like(p)
+        step.step(target)
+        multipliers.append(step.multiplier)
+    return multipliers
+
+
+def test_a_lagging_structure_meets_a_growing_push_that_resumes():
+    """Dual ascent on the budget constraint: while the structure stays above its target the multiplier grows
+    every step, so the push outgrows a fixed resistance; the multiplier travels with the step's saved state."""
+    supernet = Supernet.from_source("yolov8n.yaml", nc=3)
+    step = StructureStep(supernet, ResourceModel(supernet, IMGSZ), lr=0.01, weight=1.0)
+    target = 0.5 * step.resources.gflops().item()
+    multipliers = resisted_steps(step, target, 4)
+    assert all(b > a for a, b in zip([1.0, *multipliers], multipliers)), multipliers
+    restored = StructureStep(supernet, step.resources, lr=0.01, weight=1.0)
+    restored.load_state_dict(step.state_dict())
+    assert restored.multiplier == step.multiplier
+
+
+def test_a_structure_ahead_of_its_falling_target_is_not_pushed():
+    supernet = Supernet.from_source("yolov8n.yaml", nc=3)
+    step = StructureStep(supernet, ResourceModel(supernet, IMGSZ), lr=0.01, weight=1.0)
+    step.multiplier = 3.0
+    before = {n: m.keep_ratio.item() for n, m in supernet.keep_ratio_masks().items()}
+    for p in supernet.structure_parameters():
+        p.grad = torch.zeros_like(p)
+    step.step(2.0 * step.resources.gflops().item())
+    assert {n: m.keep_ratio.item() for n, m in supernet.keep_ratio_masks().items()} == before
+    assert 1.0 <= step.multiplier < 3.0  # it relaxes, never below the DMS loss's own weight

@@ -1,12 +1,16 @@
-"""The structure update of one search step: task gradient plus the balanced resource-loss gradient, then Adam.
+"""The structure update of one search step: task gradient plus a Lagrange multiplier times the balanced
+gradient of the budget constraint, then Adam.
 
-Kept apart from the trainer so that it can be timed and tested on its own. The resource loss is
-`log(F / F_target)` while the straight-through GFLOPs `F` exceed the target (zero below; two-sided once the
-target holds at the budget); its gradient on the keep ratios is rescaled to `weight` times the running norm of
-the task gradient, so neither term drowns the other whatever the loss scale, as the DMS reference does. A
-structure that lags above its target gets a stronger push, `(F / target) ** TRACKING_GAIN`: from a trained
-model the task gradient resists every cut, and at equal norms a 30% search ended 10 to 15% above its budget,
-leaving the final fit to make the cut at once.
+Kept apart from the trainer so that it can be timed and tested on its own. The constraint is
+`log(F / F_target) <= 0` on the straight-through figure `F` (GFLOPs, parameters or latency) while the target
+falls, and `log(F / budget) = 0` once it holds at the budget. Its gradient on the keep ratios is rescaled to the
+running norm of the task gradient, so the multiplier is a pure number whatever the loss scale (1: equal norms,
+as the DMS reference balances them). The multiplier starts at `weight` and follows dual ascent: it grows while
+the structure is above its target and shrinks while below (never under 0 while the target falls: an inequality
+constraint; of either sign at the hold, where capacity left unused under the budget is accuracy given away).
+A structure that lags gets a push that grows for as long as it lags, so it has no steady-state lag to tune away:
+from a trained model the task gradient resists every cut, and a fixed push left 30% searches 10 to 15% above
+their budget.
 """
 
 from __future__ import annotations
@@ -18,12 +22,17 @@ from yolo_dms.core.resources import ResourceModel
 from yolo_dms.core.supernet import Supernet
 from yolo_dms.search.distributed import average_importance, broadcast_keep_ratios
 
-TRACKING_GAIN = 8.0  # while F is above its target the resource gradient grows as (F / target) ** TRACKING_GAIN
-MAX_BOOST = 10.0  # up to this factor (reached 33% above the target)
+# Augmented-Lagrangian penalty: the constraint's force is `multiplier + PENALTY * log(F / target)` (in units of
+# the task gradient's norm), so a lag is answered at once, and the multiplier integrates the lag so that none
+# persists. Adam moves every keep ratio by about `lr` per step, so log F moves by about 2 * lr per step and unit
+# of force (FLOPs grow with two widths): the lag decays with a time constant of 1 / (2 * lr * PENALTY) steps,
+# about a tenth of the target's descent at the auto step size, and the multiplier's dual-ascent step
+# PENALTY**2 / 2 * lr damps the loop critically (the integral alone, dual ascent, oscillates around the target).
+PENALTY = 4.0
 
 
 class StructureStep:
-    """Owns the keep ratios' optimizer and the running task-gradient norm.
+    """Owns the keep ratios' optimizer, the running task-gradient norm and the budget's Lagrange multiplier.
 
     `optimizer="adam"` normalizes every keep ratio's step on its own (each moves by about `lr` whatever its
     gradient), so a layer's speed reflects the sign consistency of its gradient. `"sgd"` divides the whole
@@ -47,11 +56,24 @@ class StructureStep:
         optimizer = torch.optim.SGD if self.normalize else torch.optim.Adam
         self.optimizer = optimizer(params, lr=lr, foreach=True)  # one batched update, not one per keep ratio
         self.task_norm: float | None = None
+        self.multiplier = weight
 
     def set_lr(self, lr: float) -> None:
         """Set the keep ratios' learning rate (known once the run length is; 0 freezes the structure)."""
         for group in self.optimizer.param_groups:
             group["lr"] = lr
+
+    def update_multiplier(self, log_ratio: float, two_sided: bool) -> float:
+        """Dual ascent on `log(F / target)` at the critically damped rate (see `PENALTY`); returns the force of the
+        constraint at this step: none while the target falls and the structure is far enough below it (an
+        inequality: both the multiplier and the force are at least 0), of either sign at the budget."""
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.multiplier += PENALTY**2 / 2 * lr * log_ratio
+        force = self.multiplier + PENALTY * log_ratio
+        if two_sided:
+            return force
+        self.multiplier = max(0.0, self.multiplier)
+        return max(0.0, force)
 
     def pending(self) -> bool:
         """Whether a backward pass left task gradients on the keep ratios that no step has used yet."""
@@ -60,10 +82,10 @@ class StructureStep:
     def step(self, target: float, grad_scale: float = 1.0, two_sided: bool = False) -> tuple[float, float] | None:
         """Update the keep ratios from their accumulated task gradient (divided by `grad_scale`, the AMP scale).
 
-        While the target falls, only a structure above it is pushed down (the DMS loss). Once it holds at the
-        budget (`two_sided`), the loss is `|log(F / budget)|`: a structure that overshot below the budget is
-        pulled back up, since capacity left unused under the budget is accuracy given away. Returns (resource
+        While the target falls, the resource loss is the DMS loss `max(0, log(F / target))`; once it holds at
+        the budget (`two_sided`), `|log(F / budget)|`. Returns (resource
         figure, resource loss) at the step, or None when the gradients overflowed and the step was skipped.
+        The constraint's force is the multiplier (see the module) times the balanced resource gradient.
         """
         average_importance(self.supernet)  # every rank ranks channels alike (a no-op outside DDP)
         params = self.supernet.structure_parameters()
@@ -78,13 +100,13 @@ class StructureStep:
         value = figure(self.resources, self.resource)
         log_ratio = torch.log(value / target)
         resource_loss = log_ratio.abs() if two_sided else log_ratio.clamp(min=0.0)
+        force = self.update_multiplier(log_ratio.item(), two_sided)
         total = task
-        if resource_loss.item() > 0:
-            grads = torch.autograd.grad(resource_loss, params, allow_unused=True)
+        if force != 0:
+            grads = torch.autograd.grad(log_ratio, params, allow_unused=True)
             resource = torch.stack([g if g is not None else torch.zeros_like(p) for g, p in zip(grads, params)])
-            balance = self.weight * max(self.task_norm, 1e-12) / max(resource.norm().item(), 1e-12)
-            balance *= min(MAX_BOOST, max(1.0, value.item() / target) ** TRACKING_GAIN)
-            total = task + balance * resource
+            balance = max(self.task_norm, 1e-12) / max(resource.norm().item(), 1e-12)
+            total = task + force * balance * resource
         if self.normalize:
             total = total * (len(params) ** 0.5 / max(self.task_norm, 1e-12))
         for p, g in zip(params, total):
@@ -96,8 +118,9 @@ class StructureStep:
         return value.item(), resource_loss.item()
 
     def state_dict(self) -> dict:
-        return {"optimizer": self.optimizer.state_dict(), "task_norm": self.task_norm}
+        return {"optimizer": self.optimizer.state_dict(), "task_norm": self.task_norm, "multiplier": self.multiplier}
 
     def load_state_dict(self, state: dict) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
         self.task_norm = state["task_norm"]
+        self.multiplier = state.get("multiplier", self.weight)  # a checkpoint from before the multiplier
