@@ -118,3 +118,19 @@ def test_unsupported_tasks_are_named_in_one_line(cfg, task):
 
 def test_detection_models_keep_the_detection_supernet():
     assert type(Supernet(DetectionModel("yolov8n.yaml", nc=3, verbose=False))) is Supernet
+
+
+@pytest.mark.parametrize(
+    ("cfg", "task"),
+    [("yolov8n-seg.yaml", "segment"), ("yolo11n-pose.yaml", "pose"), ("yolo26n-obb.yaml", "obb"),
+     ("yolov8n-cls.yaml", "classify"), ("yolov8n.yaml", "detect")],
+)
+def test_pruned_checkpoint_loads_in_stock_yolo_as_its_task(cfg, task, tmp_path):
+    from ultralytics import YOLO
+
+    from yolo_dms.core.model_io import write_checkpoint
+
+    supernet = Supernet(build_task_model(cfg, nc=3))
+    randomize_structure(supernet, seed=1)
+    path = write_checkpoint(prune(supernet), tmp_path / "pruned.pt", {"imgsz": IMGSZ})
+    assert YOLO(str(path)).task == task

@@ -84,12 +84,13 @@ def test_ultralytics_reads_every_task_dataset(task, tmp_path):
 def test_classification_folders_hold_crops_of_every_class(tmp_path):
     from ultralytics.data.utils import check_cls_dataset
 
-    root = make_dataset(tmp_path, task="classify", n_train=40, n_val=10, imgsz=64)
+    root = make_dataset(tmp_path, task="classify", n_train=10, n_val=5, imgsz=64)
     assert root == tmp_path.resolve()
     data = check_cls_dataset(str(root))
     assert data["nc"] == len(CLASS_NAMES) and sorted(data["names"].values()) == sorted(CLASS_NAMES)
-    assert sum(1 for _ in (root / "train").glob("*/*.png")) == 40
-    assert make_dataset(tmp_path, task="classify", n_train=40, n_val=10, imgsz=64) == root  # reused as is
+    for split, count in (("train", 10), ("val", 5)):
+        assert sorted(len(list(d.glob("*.png"))) for d in (root / split).iterdir()) == [count // 5] * 5
+    assert make_dataset(tmp_path, task="classify", n_train=10, n_val=5, imgsz=64) == root  # reused as is
 
 
 def test_unknown_task_is_named(tmp_path):

@@ -284,7 +284,7 @@ def write_checkpoint(model: DetectionModel, path: str | Path, train_args: dict |
         "version": ultralytics_version,
         "model": model.half(),
         "ema": None,
-        "train_args": {"task": "detect", **(train_args or {})},
+        "train_args": {"task": guess_model_task(model.yaml), **(train_args or {})},  # how stock YOLO() loads it
     }
     with atomic_path(path) as tmp:
         torch.save(ckpt, tmp)

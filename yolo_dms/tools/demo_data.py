@@ -12,8 +12,8 @@ Every task labels the same rendered objects from their exact visible pixels (`ta
 - `obb`: the minimum-area rotated rectangle, `cls x1 y1 ... x4 y4`.
 - `pose`: the tight box and four keypoints, the topmost, rightmost, bottommost and leftmost visible pixels
   (`kpt_shape: [4, 3]`, `flip_idx: [0, 3, 2, 1]` in the data YAML: a horizontal flip swaps right and left).
-- `classify`: class folders (`train/<class>/`, `val/<class>/`) of square crops, each around the largest object
-  of one rendered image.
+- `classify`: class folders (`train/<class>/`, `val/<class>/`) of square crops, each around the first object of
+  one rendered image, whose class goes round the classes (every split holds every class once it has 5 images).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import yaml
 CLASS_NAMES: tuple[str, ...] = ("circle", "square", "triangle", "cross", "ring")
 TASKS: tuple[str, ...] = ("detect", "segment", "pose", "obb", "classify")
 KPT_SHAPE, FLIP_IDX = (4, 3), (0, 3, 2, 1)  # pose: topmost, rightmost, bottommost, leftmost; flip swaps 1 and 3
-CROP_MARGIN = 0.25  # classify: context around the object's box, as a fraction of its longer side
+CROP_MARGIN = 0.25  # classify: context around the object's box, as a fraction of its longer side on each side
 
 # Bump when the drawing changes, so a dataset cached by an older version is regenerated rather than reused.
 GENERATOR_VERSION = 2
@@ -110,8 +110,8 @@ def make_dataset(
             # One generator per image: a split's files do not depend on the other split's size.
             rng = np.random.default_rng([int(seed), split_id, index])
             if task == "classify":
-                crop, cls = render_crop(rng, int(imgsz))
-                _write_image(root / split / CLASS_NAMES[cls] / f"{index:06d}.png", crop)
+                cls = index % len(CLASS_NAMES)
+                _write_image(root / split / CLASS_NAMES[cls] / f"{index:06d}.png", render_crop(rng, int(imgsz), cls))
                 continue
             image, labels = render_sample(rng, int(imgsz), task)
             _write_image(root / "images" / split / f"{index:06d}.png", image)
@@ -148,20 +148,24 @@ def render_sample(rng: np.random.Generator, imgsz: int, task: str = "detect") ->
     return image, labels
 
 
-def render_crop(rng: np.random.Generator, imgsz: int) -> tuple[np.ndarray, int]:
-    """A square BGR crop of `imgsz` pixels around the largest object of one rendered image, and its class."""
-    image, objects = _render_objects(rng, imgsz)
-    cls, visible = max(objects, key=lambda obj: int(obj[1].sum()))
-    ys, xs = np.nonzero(visible)
+def render_crop(rng: np.random.Generator, imgsz: int, cls: int) -> np.ndarray:
+    """A square BGR crop of `imgsz` pixels around the first object of a rendered image, an object of class `cls`."""
+    image, objects = _render_objects(rng, imgsz, first_class=cls)
+    ys, xs = np.nonzero(objects[0][1])
     cx, cy = (xs.min() + xs.max() + 1) / 2, (ys.min() + ys.max() + 1) / 2
     half = max(xs.max() + 1 - xs.min(), ys.max() + 1 - ys.min()) * (0.5 + CROP_MARGIN)
     x1, y1 = int(max(0, round(cx - half))), int(max(0, round(cy - half)))
     x2, y2 = int(min(imgsz, round(cx + half))), int(min(imgsz, round(cy + half)))
-    return cv2.resize(image[y1:y2, x1:x2], (imgsz, imgsz), interpolation=cv2.INTER_LINEAR), cls
+    return cv2.resize(image[y1:y2, x1:x2], (imgsz, imgsz), interpolation=cv2.INTER_LINEAR)
 
 
-def _render_objects(rng: np.random.Generator, imgsz: int) -> tuple[np.ndarray, list[tuple[int, np.ndarray]]]:
-    """One BGR image and its objects as (class, mask of the pixels it shows), at least one pixel each."""
+def _render_objects(
+    rng: np.random.Generator, imgsz: int, first_class: int | None = None
+) -> tuple[np.ndarray, list[tuple[int, np.ndarray]]]:
+    """One BGR image and its objects as (class, mask of the pixels it shows), at least one pixel each.
+
+    `first_class` sets the first object's class (it is always placed, and later objects overlap it little).
+    """
     image = _background(rng, imgsz)
     _draw_clutter(rng, image)
     owner = np.full((imgsz, imgsz), -1, np.int16)  # which object each pixel shows, for exact tight labels
@@ -173,6 +177,8 @@ def _render_objects(rng: np.random.Generator, imgsz: int) -> tuple[np.ndarray, l
             continue
         cx, cy, radius = spot
         cls = int(rng.integers(len(CLASS_NAMES)))
+        if first_class is not None and not classes:
+            cls = first_class
         mask = np.zeros((imgsz, imgsz), np.uint8)
         _draw_shape(mask, cls, cx, cy, radius, angle=float(rng.uniform(0, 2 * np.pi)))
         filled = mask > 0
