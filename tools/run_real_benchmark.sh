@@ -17,8 +17,9 @@
 # ONNX timing, which 18 processes sharing the CPU would make meaningless], PYTHON [python3],
 # WORK [/tmp/yolo_dms_real].
 #
-# Sizing: each (target, seed) trains 6*EPOCHS - 2*SEARCH_EPOCHS epochs in all (dms and dms_kd share a search,
-# the magnitude arms a pre-training; taylor_uniform searches again; uniform trains EPOCHS from scratch), plus 9
+# Sizing: each (target, seed) trains 7*EPOCHS - 2*SEARCH_EPOCHS epochs in all (dms and dms_kd share a search,
+# the magnitude arms a pre-training; taylor_uniform searches again; uniform trains EPOCHS from scratch; the
+# unpruned reference trains EPOCHS and is dms_kd's teacher when the model's classes are not the data's), plus 10
 # Ultralytics start-ups and 6 scorings. The run is CPU-bound, not GPU-bound: on an H200 machine (16 cores), 18
 # processes at IMGSZ=640 on 96 training images, EPOCHS=3 SEARCH_EPOCHS=1, ONNX timed, kept the GPU under 25%
 # busy and had not finished after 280 s (14 of 36 rows done). Measure one configuration before relying on it.
@@ -38,7 +39,7 @@ WORKERS=${WORKERS:-1}
 LATENCY_RUNS=${LATENCY_RUNS:-0}
 PYTHON=${PYTHON:-python3}
 WORK=${WORK:-/tmp/yolo_dms_real}
-ARM_GROUPS=("dms,dms_kd" "magnitude_uniform,magnitude_global" "taylor_uniform,uniform")
+ARM_GROUPS=("reference,dms,dms_kd" "magnitude_uniform,magnitude_global" "taylor_uniform,uniform")
 
 if ! "$PYTHON" -c "import ultralytics" 2>/dev/null; then
     "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
