@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ultralytics.utils.checks import check_imgsz
 
-from yolo_dms.core.budget import fit_to_budget, resolve_budget
+from yolo_dms.core.budget import fit_structure, resolve_budget
 from yolo_dms.core.errors import DMSError, first_line
 from yolo_dms.core.latency import resource_model
 from yolo_dms.core.latency_backends import latency_backend
@@ -44,7 +44,9 @@ def export_searched(supernet: Supernet, directory: str | Path, imgsz: int = 640)
 def export_checkpoint(path: str | Path, out: str | Path | None = None, imgsz: int | None = None) -> ExportResult:
     """Export from any search checkpoint (finished or stopped), fitted under the budget it was searching for.
 
-    Output goes to `out`, by default the checkpoint's run directory (`runs/detect/dms/<name>/`).
+    A structure the search already fitted is exported as it is (the same pruned.pt the search wrote); one stopped
+    before its fit is fitted by the search's own rule (`budget.fit_structure`), and the fit is reported. Output
+    goes to `out`, by default the checkpoint's run directory (`runs/detect/dms/<name>/`).
     """
     supernet, _ = load_search_checkpoint(path, "export takes runs/detect/dms/<name>/weights/last.pt of a search")
     args = getattr(supernet, "args", None)
@@ -55,9 +57,11 @@ def export_checkpoint(path: str | Path, out: str | Path | None = None, imgsz: in
         raise DMSError(first_line(e)) from None
     supernet.eval()
     settings = supernet.dms_settings
-    backend = latency_backend(settings.latency_backend, None)  # the search's backend, on this machine's device
-    resources = resource_model(supernet, imgsz, settings.resource, backend)
-    fit_to_budget(supernet, resources, resolve_budget(supernet, resources, settings)[2], settings.resource)
+    if not (getattr(supernet, "search_state", None) or {}).get("fit"):
+        backend = latency_backend(settings.latency_backend, None)  # the search's backend, on this machine's device
+        resources = resource_model(supernet, imgsz, settings.resource, backend)
+        budget = resolve_budget(supernet, resources, settings)[2]
+        fit_structure(supernet, resources, budget, settings.resource).log()
     path = Path(path)
     directory = Path(out) if out else (path.parent.parent if path.parent.name == "weights" else path.parent)
     return export_searched(supernet, directory, imgsz)

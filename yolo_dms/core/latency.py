@@ -6,8 +6,10 @@ fusion) at a few widths on the backend the model will run on, and a per-site lin
 model, is differentiable in every keep ratio. Everything else in the network (concatenation, upsampling,
 pooling, the head's decoding, the runtime's own overhead, widths that run slower than their FLOPs) is absorbed
 by an affine calibration against the whole deployed model, timed end to end at full width, half width and a
-few random structures. Tables are cached on disk, keyed by model, image size, batch, device and backend, so a
-search measures once.
+few random structures. A table is used (and cached) only if its calibration predicts the full model within
+`CALIBRATION_TOLERANCE` of its measured figure: a machine busy with other work disturbs the timings, and is named
+as the cause. Tables are cached on disk, keyed by model, image size, batch, device and backend, so a search
+measures once (`latency_refresh=True` measures again).
 
 Backends (`core.latency_backends`): ONNX Runtime on the CPU, the default deployment of `yolo export
 format=onnx`, or PyTorch on the training device (FP16 on a GPU). After a search the exported model is timed end
@@ -20,15 +22,17 @@ import hashlib
 import itertools
 import json
 import random
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
-from ultralytics.utils import USER_CONFIG_DIR
+from ultralytics.utils import LOGGER, TQDM, USER_CONFIG_DIR
 
-from yolo_dms.core.budget import fit_to_budget, keep_ratios, set_keep_ratios, structure_as
+from yolo_dms.core.budget import structure_as
+from yolo_dms.core.errors import DMSError
 from yolo_dms.core.latency_backends import LatencyBackend, OnnxRuntimeCPU
 from yolo_dms.core.resources import ResourceModel
 from yolo_dms.core.supernet import Supernet
@@ -38,6 +42,9 @@ GRID = (1.0, 0.75, 0.5, 0.25)  # widths at which each convolution is timed alone
 CALIBRATION_RANDOM = 4  # random structures timed whole, besides full and half width, to calibrate the sum
 CALIBRATION_RANGE = (0.25, 1.0)  # their keep ratios are drawn from this range
 CALIBRATION_ROUNDS = 2  # each is timed this many times, interleaved, and its lowest figure kept (noise only slows)
+CALIBRATION_TOLERANCE = 0.2  # a table whose calibrated prediction of the full model is further off its measured
+# figure was timed while something else disturbed the machine: it is measured again, never used or cached
+MEASURE_TRIES = 2  # measurements of a table before a disturbed calibration is refused
 
 
 @dataclass(frozen=True)
@@ -161,8 +168,29 @@ class LatencyModel:
         return self.table.alpha + self.table.beta * self.raw()
 
     def per_site(self) -> torch.Tensor:
-        """Calibrated milliseconds of every convolution site (the rest of `ms()` is the constant `alpha`)."""
-        return self.table.beta * self.site_lines()
+        """Every convolution site's share of `ms()`, in proportion to its line (the calibration's offset, which
+        stands for what no convolution accounts for, spread the same way), so the sites sum to the total."""
+        lines = self.site_lines()
+        return self.ms() * lines / lines.sum()
+
+    def measure(self) -> float:
+        """Measured milliseconds of the current hard structure, pruned and deployed on the backend."""
+        return time_structure(self.resources.supernet, self.resources.imgsz, self.backend)
+
+    def calibration_error(self) -> float:
+        """How far the calibrated prediction of the full model is off its measured figure (relative)."""
+        supernet = self.resources.supernet
+        with structure_as(supernet, dict.fromkeys(supernet.keep_ratio_masks(), 1.0)), torch.no_grad():
+            return self.ms().item() / self.table.measured_full_ms - 1
+
+
+def same_resources(like: ResourceModel, supernet: Supernet) -> ResourceModel:
+    """`like`'s resource model over another supernet of the same structure (an EMA copy to export), sharing its
+    latency table and backend."""
+    resources = ResourceModel(supernet, like.imgsz)
+    if like.latency is not None:
+        resources.latency = LatencyModel(resources, like.latency.table, like.latency.backend)
+    return resources
 
 
 def measure_table(
@@ -170,9 +198,8 @@ def measure_table(
 ) -> LatencyTable:
     """Time every convolution at the grid widths, fit its line, and calibrate the sum against whole models:
     full width, half width and random structures (a search ends at a structure that is not uniform)."""
-    from ultralytics.utils import LOGGER, TQDM
-
     supernet = resources.supernet
+    start = time.perf_counter()
     coefficients = []
     for geometry in TQDM(geometries, desc=f"DMS latency: timing {len(geometries)} convolutions on {backend.name}"):
         variants = [geometry.scaled(f) for f in GRID]
@@ -191,26 +218,62 @@ def measure_table(
                 raw.append(model.raw().item())
             measured[i] = min(measured[i], time_structure(supernet, resources.imgsz, backend))
     beta, alpha = np.polyfit(raw, measured, 1)
-    if not beta > 0:  # timing noise swamped the spread: proportional instead
+    if not beta > 0:  # timing noise swamped the spread: proportional instead (checked like any calibration)
         beta, alpha = float(np.dot(raw, measured) / np.dot(raw, raw)), 0.0
     LOGGER.info(f"DMS latency: whole model {measured[0]:.3f} ms at full width, {measured[1]:.3f} ms at half width "
-                f"({backend.name})")
+                f"({backend.name}); table measured in {time.perf_counter() - start:.1f} s")
     return LatencyTable(key, backend.name, coefficients, float(alpha), float(beta), measured[0])
 
 
-def attach_latency(resources: ResourceModel, backend: LatencyBackend, cache_dir: Path = CACHE_DIR) -> LatencyModel:
-    """Give `resources` its latency model on `backend`, from the disk cache or measured now (and cached)."""
+def _disturbed(model: LatencyModel) -> str | None:
+    """Why `model`'s table must not be used, or None: its calibrated full-model prediction is off its measured
+    figure by more than `CALIBRATION_TOLERANCE`."""
+    error = model.calibration_error()
+    if abs(error) <= CALIBRATION_TOLERANCE:
+        return None
+    table = model.table
+    return (f"its calibration predicts the full model at {table.measured_full_ms * (1 + error):.3f} ms against "
+            f"{table.measured_full_ms:.3f} ms measured ({error:+.0%}): the timings were disturbed, most likely by "
+            "other work on a busy machine")
+
+
+_TABLES: dict[Path, LatencyTable] = {}  # tables this process measured or checked, by cache file: announced once
+
+
+def attach_latency(
+    resources: ResourceModel, backend: LatencyBackend, cache_dir: Path | None = None, refresh: bool = False
+) -> LatencyModel:
+    """Give `resources` its latency model on `backend`, from the disk cache or measured now (and cached).
+
+    A table is checked before it is used or cached (`_disturbed`): a disturbed cached table is measured again,
+    a measurement disturbed `MEASURE_TRIES` times is refused. `refresh` measures again whatever is cached (once
+    per process: a search's preflight and its trainer share one measurement)."""
     geometries = conv_geometries(resources.supernet, resources.imgsz)
     key = table_key(resources.supernet, geometries, resources.imgsz, backend)
-    path = cache_dir / f"{key}.json"
-    if path.is_file():
-        table = LatencyTable(**json.loads(path.read_text()))
-    else:
-        table = measure_table(resources, geometries, key, backend)
-        table.save(path)
-    resources.latency = LatencyModel(resources, table, backend)
-    from ultralytics.utils import LOGGER
-
+    path = (cache_dir or CACHE_DIR) / f"{key}.json"
+    if path in _TABLES:
+        resources.latency = LatencyModel(resources, _TABLES[path], backend)
+        return resources.latency
+    problem = None
+    if path.is_file() and not refresh:
+        resources.latency = LatencyModel(resources, LatencyTable(**json.loads(path.read_text())), backend)
+        problem = _disturbed(resources.latency)
+        if problem:
+            LOGGER.warning(f"DMS latency: the cached table {path} is not used: {problem}. Measuring it again "
+                           "(latency_refresh=True always does)")
+    if refresh or problem or not path.is_file():
+        for attempt in range(1, MEASURE_TRIES + 1):
+            resources.latency = LatencyModel(resources, measure_table(resources, geometries, key, backend), backend)
+            problem = _disturbed(resources.latency)
+            if not problem:
+                break
+            if attempt < MEASURE_TRIES:
+                LOGGER.warning(f"DMS latency: the table just measured is not used: {problem}. Measuring it again")
+        if problem:
+            raise DMSError(f"latency table measured {MEASURE_TRIES} times and refused: {problem}; measure on an idle "
+                           "machine (nothing is cached; latency_refresh=True also re-measures a cached table)")
+        resources.latency.table.save(path)
+    table = _TABLES[path] = resources.latency.table
     LOGGER.info(
         f"DMS latency: budgets in ms are measured on {table.backend} at batch 1 ({' '.join(backend.identity())}). "
         f"Whole model {table.measured_full_ms:.3f} ms; table {path}"
@@ -219,30 +282,16 @@ def attach_latency(resources: ResourceModel, backend: LatencyBackend, cache_dir:
 
 
 def resource_model(
-    supernet: Supernet, imgsz: int | tuple[int, int], resource: str = "gflops", backend: LatencyBackend | None = None
+    supernet: Supernet,
+    imgsz: int | tuple[int, int],
+    resource: str = "gflops",
+    backend: LatencyBackend | None = None,
+    refresh: bool = False,
 ) -> ResourceModel:
     """The resource model of `supernet`, with its latency model attached when the budget is in milliseconds
-    (on `backend`, by default ONNX Runtime on the CPU)."""
+    (on `backend`, by default ONNX Runtime on the CPU; `refresh` measures its table again)."""
     resources = ResourceModel(supernet, imgsz)
     if resource == "latency":
-        attach_latency(resources, backend or OnnxRuntimeCPU())
+        attach_latency(resources, backend or OnnxRuntimeCPU(), refresh=refresh)
     return resources
 
-
-def fit_to_measured_budget(
-    supernet: Supernet, resources: ResourceModel, budget: float, tries: int = 3
-) -> tuple[float, float]:
-    """Fit the structure under `budget` ms on the prediction, then hold it to the measured figure: while the
-    exported structure measures above the budget, refit to a budget lowered by the overshoot.
-
-    Returns (the common factor applied to the learned keep ratios, the measured milliseconds)."""
-    target = budget
-    learned = keep_ratios(supernet)
-    for _ in range(tries):
-        set_keep_ratios(supernet, learned)
-        factor = fit_to_budget(supernet, resources, target, "latency")
-        measured = time_structure(supernet, resources.imgsz, resources.latency.backend)
-        if measured <= budget:
-            break
-        target *= budget / measured
-    return factor, measured

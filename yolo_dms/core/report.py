@@ -18,8 +18,8 @@ def layer_table(supernet: Supernet, imgsz: int | list[int] = 640, latency: Laten
     """A table of every layer at the current hard masks, with totals, like Ultralytics' model summary.
 
     `imgsz` is a side or an [h, w] pair, rounded up to the model's stride as Ultralytics rounds it. With a
-    `latency` backend, a column of predicted milliseconds from its latency model (measured now, or read from
-    its cache).
+    `latency` backend, a column of each layer's share of the predicted milliseconds (they sum to the total),
+    from its latency model (measured now, or read from its cache).
     """
     try:
         h, w = check_imgsz(imgsz, stride=supernet.stride, min_dim=2, max_dim=2)
@@ -59,8 +59,7 @@ def layer_table(supernet: Supernet, imgsz: int | list[int] = 640, latency: Laten
     if latency:
         with torch.no_grad():
             predicted = resources.latency.ms().item()
-        table = resources.latency.table
-        total += (f", {predicted:.3f} ms predicted ({table.backend}, batch 1; the layers plus a calibration offset "
-                  f"of {table.alpha:+.3f} ms)")
+        backend = resources.latency.table.backend
+        total += f", {predicted:.3f} ms predicted ({backend}, batch 1; the ms column sums to it)"
     lines.append(total)
     return "\n".join(lines)
