@@ -76,6 +76,19 @@ def test_task_model_prunes_exactly(cfg, tmp_path):
         assert (searched[key] - exported[key]).abs().max().item() <= 1e-9 * max(scale, 1.0), key
 
 
+@pytest.mark.parametrize("cfg", ["yolo11m-seg.yaml", "yolov8m-pose.yaml", "yolo26m-obb.yaml", "yolo26m-cls.yaml"])
+def test_medium_scales_rebuild_and_count_exactly(cfg, tmp_path):
+    """Wider heads (a prototype module of 192, C3k blocks in C3k2) rebuild and count exactly too."""
+    supernet = Supernet(build_task_model(cfg, nc=80))
+    randomize_structure(supernet, seed=3, empty_c2f=1)
+    pruned = prune(supernet)
+    path = write_model_yaml(searched_yaml(supernet), tmp_path / "searched.yaml")
+    assert state_shapes(type(pruned)(str(path), verbose=False)) == state_shapes(pruned)
+    resources = ResourceModel(supernet, IMGSZ)
+    assert resources.gflops().item() == pytest.approx(deployed_gflops(pruned, IMGSZ), rel=1e-6)
+    assert round(resources.params().item()) == sum(p.numel() for p in pruned.parameters())
+
+
 @pytest.mark.parametrize("cfg", ["yolov8n-seg.yaml", "yolo26n-seg.yaml", "yolo26n-pose.yaml", "yolo11n-cls.yaml"])
 def test_every_mask_learns_importance_in_a_training_pass(cfg):
     """Soft masks gate every searched space in train mode, training-only branches included (the prototype
