@@ -22,7 +22,8 @@ SCALE = 1024.0  # the loss is multiplied by it, as AMP does, and both paths divi
 
 
 def reference_set_gates(supernet: Supernet) -> None:
-    """Mask by mask: counts, straight-through masks with their own importance hooks, one gate per layer."""
+    """Mask by mask: counts, straight-through masks with their own importance hooks, one gate (and gated
+    BatchNorm weight and bias) per layer."""
     counts = {n: m.count() for n, m in supernet.masks.items() if isinstance(m, KeepRatioMask)}
     for name, mask in supernet.masks.items():
         if isinstance(mask, DerivedWidthMask):
@@ -32,7 +33,9 @@ def reference_set_gates(supernet: Supernet) -> None:
         mask.grad_scale = SCALE
         values[name] = mask.soft_masks(counts[name])
     for path, spaces in supernet.gated_convs.items():
-        supernet.get_submodule(path).gate = torch.cat([values[s.mask][s.row] for s in spaces])
+        module = supernet.get_submodule(path)
+        module.gate = torch.cat([values[s.mask][s.row] for s in spaces])
+        module.affine = (module.bn.weight * module.gate, module.bn.bias * module.gate)
     for path, depth in supernet.gated_csps.items():
         module = supernet.get_submodule(path)
         module.depth_gate, module.depth_hard = values[depth][0], False

@@ -70,10 +70,9 @@ class MaskBank:
         self.position = {n: i for i, n in enumerate(self.order)}
         self.owner_size = torch.tensor([masks[n].size for n in owners], dtype=torch.float64)
         self.owner_divisor = torch.tensor([masks[n].divisor for n in owners], dtype=torch.float64)
-        self.conv_paths, self.csp_paths = list(gated_convs), list(gated_csps)
         self.forward_rows = self._rows(masks, self.order, list(gated_convs.values()), list(gated_csps.values()))
-        self.gate_sizes = [len(self._channels(masks, spaces)) for spaces in gated_convs.values()]
-        self.gate_sizes += [masks[name].size for name in gated_csps.values()]
+        self.conv_sizes = [len(self._channels(masks, spaces)) for spaces in gated_convs.values()]
+        self.block_sizes = [masks[name].size for name in gated_csps.values()]
         self._rows_of: dict[tuple[str, ...], _Rows] = {}  # rows of some masks alone (the resource model's blocks)
         self._on: dict[tuple, object] = {}  # (what, device) -> its tensors there
 
@@ -151,8 +150,11 @@ class MaskBank:
             counts = torch.cat([counts, derived_counts(sources, level["div"], level["floor"], level["size"])])
         return counts
 
-    def gates(self, masks: nn.ModuleDict, hard: bool, grad_scale: float | torch.Tensor = 1.0) -> dict[str, torch.Tensor]:
-        """Every gated layer's gate for this pass (channel gates by Conv path, block gates by CSP path).
+    def gates(
+        self, masks: nn.ModuleDict, hard: bool, grad_scale: float | torch.Tensor = 1.0
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        """This pass's gates: the output channels of every gated Conv concatenated (in `gated_convs` order), and
+        the block gates of each CSP layer (in `gated_csps` order).
 
         Training (`hard` False): straight-through masks (hard values, the relaxation's gradient), and in a
         grad-enabled pass the task gradient reaching them updates importance (divided by `grad_scale`).
@@ -162,7 +164,8 @@ class MaskBank:
         rows = self._on_device("forward", counts.device, self.forward_rows.to)
         values = self._masks(masks, rows, counts, track=not hard, grad_scale=grad_scale)
         values = values.detach() if hard else values
-        return dict(zip([*self.conv_paths, *self.csp_paths], values.split(self.gate_sizes)))
+        channels, *blocks = values.split([sum(self.conv_sizes), *self.block_sizes])
+        return channels, tuple(blocks)
 
     def rows(self, masks: nn.ModuleDict, names: tuple[str, ...], counts: torch.Tensor) -> torch.Tensor:
         """Every element of the masks `names`, concatenated, straight-through and untracked (the resource model

@@ -18,6 +18,7 @@ from ultralytics.nn.tasks import DetectionModel
 
 from yolo_dms.core.handlers import AttentionSite, ConvSite, LayerHandler, Layout, Space, Wiring, handlers_for
 from yolo_dms.core.handlers.base import OUTPUT_DIVISOR, default_hidden_divisor
+from yolo_dms.core.handlers.gates import set_channel_gates
 from yolo_dms.core.mask_bank import MaskBank
 from yolo_dms.core.masks import DepthMask, DerivedWidthMask, KeepRatioMask
 from yolo_dms.core.model_io import load_detection_model
@@ -166,17 +167,16 @@ class Supernet(DetectionModel):
         Training masks are straight-through (hard values, the relaxation's gradient) and need no host
         synchronization: counts, derived widths included, are computed on the device.
         """
-        gates = self.mask_bank().gates(self.masks, hard, self.grad_scale)
-        for path in self.gated_convs:
-            self.get_submodule(path).gate = gates[path]
-        for path in self.gated_csps:
+        bank = self.mask_bank()
+        channels, blocks = bank.gates(self.masks, hard, self.grad_scale)
+        set_channel_gates([self.get_submodule(path) for path in self.gated_convs], channels, bank.conv_sizes)
+        for path, gate in zip(self.gated_csps, blocks):
             module = self.get_submodule(path)
-            module.depth_gate, module.depth_hard = gates[path], hard
+            module.depth_gate, module.depth_hard = gate, hard
 
     def _clear_gates(self) -> None:
         """Drop this pass's gates so that copies and checkpoints never carry autograd graphs."""
-        for path in self.gated_convs:
-            self.get_submodule(path).gate = None
+        set_channel_gates([self.get_submodule(path) for path in self.gated_convs], None, [])
         for path in self.gated_csps:
             self.get_submodule(path).depth_gate = None
 

@@ -17,10 +17,10 @@ def become(module: nn.Module, cls: type) -> None:
     module.__class__ = cls
 
 
-def gated_batch_norm(bn: nn.BatchNorm2d, x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
-    """`bn(x)` with its weight and bias scaled by `gate`: BatchNorm's own forward (batch or running statistics,
-    their update, momentum, eps) called directly, since swapping the parameters in (`torch.func.functional_call`)
-    costs the host more per layer than a small layer's convolution."""
+def gated_batch_norm(bn: nn.BatchNorm2d, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """`bn(x)` with the affine `weight` and `bias` in place of its own: BatchNorm's own forward (batch or running
+    statistics, their update, momentum, eps) called directly, since swapping the parameters in
+    (`torch.func.functional_call`) costs the host more per layer than a small layer's convolution."""
     momentum = 0.0 if bn.momentum is None else bn.momentum
     if bn.training and bn.track_running_stats and bn.num_batches_tracked is not None:
         bn.num_batches_tracked.add_(1)
@@ -32,8 +32,8 @@ def gated_batch_norm(bn: nn.BatchNorm2d, x: torch.Tensor, gate: torch.Tensor) ->
         x,
         bn.running_mean if running else None,
         bn.running_var if running else None,
-        bn.weight * gate,
-        bn.bias * gate,
+        weight,
+        bias,
         batch_statistics,
         momentum,
         bn.eps,
@@ -43,18 +43,46 @@ def gated_batch_norm(bn: nn.BatchNorm2d, x: torch.Tensor, gate: torch.Tensor) ->
 class GatedConv(Conv):
     """Ultralytics `Conv` whose output channels are gated by the mask the supernet sets for this pass.
 
-    The gate scales the BatchNorm's weight and bias, so a closed channel is exactly `act(0) = 0` (SiLU, ReLU,
-    identity), and the gradient on the gate comes from BatchNorm's own per-channel reduction: no extra pass
-    over the activations, which a multiplication after the activation would cost.
+    The gate scales the BatchNorm's weight and bias (`affine`, see `set_channel_gates`), so a closed channel is
+    exactly `act(0) = 0` (SiLU, ReLU, identity), and the gradient on the gate comes from BatchNorm's own
+    per-channel reduction: no extra pass over the activations, which a multiplication after the activation
+    would cost.
     """
 
     stock = Conv
-    gate: torch.Tensor | None = None
+    gate: torch.Tensor | None = None  # this pass's channel gate
+    affine: tuple[torch.Tensor, torch.Tensor] | None = None  # BatchNorm's weight and bias times the gate
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.gate is None:
+        if self.affine is None:
             return super().forward(x)
-        return self.act(gated_batch_norm(self.bn, self.conv(x), self.gate.to(self.bn.weight.dtype)))
+        return self.act(gated_batch_norm(self.bn, self.conv(x), *self.affine))
+
+
+def set_channel_gates(modules: list[nn.Module], gates: torch.Tensor | None, sizes: list[int]) -> None:
+    """Hand each gated layer its slice of `gates` (their output channels concatenated, `sizes` each), or None.
+
+    Every `GatedConv` also gets its BatchNorm's weight and bias scaled by its gate, all of them in one
+    multiplication each: layer by layer, two small products and their backward passes cost the host more than a
+    small layer's convolution.
+    """
+    convs = [m for m in modules if isinstance(m, GatedConv)]
+    if gates is None:
+        for module in modules:
+            module.gate = None
+        for module in convs:
+            module.affine = None
+        return
+    pieces = gates.split(sizes)
+    for module, gate in zip(modules, pieces):
+        module.gate = gate
+    if not convs:
+        return
+    weight, bias = torch.cat([m.bn.weight for m in convs]), torch.cat([m.bn.bias for m in convs])
+    scale = torch.cat([m.gate for m in convs]).to(weight.dtype)
+    counts = [m.bn.num_features for m in convs]
+    for module, w, b in zip(convs, (weight * scale).split(counts), (bias * scale).split(counts)):
+        module.affine = (w, b)
 
 
 class DepthGated:
