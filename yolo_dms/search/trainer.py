@@ -1,6 +1,9 @@
-"""`DMSTrainer`: Ultralytics' `DetectionTrainer` that trains a supernet's weights and structure together.
+"""`SearchTrainer`: over any Ultralytics task trainer, trains a supernet's weights and structure together.
 
-Everything is stock Ultralytics (data, augmentation, loss, AMP, warmup, schedulers, EMA, validation,
+`DMSTrainer` searches detection models over `DetectionTrainer`; `DMSSegmentationTrainer`, `DMSPoseTrainer`,
+`DMSOBBTrainer` and `DMSClassificationTrainer` the other tasks over theirs (`trainer_for(task)` picks it as
+`yolo train` does), each with its task's data, loss, validator, metrics and plots. Everything is stock
+Ultralytics (data, augmentation, loss, AMP, warmup, schedulers, EMA, validation,
 checkpoints, callbacks, resume) except:
 
 - the model is a `Supernet` carrying its `SearchSettings`, so resume and DDP workers rebuild it as it was;
@@ -14,7 +17,7 @@ checkpoints, callbacks, resume) except:
   at exactly that hard structure;
 - the EMA model takes its structure (keep ratios, importance) from the live model whenever it is validated or
   saved, instead of its average;
-- validation runs on hard masks, so its mAP is the mAP of the model pruned at that point; the run ends by
+- validation runs on hard masks, so its metrics are those of the model pruned at that point; the run ends by
   exporting `searched.yaml`, `pruned.pt` and `search.json` from the last EMA weights and validating
   `pruned.pt` with the stock validator.
 """
@@ -30,7 +33,11 @@ from copy import deepcopy
 import torch
 from torch import nn
 from ultralytics.cfg import get_cfg
+from ultralytics.models.yolo.classify import ClassificationTrainer
 from ultralytics.models.yolo.detect import DetectionTrainer
+from ultralytics.models.yolo.obb import OBBTrainer
+from ultralytics.models.yolo.pose import PoseTrainer
+from ultralytics.models.yolo.segment import SegmentationTrainer
 from ultralytics.utils import DEFAULT_CFG, LOCAL_RANK, LOGGER, RANK, colorstr
 from ultralytics.utils.torch_utils import strip_optimizer, torch_distributed_zero_first, unwrap_model
 
@@ -63,21 +70,21 @@ def sync_structure(source: Supernet, target: Supernet) -> None:
     target.masks.load_state_dict(source.masks.state_dict())
 
 
-def _start_epoch(trainer: DMSTrainer) -> None:
+def _start_epoch(trainer: SearchTrainer) -> None:
     """Callback: the schedule follows the run's length, and the search clock restarts at the epoch's first batch
     (an epoch retried with a halved batch after an out-of-memory error runs more batches)."""
     trainer.follow_run_length()
     trainer.search_iteration = trainer.epoch * len(trainer.train_loader)
 
 
-def _count_batch(trainer: DMSTrainer) -> None:
+def _count_batch(trainer: SearchTrainer) -> None:
     """Callback: advance the search clock by one batch, and enter the refine phase when it is due."""
     trainer.search_iteration += 1
     if trainer.schedule and not trainer.schedule.searching(trainer.search_iteration) and not trainer.frozen:
         trainer.freeze_structure()
 
 
-def _structure_after_batch(trainer: DMSTrainer) -> None:
+def _structure_after_batch(trainer: SearchTrainer) -> None:
     """Callback: the structure step of a batch whose weights did not step (gradient accumulation); in the refine
     phase, the fixed structure's row of the search log."""
     trainer.structure_step()
@@ -107,8 +114,9 @@ def refuse_unsupported(args) -> None:
             raise DMSError(f"{key}= is not supported during the search; {instead}")
 
 
-class DMSTrainer(DetectionTrainer):
-    """Differentiable Model Scaling search as an Ultralytics detection trainer."""
+class SearchTrainer:
+    """Differentiable Model Scaling search, mixed in ahead of an Ultralytics task trainer (see the task trainers
+    at the end of this module)."""
 
     def __init__(self, cfg=DEFAULT_CFG, overrides=None, _callbacks=None, settings: SearchSettings | None = None):
         refuse_unsupported(get_cfg(cfg, overrides))
@@ -379,8 +387,9 @@ class DMSTrainer(DetectionTrainer):
         return saved
 
     def write_pruned(self, supernet: Supernet, path: Path) -> None:
-        """`supernet` at its hard structure as a stock checkpoint: what best.pt and pruned.pt hold."""
-        write_checkpoint(prune(deepcopy(supernet).float().eval()), path, {"imgsz": self.args.imgsz})
+        """`supernet` at its hard structure as a stock checkpoint: what best.pt and pruned.pt hold, pruned from the
+        weights in the half precision last.pt stores (pruning sums some of them; so pruned.pt is pruned too)."""
+        write_checkpoint(prune(deepcopy(supernet).half().float().eval()), path, {"imgsz": self.args.imgsz})
 
     def final_eval(self):
         """Export from the last EMA weights, validate `pruned.pt` with the stock validator, and say what was found.
@@ -410,8 +419,7 @@ class DMSTrainer(DetectionTrainer):
         LOGGER.info(
             f"\n{colorstr('DMS search done:')} {result.gflops:.4g} GFLOPs at imgsz={self.args.imgsz}, "
             f"{result.params:,} parameters (budget {self.describe(self.budget)}, supernet {self.describe(self.full)}), "
-            f"mAP50-95 {self.metrics.get('metrics/mAP50-95(B)', float('nan')):.4f} "
-            f"mAP50 {self.metrics.get('metrics/mAP50(B)', float('nan')):.4f} (pruned.pt, stock validator)\n"
+            f"{metrics_line(self.metrics)} (pruned.pt, stock validator)\n"
             f"pruned.pt and searched.yaml are taken from the last EMA weights (epoch {self.epoch + 1}).\n"
             f"Retrain from scratch:  yolo train model={result.yaml_path} data={self.args.data}\n"
             f"Fine-tune:             yolo train model={result.weights_path} data={self.args.data}\n"
@@ -431,10 +439,11 @@ class DMSTrainer(DetectionTrainer):
         return describe(value, self.settings.resource)
 
     def export(self) -> None:
-        """Strip last.pt, write searched.yaml, pruned.pt, search.json and the plots from the last EMA weights."""
+        """Strip last.pt, write searched.yaml, pruned.pt, search.json and the plots from the last EMA weights, in
+        the half precision last.pt stores them (so `yolo-dms export` of last.pt writes this pruned.pt again)."""
         if self.last.exists():
             strip_optimizer(self.last)
-        supernet = deepcopy(self.ema.ema).float().eval()
+        supernet = deepcopy(self.ema.ema).half().float().eval()
         if not self.fit:  # stopped before any fit (early stop, time=): fitted now by the same rule, and said so
             self.fit_structure(supernet, same_resources(self.resources, supernet))
         self.export_result = result = export_searched(supernet, self.save_dir, self.args.imgsz)
@@ -491,7 +500,7 @@ class DMSTrainer(DetectionTrainer):
         (self.save_dir / "search.json").write_text(json.dumps(summary, indent=2))
 
     @classmethod
-    def configured(cls, **settings) -> type[DMSTrainer]:
+    def configured(cls, **settings) -> type[SearchTrainer]:
         """This trainer bound to DMS settings, for `YOLO(model).train(trainer=DMSTrainer.configured(target=0.5),
         data=..., epochs=...)`: Ultralytics takes a trainer class and refuses keys it does not know, so the settings
         travel in the class. The search's defaults for train arguments (`project=dms`, `name=search`, `patience`)
@@ -503,3 +512,42 @@ class DMSTrainer(DetectionTrainer):
                 super().__init__(cfg, {**search_defaults, **(overrides or {})}, _callbacks, settings or bound)
 
         return ConfiguredDMSTrainer
+
+
+def metrics_line(metrics: dict) -> str:
+    """A task's validation metrics in one line (mAP50-95(B) and (M) for segmentation, top-1 accuracy, ...)."""
+    return ", ".join(f"{k.removeprefix('metrics/')} {v:.4f}" for k, v in metrics.items() if k.startswith("metrics/"))
+
+
+class DMSTrainer(SearchTrainer, DetectionTrainer):
+    """DMS search of a detection model."""
+
+
+class DMSSegmentationTrainer(SearchTrainer, SegmentationTrainer):
+    """DMS search of an instance segmentation model."""
+
+
+class DMSPoseTrainer(SearchTrainer, PoseTrainer):
+    """DMS search of a pose model."""
+
+
+class DMSOBBTrainer(SearchTrainer, OBBTrainer):
+    """DMS search of an oriented-box model."""
+
+
+class DMSClassificationTrainer(SearchTrainer, ClassificationTrainer):
+    """DMS search of a classification model."""
+
+
+TRAINERS: dict[str, type[SearchTrainer]] = {
+    "detect": DMSTrainer,
+    "segment": DMSSegmentationTrainer,
+    "pose": DMSPoseTrainer,
+    "obb": DMSOBBTrainer,
+    "classify": DMSClassificationTrainer,
+}
+
+
+def trainer_for(task: str) -> type[SearchTrainer]:
+    """The search trainer of a model's task, as `yolo train` picks its trainer."""
+    return TRAINERS[task]
