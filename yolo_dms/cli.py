@@ -123,7 +123,8 @@ def info(args: list[str]) -> None:
     backend = None
     if options.get("latency", False):
         backend = latency_backend(str(options.get("latency_backend", "auto")), options.get("device", "cpu"))
-    print(layer_table(supernet, options.get("imgsz", 640), latency=backend))
+    print(layer_table(supernet, options.get("imgsz", 640), latency=backend,
+                      refresh=bool(options.get("latency_refresh", False))))
 
 
 TOOL_PACKAGES = {"onnx", "onnxruntime", "onnxslim", "pycocotools", "torch_pruning"}

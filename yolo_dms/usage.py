@@ -62,6 +62,7 @@ INFO = {
     "nc": ("<the model's>", "class count, for a YAML"),
     "latency": ("False", "also predict milliseconds per layer (measures the latency table on first use)"),
     "latency_backend": ("auto", "onnxruntime (CPU) or torch (the device, FP16 on a GPU); auto picks by device"),
+    "latency_refresh": ("False", "measure the latency table again instead of reading its cache"),
     "device": ("cpu", "device of latency_backend=torch"),
 }
 DEMO = {

@@ -14,18 +14,20 @@ from yolo_dms.core.masks import DepthMask
 from yolo_dms.core.supernet import Supernet
 
 
-def layer_table(supernet: Supernet, imgsz: int | list[int] = 640, latency: LatencyBackend | None = None) -> str:
+def layer_table(
+    supernet: Supernet, imgsz: int | list[int] = 640, latency: LatencyBackend | None = None, refresh: bool = False
+) -> str:
     """A table of every layer at the current hard masks, with totals, like Ultralytics' model summary.
 
     `imgsz` is a side or an [h, w] pair, rounded up to the model's stride as Ultralytics rounds it. With a
     `latency` backend, a column of each layer's share of the predicted milliseconds (they sum to the total),
-    from its latency model (measured now, or read from its cache).
+    from its latency model (measured now, or read from its cache; `refresh` measures it again).
     """
     try:
         h, w = check_imgsz(imgsz, stride=supernet.stride, min_dim=2, max_dim=2)
     except (TypeError, ValueError) as e:
         raise DMSError(first_line(e)) from None
-    resources = resource_model(supernet, (h, w), "latency" if latency else "gflops", latency)
+    resources = resource_model(supernet, (h, w), "latency" if latency else "gflops", latency, refresh)
     per_layer = resources.per_layer()
     layer_ms: dict[int, float] = {}
     if latency:
