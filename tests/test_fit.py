@@ -75,15 +75,24 @@ def busy_after_the_full_model(measurements: int):
     return lambda call: call < measurements * CALIBRATION_CALLS and call % (CALIBRATION_CALLS // 2) != 0
 
 
-@pytest.fixture
-def warnings():
-    """Messages Ultralytics' LOGGER warns with during the test."""
+def logged(level: int):
+    """Messages Ultralytics' LOGGER writes at `level` or above during the test."""
     records: list[str] = []
-    handler = logging.Handler(logging.WARNING)
+    handler = logging.Handler(level)
     handler.emit = lambda record: records.append(record.getMessage())
     LOGGER.addHandler(handler)
     yield records
     LOGGER.removeHandler(handler)
+
+
+@pytest.fixture
+def warnings():
+    yield from logged(logging.WARNING)
+
+
+@pytest.fixture
+def messages():
+    yield from logged(logging.INFO)
 
 
 @pytest.fixture
@@ -110,6 +119,17 @@ def test_a_disturbed_calibration_is_measured_again_and_only_the_good_table_is_ca
     assert abs(model.calibration_error()) <= latency.CALIBRATION_TOLERANCE
     (cached,) = cache.glob("*.json")
     assert latency.LatencyTable(**json.loads(cached.read_text())) == model.table
+
+
+def test_one_measurement_and_one_announcement_per_table_and_process(cache, messages):
+    """A search's preflight and its trainer both attach the latency model: measured once, announced once."""
+    supernet, resources = supernet_and_resources()
+    backend = CountedBackend()
+    latency.attach_latency(resources, backend)
+    latency.attach_latency(ResourceModel(supernet, IMGSZ), backend)
+    assert backend.model_calls == CALIBRATION_CALLS
+    assert sum("budgets in ms" in m for m in messages) == 1, messages
+    assert any("convolutions timed in" in m and "whole models (calibration) in" in m for m in messages), messages
 
 
 def test_a_calibration_disturbed_every_time_is_refused_and_not_cached(cache):
@@ -239,6 +259,7 @@ def test_a_search_stopped_early_is_fitted_by_the_one_rule_and_says_so(tmp_path, 
     batches = len(trainer.train_loader)
     assert summary["fit_iteration"] == trainer.search_iteration == batches  # fitted at export, after epoch 1
     assert summary["fit_factor"] == trainer.fit["factor"] < 1 and summary["before_fit"] is not None, summary
+    assert summary["latency"]["predicted_ms"] == pytest.approx(trainer.fit["after"])  # of pruned.pt, as fitted
     assert any("uniform rescale" in w for w in warnings), warnings
     searched = yaml.safe_load((run / "searched.yaml").read_text())
 

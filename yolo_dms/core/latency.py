@@ -205,6 +205,7 @@ def measure_table(
         variants = [geometry.scaled(f) for f in GRID]
         times = [backend.time_conv(v) for v in variants]
         coefficients.append(_fit_site([v.features() for v in variants], times))
+    convolutions_s, start = time.perf_counter() - start, time.perf_counter()
     model = LatencyModel(resources, LatencyTable(key, backend.name, coefficients, 0.0, 1.0, 0.0), backend)
     names = list(supernet.keep_ratio_masks())
     rng = random.Random(0)
@@ -221,7 +222,8 @@ def measure_table(
     if not beta > 0:  # timing noise swamped the spread: proportional instead (checked like any calibration)
         beta, alpha = float(np.dot(raw, measured) / np.dot(raw, raw)), 0.0
     LOGGER.info(f"DMS latency: whole model {measured[0]:.3f} ms at full width, {measured[1]:.3f} ms at half width "
-                f"({backend.name}); table measured in {time.perf_counter() - start:.1f} s")
+                f"({backend.name}); convolutions timed in {convolutions_s:.1f} s, whole models (calibration) in "
+                f"{time.perf_counter() - start:.1f} s")
     return LatencyTable(key, backend.name, coefficients, float(alpha), float(beta), measured[0])
 
 

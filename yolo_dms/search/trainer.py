@@ -446,6 +446,7 @@ class SearchTrainer:
         supernet = deepcopy(self.ema.ema).half().float().eval()
         if not self.fit:  # stopped before any fit (early stop, time=): fitted now by the same rule, and said so
             self.fit_structure(supernet, same_resources(self.resources, supernet))
+            sync_structure(supernet, self.supernet)  # the live structure is the exported one (search.json reads it)
         self.export_result = result = export_searched(supernet, self.save_dir, self.args.imgsz)
         if not self.best.exists():  # not validated since the structure was fixed: the best model is the last
             shutil.copyfile(result.weights_path, self.best)
