@@ -8,8 +8,9 @@ supernet, uniform keep ratios 0.75 and 0.5, and random structures, prints the pr
 measured milliseconds of the pruned, deployed model. The random structures are drawn from `seed` (default 1;
 the latency model calibrates on structures drawn from seed 0, so these are held out). `divisor` is the search's
 `divisor=`; `hidden_divisor` the multiple CSP hidden widths keep (by default the divisor, as `yolo-dms search
-resource=latency` builds it; 1 frees them, as a GFLOPs search does). Last, it times the full model `repeats`
-times and prints the spread (max / min - 1): the margin a latency test must allow for timing noise.
+resource=latency` builds it; 1 frees them, as a GFLOPs search does); `latency_refresh=True` measures the table
+again instead of reading its cache. Last, it times the full model `repeats` times and prints the spread (max / min
+- 1): the margin a latency test must allow for timing noise.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from yolo_dms.core.latency import CALIBRATION_RANGE, resource_model, time_struct
 from yolo_dms.core.latency_backends import latency_backend
 
 DEFAULTS = {"model": "yolov8n.yaml", "imgsz": 128, "structures": 6, "repeats": 5, "nc": 5, "seed": 1, "divisor": 8,
-            "hidden_divisor": None, "latency_backend": "auto", "device": "cpu"}
+            "hidden_divisor": None, "latency_backend": "auto", "device": "cpu", "latency_refresh": False}
 
 
 def main(argv: list[str]) -> None:
@@ -36,7 +37,7 @@ def main(argv: list[str]) -> None:
     supernet = Supernet.from_source(options["model"], nc=options["nc"], divisor=divisor, hidden_divisor=hidden)
     imgsz = (options["imgsz"],) * 2
     backend = latency_backend(options["latency_backend"], options["device"])
-    resources = resource_model(supernet, options["imgsz"], "latency", backend)
+    resources = resource_model(supernet, options["imgsz"], "latency", backend, options["latency_refresh"])
     names = list(supernet.keep_ratio_masks())
     rng = random.Random(options["seed"])
     structures = [("full", 1.0), ("uniform 0.75", 0.75), ("uniform 0.5", 0.5)]
