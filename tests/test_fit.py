@@ -39,8 +39,8 @@ CURVE = 40.0  # ms per GFLOP squared a whole model adds: a curve the calibrated 
 
 class CountedBackend(LatencyBackend):
     """A backend whose timings are counted: a convolution costs its MACs, a whole model its deployed GFLOPs plus
-    `OVERHEAD_MS`, `CURVE` and `extra` (so the calibrated prediction is close but not exact). Whole-model timings for which `busy(call)` holds are four times slower, as on a
-    machine busy with other work."""
+    `OVERHEAD_MS`, `CURVE` and `extra` (so the calibrated prediction is close but not exact). Whole-model timings
+    for which `busy(call)` holds are four times slower, as on a machine busy with other work."""
 
     name = "counted"
 
