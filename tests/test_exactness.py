@@ -23,7 +23,7 @@ from yolo_dms.core.handlers import HANDLERS
 from yolo_dms.core.handlers.blocks import BLOCKS
 from yolo_dms.core.model_io import write_model_yaml
 from yolo_dms.core.resources import deployed_gflops
-from yolo_dms.core.tasks import build_task_model
+from yolo_dms.core.model_io import build_task_model
 
 IMGSZ = 128
 FORWARD_CASES = [(cfg, seed) for cfg in ("yolov8n.yaml", "yolov8s.yaml") for seed in range(5)]

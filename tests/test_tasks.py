@@ -12,13 +12,21 @@ from __future__ import annotations
 import pytest
 import torch
 from helpers import TASK_CASES, randomize_structure
-from ultralytics.nn.tasks import ClassificationModel, DetectionModel, DepthModel, RTDETRDetectionModel, WorldModel
+from ultralytics.nn.tasks import (
+    ClassificationModel,
+    DepthModel,
+    DetectionModel,
+    RTDETRDetectionModel,
+    WorldModel,
+    YOLOEModel,
+    YOLOESegModel,
+)
 
 from yolo_dms import ResourceModel, Supernet, prune, searched_yaml
 from yolo_dms.core.errors import UnsupportedModelError
 from yolo_dms.core.model_io import write_model_yaml
 from yolo_dms.core.resources import deployed_gflops
-from yolo_dms.core.tasks import build_task_model
+from yolo_dms.core.model_io import build_task_model
 
 IMGSZ = 64
 
@@ -115,8 +123,10 @@ def test_segment_prototype_width_is_searched_and_exported():
         (lambda: WorldModel("yolov8s-world.yaml", verbose=False), "WorldDetect"),
         (lambda: RTDETRDetectionModel("rtdetr-l.yaml", verbose=False), "RTDETRDecoder"),
         (lambda: DepthModel("yolo26n-depth.yaml", verbose=False), "Depth"),
+        (lambda: YOLOEModel("yoloe-11s.yaml", verbose=False), "YOLOEDetect"),
+        (lambda: YOLOESegModel("yoloe-26s-seg.yaml", verbose=False), "YOLOESegment26"),
     ],
-    ids=["world", "rtdetr", "depth"],
+    ids=["world", "rtdetr", "depth", "yoloe", "yoloe-seg"],
 )
 def test_unsupported_heads_are_named_in_one_line(build, named):
     with pytest.raises(UnsupportedModelError, match=rf"^DMS cannot search layer [^\n]*\({named}\)[^\n]*$"):

@@ -1,6 +1,7 @@
-"""Finding a detection dataset the way `yolo train` finds it, with one-line errors instead of tracebacks.
+"""Finding a dataset the way `yolo train` finds it for the model's task, with one-line errors instead of tracebacks.
 
-`check_det_dataset` resolves a YAML path or a name Ultralytics ships (`coco8.yaml`, or just `coco8`), puts
+`check_det_dataset` (every task but classification, whose `check_cls_dataset` takes a folder of class folders)
+resolves a YAML path or a name Ultralytics ships (`coco8.yaml`, or just `coco8`), puts
 relative dataset roots under `datasets_dir` (Ultralytics settings), and runs the YAML's `download:` when the
 images are missing. Offline, no download is tried, so an unresolved name fails at once instead of retrying.
 """
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ultralytics.data.utils import IMG_FORMATS, check_det_dataset
+from ultralytics.data.utils import IMG_FORMATS, check_cls_dataset, check_det_dataset
 from ultralytics.utils import SETTINGS, is_online
 
 from yolo_dms.core.errors import DMSError, first_line
@@ -19,13 +20,17 @@ class DataError(DMSError):
     """The dataset cannot be found, is malformed, or points at no images."""
 
 
-def resolve_data(data: str | Path | None) -> dict:
-    """The dataset dictionary of `data` (`check_det_dataset`'s), with train and val images present."""
+def resolve_data(data: str | Path | None, task: str = "detect") -> dict:
+    """The dataset dictionary of `data` for a model of `task`, as its trainer reads it, with train and val images
+    present."""
     if not data:
         raise DataError("give a dataset: data=<dataset.yaml>, e.g. data=coco8.yaml")
     online = is_online()
     try:
-        info = check_det_dataset(str(data), autodownload=online)
+        if task == "classify":
+            info = check_cls_dataset(str(data))
+        else:
+            info = check_det_dataset(str(data), autodownload=online)
     except FileNotFoundError as e:
         first = first_line(e)
         if "images not found" not in first:  # the YAML itself

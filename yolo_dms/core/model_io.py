@@ -21,13 +21,23 @@ import torch
 import yaml
 from ultralytics import __version__ as ultralytics_version
 from ultralytics.nn.modules import Detect
-from ultralytics.nn.tasks import DetectionModel, guess_model_task, torch_safe_load, yaml_model_load
+from ultralytics.nn.tasks import (
+    BaseModel,
+    ClassificationModel,
+    DetectionModel,
+    OBBModel,
+    PoseModel,
+    SegmentationModel,
+    guess_model_task,
+    torch_safe_load,
+    yaml_model_load,
+)
 from ultralytics.utils import LOGGER, SETTINGS, is_online
 from ultralytics.utils.checks import check_model_file_from_stem
 from ultralytics.utils.downloads import GITHUB_ASSETS_NAMES, attempt_download_asset
 from ultralytics.utils.torch_utils import intersect_dicts
 
-from yolo_dms.core.errors import ModelSourceError, UnsupportedModelError, first_line
+from yolo_dms.core.errors import DMSError, ModelSourceError, UnsupportedModelError, first_line
 
 if TYPE_CHECKING:
     from yolo_dms.core.supernet import Supernet
@@ -107,10 +117,10 @@ def trained_on(source: str | Path, names: dict | list) -> bool:
 
 
 def load_checkpoint_model(source: str | Path, nc: int | None = None) -> DetectionModel:
-    """The detection model (EMA first) of a checkpoint, in float32.
+    """The model (EMA first) of a checkpoint of any task DMS searches, in float32.
 
-    A stock model is rebuilt by `DetectionModel` from the checkpoint's own YAML and given its weights and class
-    names: pickled modules carry the attributes of the Ultralytics version that saved them (SPPF before 8.4
+    A stock model is rebuilt by its own class (`DetectionModel`, `SegmentationModel`, ...) from the checkpoint's
+    own YAML and given its weights and class names: pickled modules carry the attributes of the Ultralytics version that saved them (SPPF before 8.4
     has no `n`) and lack what only `parse_model` sets (`Detect.legacy`). A yolo-dms search checkpoint keeps
     its pickled supernet, whose masks and settings are the search's state. `nc` other than the checkpoint's
     builds a new head and transfers every weight that fits, as `yolo train` does.
@@ -122,8 +132,11 @@ def load_checkpoint_model(source: str | Path, nc: int | None = None) -> Detectio
         raise ModelSourceError(f"'{source}' holds no Ultralytics model")
     if isinstance(model, Supernet):
         return model.float()
-    if not isinstance(model, DetectionModel) or guess_model_task(model) not in {"detect", None}:
-        raise UnsupportedModelError(f"'{source}' is not a YOLO detection model ({type(model).__name__})")
+    if type(model) not in TASK_MODELS.values():
+        raise UnsupportedModelError(
+            f"'{source}' is not a YOLO model of a task DMS searches ({type(model).__name__}); DMS searches "
+            f"{', '.join(TASK_MODELS)} models"
+        )
     return rebuild(model.float(), source, nc)
 
 
@@ -140,13 +153,13 @@ def load_search_checkpoint(source: str | Path, hint: str) -> tuple[Supernet, dic
     return model.float(), ckpt
 
 
-def rebuild(model: DetectionModel, source: str | Path, nc: int | None = None) -> DetectionModel:
-    """A stock `DetectionModel` built from `model.yaml`, holding `model`'s weights and class names."""
+def rebuild(model: BaseModel, source: str | Path, nc: int | None = None) -> BaseModel:
+    """A stock model of `model`'s class built from `model.yaml`, holding `model`'s weights and class names."""
     if not isinstance(getattr(model, "yaml", None), dict):
         raise ModelSourceError(f"the model in '{source}' carries no model YAML to rebuild it from")
     same_classes = nc is None or nc == model.yaml.get("nc")
     try:
-        fresh = DetectionModel(deepcopy(model.yaml), nc=None if same_classes else nc, verbose=False)
+        fresh = type(model)(deepcopy(model.yaml), nc=None if same_classes else nc, verbose=False)
     except Exception as e:  # parse_model reports a bad row with whatever error the layer raises
         raise ModelSourceError(f"cannot rebuild the model in '{source}' from its YAML: {first_line(e)}") from None
     if same_classes:
@@ -191,26 +204,45 @@ def with_stock_class_branch(loaded: DetectionModel, fresh: DetectionModel) -> De
     return fresh
 
 
-TASK_NAMES = {"segment": "instance segmentation", "pose": "pose estimation", "obb": "oriented boxes",
-              "classify": "classification"}
+TASK_MODELS: dict[str, type[BaseModel]] = {  # as `yolo train` builds a model for each task
+    "detect": DetectionModel,
+    "segment": SegmentationModel,
+    "pose": PoseModel,
+    "obb": OBBModel,
+    "classify": ClassificationModel,
+}
 
 
-def load_detection_model(source: str | Path, nc: int | None = None) -> DetectionModel:
-    """A YOLO detection model built from a YAML or loaded from a checkpoint; clear errors for anything else."""
+def build_task_model(cfg: str | Path | dict, nc: int | None = None) -> BaseModel:
+    """The stock model a model YAML (path, packaged name or dict) builds for its task, as `yolo train` builds it.
+
+    An unknown head builds a `DetectionModel`, whose supernet then names the layers it cannot search."""
+    name = cfg.get("yaml_file", "the model") if isinstance(cfg, dict) else cfg
+    cfg = cfg if isinstance(cfg, dict) else load_model_yaml(cfg)
+    task = guess_model_task(cfg)
+    if task is not None and task not in TASK_MODELS:
+        raise UnsupportedModelError(f"'{name}' is a {task} model; DMS searches the tasks {', '.join(TASK_MODELS)}")
+    return TASK_MODELS.get(task, DetectionModel)(deepcopy(cfg), nc=nc, verbose=False)
+
+
+def load_model(source: str | Path, nc: int | None = None) -> BaseModel:
+    """A YOLO model of any task DMS searches, built from a YAML or loaded from a checkpoint; clear errors for
+    anything else."""
     source = resolve_model(source)
-    if not is_checkpoint(source):
-        cfg = load_model_yaml(source)
-        task = guess_model_task(cfg)
-        if task not in {"detect", None}:  # None: an unknown head, named layer by layer by the supernet
-            raise UnsupportedModelError(
-                f"'{source}' is not a detection model (task={task}, {TASK_NAMES.get(task, task)}); DMS searches "
-                "YOLO detection models (YOLOv8, YOLO11, YOLO26)"
-            )
-        try:
-            return DetectionModel(cfg, nc=nc, verbose=False)
-        except Exception as e:  # parse_model reports a bad row with whatever error the layer raises
-            raise ModelSourceError(f"cannot build a model from '{source}': {e}") from None
-    return load_checkpoint_model(source, nc)
+    if is_checkpoint(source):
+        return load_checkpoint_model(source, nc)
+    try:
+        return build_task_model(source, nc)
+    except DMSError:  # its line names the model already
+        raise
+    except Exception as e:  # parse_model reports a bad row with whatever error the layer raises
+        raise ModelSourceError(f"cannot build a model from '{source}': {e}") from None
+
+
+def model_task(model: BaseModel) -> str:
+    """The task of a stock model or a supernet, as `yolo train` picks its trainer (segmentation, pose and
+    oriented-box models are detection models too, so they are asked first)."""
+    return next(task for task, cls in reversed(TASK_MODELS.items()) if isinstance(model, cls))
 
 
 @contextmanager

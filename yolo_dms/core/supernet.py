@@ -21,7 +21,7 @@ from yolo_dms.core.handlers.base import OUTPUT_DIVISOR, default_hidden_divisor
 from yolo_dms.core.handlers.gates import set_channel_gates
 from yolo_dms.core.mask_bank import MaskBank
 from yolo_dms.core.masks import DepthMask, DerivedWidthMask, KeepRatioMask
-from yolo_dms.core.model_io import load_detection_model
+from yolo_dms.core.model_io import load_model
 
 
 class Supernet(DetectionModel):
@@ -77,7 +77,7 @@ class Supernet(DetectionModel):
         """Supernet from a model YAML, a `.pt` checkpoint or a `DetectionModel`."""
         if isinstance(source, DetectionModel):
             return source if isinstance(source, Supernet) else cls(source, **mask_args)
-        model = load_detection_model(source, nc=nc)
+        model = load_model(source, nc=nc)
         return model if isinstance(model, Supernet) else cls(model, copy=False, **mask_args)
 
     def _wire(self, wiring: Wiring, image_channels: int) -> None:

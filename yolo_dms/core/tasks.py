@@ -10,8 +10,6 @@ classes live at module level so that checkpoints unpickle.
 
 from __future__ import annotations
 
-from copy import deepcopy
-
 from torch import nn
 from ultralytics.nn.tasks import (
     BaseModel,
@@ -20,11 +18,8 @@ from ultralytics.nn.tasks import (
     OBBModel,
     PoseModel,
     SegmentationModel,
-    guess_model_task,
-    yaml_model_load,
 )
 
-from yolo_dms.core.errors import UnsupportedModelError
 from yolo_dms.core.supernet import Supernet
 
 
@@ -47,14 +42,6 @@ class ClassificationSupernet(Supernet, ClassificationModel):
     _predict_augment = ClassificationModel._predict_augment  # BaseModel's: single-scale, not Detect's flips
 
 
-TASK_MODELS: dict[str, type[BaseModel]] = {  # as `yolo train` builds a model for each task
-    "detect": DetectionModel,
-    "segment": SegmentationModel,
-    "pose": PoseModel,
-    "obb": OBBModel,
-    "classify": ClassificationModel,
-}
-
 SUPERNETS: dict[type, type[Supernet]] = {
     DetectionModel: Supernet,
     SegmentationModel: SegmentationSupernet,
@@ -74,12 +61,3 @@ def stock_model_class(supernet: Supernet) -> type[BaseModel]:
     """The stock Ultralytics model class a supernet stands for (what its pruned model is built as)."""
     stock = {cls: model for model, cls in SUPERNETS.items()}
     return next(stock[cls] for cls in type(supernet).__mro__ if cls in stock)
-
-
-def build_task_model(cfg: str | dict, nc: int | None = None) -> BaseModel:
-    """The stock model a model YAML (path, packaged name or dict) builds for its task, as `yolo train` builds it."""
-    task = guess_model_task(cfg if isinstance(cfg, dict) else yaml_model_load(cfg))
-    if task is not None and task not in TASK_MODELS:
-        raise UnsupportedModelError(f"'{cfg}' is a {task} model; DMS searches the tasks {', '.join(TASK_MODELS)}")
-    model_class = TASK_MODELS.get(task, DetectionModel)  # an unknown head: the supernet names what it cannot search
-    return model_class(deepcopy(cfg), nc=nc, verbose=False)

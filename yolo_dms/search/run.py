@@ -1,5 +1,5 @@
 """Running a search from user arguments: split DMS settings from Ultralytics train arguments, check everything
-that can be checked before any output is written, then train with `DMSTrainer`."""
+that can be checked before any output is written, then train with the search trainer of the model's task."""
 
 from __future__ import annotations
 
@@ -15,10 +15,10 @@ from yolo_dms.core.data import resolve_data
 from yolo_dms.core.errors import DMSError, first_line
 from yolo_dms.core.latency import resource_model
 from yolo_dms.core.latency_backends import latency_backend
-from yolo_dms.core.model_io import load_detection_model, load_search_checkpoint, resolve_model
+from yolo_dms.core.model_io import load_model, load_search_checkpoint, model_task, resolve_model
 from yolo_dms.core.supernet import Supernet
 from yolo_dms.search.settings import RECIPES_DIR, RESOURCES, SearchSettings, load_defaults
-from yolo_dms.search.trainer import DMSTrainer
+from yolo_dms.search.trainer import TRAINERS, SearchTrainer, trainer_for
 
 
 def check_train_arguments(train: dict) -> None:
@@ -88,26 +88,28 @@ def split_arguments(arguments: dict) -> tuple[dict, dict]:
 
 def preflight(model: str, nc: int, imgsz: int, settings: SearchSettings, device) -> tuple[float, float, float]:
     """Check the model and the budget before anything is written; returns (smallest, full, budget) GFLOPs."""
-    source = load_detection_model(model, nc=nc)
+    source = load_model(model, nc=nc)
     if isinstance(source, Supernet):
         raise DMSError(
             f"'{model}' is a search checkpoint; continue it with resume=True or export it with 'yolo-dms export'"
         )
-    supernet = DMSTrainer.wrap(source, settings)
+    supernet = SearchTrainer.wrap(source, settings)
     backend = latency_backend(settings.latency_backend, device)
     resources = resource_model(supernet, imgsz, settings.resource, backend, refresh=settings.latency_refresh)
     return resolve_budget(supernet, resources, settings)
 
 
-def search_project(arguments: dict) -> Path:
-    """The directory that holds the searches, resolved as Ultralytics resolves `project` (8.4 puts a relative one
-    under `runs_dir/detect`)."""
+def search_projects(arguments: dict) -> list[Path]:
+    """The directories that hold the searches of every task, resolved as Ultralytics resolves `project` (8.4 puts
+    a relative one under `runs_dir/<task>`)."""
     train = {**load_defaults()["train"], **{k: v for k, v in arguments.items() if k == "project"}}
-    return get_save_dir(get_cfg(DEFAULT_CFG_DICT, {**train, "task": "detect", "mode": "train"})).parent
+    return sorted({get_save_dir(get_cfg(DEFAULT_CFG_DICT, {**train, "task": task, "mode": "train"})).parent
+                   for task in TRAINERS})
 
 
-def resume_checkpoint(resume: bool | str | Path, project: Path) -> Path:
-    """The interrupted search to continue: an explicit last.pt, or the newest last.pt under `project`.
+def resume_checkpoint(resume: bool | str | Path, projects: list[Path]) -> tuple[Path, str]:
+    """The interrupted search to continue, an explicit last.pt or the newest last.pt under `projects`, and its
+    task.
 
     A finished search is refused: Ultralytics strips the optimizer from its last.pt and marks it epoch -1 before
     searched.yaml and pruned.pt are written (a run killed after its last epoch but before that has trained
@@ -115,15 +117,16 @@ def resume_checkpoint(resume: bool | str | Path, project: Path) -> Path:
     """
     newest = not isinstance(resume, str | Path)
     if newest:
-        candidates = sorted(project.glob("*/weights/last.pt"), key=lambda p: p.stat().st_mtime)
+        candidates = sorted((p for d in projects for p in d.glob("*/weights/last.pt")), key=lambda p: p.stat().st_mtime)
         if not candidates:
-            raise DMSError(f"no search checkpoint to resume under '{project}'; pass resume=path/to/weights/last.pt")
+            where = " or ".join(f"'{d}'" for d in projects)
+            raise DMSError(f"no search checkpoint to resume under {where}; pass resume=path/to/weights/last.pt")
         path = candidates[-1]
     else:
         path = Path(resume)
         if not path.is_file():
             raise DMSError(f"no search checkpoint to resume at '{path}'")
-    _, ckpt = load_search_checkpoint(path, "so there is no search to resume")
+    supernet, ckpt = load_search_checkpoint(path, "so there is no search to resume")
     epochs = (ckpt.get("train_args") or {}).get("epochs", DEFAULT_CFG_DICT["epochs"])
     if ckpt.get("epoch", -1) < 0 or ckpt["epoch"] + 1 >= epochs:
         run = path.parent.parent
@@ -133,7 +136,7 @@ def resume_checkpoint(resume: bool | str | Path, project: Path) -> Path:
             f"('yolo-dms export model={path}' writes them again)"
             + ("; pass resume=path/to/weights/last.pt to continue another search" if newest else "")
         )
-    return path
+    return path, model_task(supernet)
 
 
 def resume_overrides(arguments: dict) -> dict:
@@ -147,25 +150,28 @@ def resume_overrides(arguments: dict) -> dict:
             "applied; drop it, or start a new search to use it"
         )
     check_train_arguments(arguments)
-    last = str(resume_checkpoint(arguments["resume"], search_project(arguments)))
-    return {**arguments, "resume": last, "model": last}
+    last, task = resume_checkpoint(arguments["resume"], search_projects(arguments))
+    return {**arguments, "resume": str(last), "model": str(last), "task": task}
 
 
-def run_search(arguments: dict, callbacks: dict | None = None) -> DMSTrainer:
-    """Search as `yolo-dms search` and `DMS(model).search()` do: `arguments` are its key=value pairs, already
-    typed; `callbacks` are Ultralytics callbacks by event (its defaults when None)."""
+def run_search(arguments: dict, callbacks: dict | None = None) -> SearchTrainer:
+    """Search as `yolo-dms search` and `DMS(model).search()` do, with the trainer of the model's task:
+    `arguments` are its key=value pairs, already typed; `callbacks` are Ultralytics callbacks by event (its
+    defaults when None)."""
     if arguments.get("resume"):
-        trainer = DMSTrainer(overrides=resume_overrides(arguments), _callbacks=callbacks)
+        overrides = resume_overrides(arguments)
+        trainer = trainer_for(overrides["task"])(overrides=overrides, _callbacks=callbacks)
     else:
         dms, train = split_arguments(arguments)
         settings = SearchSettings.from_arguments(dms)
         if "model" not in train:
             raise DMSError("search needs model=<yaml|pt>, e.g. model=yolov8s.yaml or model=yolov8n.pt")
         train["model"] = resolve_model(train["model"])
-        data = resolve_data(train.get("data"))
+        train["task"] = model_task(load_model(train["model"]))
+        data = resolve_data(train.get("data"), train["task"])
         imgsz = train.get("imgsz", DEFAULT_CFG_DICT["imgsz"])
         preflight(train["model"], data["nc"], imgsz if isinstance(imgsz, int) else max(imgsz), settings,
                   train.get("device"))
-        trainer = DMSTrainer(overrides=train, _callbacks=callbacks, settings=settings)
+        trainer = trainer_for(train["task"])(overrides=train, _callbacks=callbacks, settings=settings)
     trainer.train()
     return trainer

@@ -177,14 +177,23 @@ class SearchTrainer:
         return supernet
 
     def train(self):
-        """Multi-GPU: build the supernet before Ultralytics pickles the model for its DDP workers.
+        """Multi-GPU: build the supernet before Ultralytics starts its DDP workers, and hand it to them.
 
-        The workers are re-created from default arguments and that pickled model, so the settings must travel
-        inside the supernet (a resumed search reads them from its checkpoint instead).
+        The workers are re-created from default arguments, so the settings must travel inside the supernet (a
+        resumed search reads them from its checkpoint instead). Since 8.4.140 Ultralytics pickles the model for
+        them; earlier versions build it from `args.model`, which names a checkpoint of the supernet for the run.
         """
-        if self.ddp and not self.resume and not isinstance(self.model, nn.Module):
-            self.setup_model()
-        return super().train()
+        if not self.ddp or self.resume or isinstance(self.model, nn.Module):
+            return super().train()
+        self.setup_model()
+        self.model.search_state = {"source": str(self.args.model)}
+        handoff = self.save_dir / ".ddp-supernet.pt"
+        torch.save({"model": self.model, "train_args": vars(self.args)}, handoff)
+        self.args.model = str(handoff)
+        try:
+            return super().train()
+        finally:
+            handoff.unlink(missing_ok=True)
 
     def build_optimizer(self, model, name="auto", lr=0.001, momentum=0.9, decay=1e-5, iterations=1e5):
         """Stock weight optimizer without the keep ratios, which get their own Adam."""

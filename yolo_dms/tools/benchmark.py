@@ -50,7 +50,7 @@ from yolo_dms.core.errors import DMSError
 from yolo_dms.core.model_io import (
     is_checkpoint,
     load_checkpoint_model,
-    load_detection_model,
+    load_model,
     load_model_yaml,
     resolve_model,
     trained_on,
@@ -81,7 +81,7 @@ MAGNITUDE_ARMS = {"magnitude_uniform": False, "magnitude_global": True}  # arm -
 # ----------------------------------------------------------------------------------------------- inputs
 def model_cfg(model: str, nc: int) -> dict:
     """The model's architecture as a YAML dict for `nc` classes: a checkpoint's own YAML, or a YAML file."""
-    cfg = load_detection_model(model).yaml if model.endswith(".pt") else load_model_yaml(model)
+    cfg = load_model(model).yaml if model.endswith(".pt") else load_model_yaml(model)
     return {**copy.deepcopy(cfg), "nc": nc}
 
 
