@@ -112,6 +112,15 @@ def test_bad_arguments_raise_dmserror_with_the_cli_line(arguments, tiny_data, wo
     assert proc.stderr.splitlines()[0] == f"yolo-dms search: error: {raised.value}"
 
 
+def test_resume_continues_the_search_of_the_given_checkpoint(searched, workdir):
+    """`DMS(path).search(resume=True)` is `yolo-dms search resume=path`: here a finished search, refused alike."""
+    last = searched[0].save_dir / "weights" / "last.pt"
+    with pytest.raises(DMSError, match="has finished, so there is nothing to resume") as raised:
+        DMS(last).search(resume=True)
+    proc = yolo_dms("search", f"resume={last}", cwd=workdir)
+    assert proc.returncode == 2 and proc.stderr.splitlines()[0] == f"yolo-dms search: error: {raised.value}"
+
+
 def test_yolo_train_with_a_configured_dms_trainer_ends_with_the_pruned_model(tiny_data, workdir):
     with pytest.raises(DMSError, match="unknown DMS setting 'targt'"):
         DMSTrainer.configured(targt=0.5)
