@@ -1,7 +1,7 @@
 """Which handler owns which layer type: one registration per handler, looked up by the layer's exact type.
 
-Exact types on purpose: `Segment`, `Pose` and `OBB` subclass `Detect`, and `DWConv` subclasses `Conv`, yet
-none of them can be pruned the way their parent is. Gated layers are found through the stock type they name.
+Exact types on purpose: `Segment`, `Pose` and `OBB` subclass `Detect` (and `WorldDetect`, `YOLOEDetect` too),
+and `DWConv` subclasses `Conv`, yet none of them can be pruned the way their parent is. Gated layers are found through the stock type they name.
 """
 
 from __future__ import annotations
@@ -45,6 +45,6 @@ def handlers_for(layers: nn.Sequential) -> list[LayerHandler]:
         names = ", ".join(sorted(t.__name__ for t in HANDLERS if t not in HEADS))
         heads = ", ".join(sorted(t.__name__ for t in HEADS))
         raise UnsupportedModelError(
-            f"DMS cannot search layer {', '.join(bad)}; supported detection layers are {names} and a final {heads}"
+            f"DMS cannot search layer {', '.join(bad)}; supported layers are {names} and a final {heads}"
         )
     return [HANDLERS[stock_type(layer)](i) for i, layer in enumerate(layers)]
