@@ -3,8 +3,10 @@
 Both run the same model, batch and image size through forward, Ultralytics' detection loss, backward and an
 SGD weight step; the search iteration adds the masks (straight-through, with Taylor-importance hooks) and the
 structure step (resource model, balanced resource gradient, Adam on keep ratios). The two alternate iteration by
-iteration, so a machine whose speed drifts slows both alike. `keep` sets every keep ratio first: a search spends
-most of its batches below 1, where many gates are closed.
+iteration, so a machine whose speed drifts slows both alike. On a CPU the clock is the process's CPU time (what
+the iteration costs the host, not counting other jobs on a shared machine; with one thread it equals the wall
+time of an idle machine), on a GPU the wall time. `keep` sets every keep ratio first: a search spends most of
+its batches below 1, where many gates are closed.
 
 At a size where the convolutions cost almost nothing (`model=yolov8s.yaml imgsz=32 batch=2` on a CPU; batch 1
 would leave BatchNorm one value per channel at P5) the difference between the two is the host-side cost of the
@@ -32,17 +34,20 @@ from yolo_dms.tools.demo_data import random_batch
 
 
 def _iteration(model, step: Callable, scaler, batch: dict, amp: bool, device: torch.device) -> float:
-    """Seconds of one iteration: forward, loss, backward and `step`, waited for on a GPU."""
-    if device.type == "cuda":
+    """Seconds of one iteration: forward, loss, backward and `step` (CPU seconds on a CPU; on a GPU wall seconds,
+    waited for)."""
+    gpu = device.type == "cuda"
+    clock = time.perf_counter if gpu else time.process_time
+    if gpu:
         torch.cuda.synchronize()
-    start = time.perf_counter()
+    start = clock()
     with torch.autocast(device.type, enabled=amp):
         loss, _ = model(batch)
     scaler.scale(loss.sum()).backward()
     step(scaler)
-    if device.type == "cuda":
+    if gpu:
         torch.cuda.synchronize()
-    return time.perf_counter() - start
+    return clock() - start
 
 
 def measure_overhead(
