@@ -28,6 +28,7 @@ import json
 import math
 import os
 import shutil
+import tempfile
 from copy import deepcopy
 
 import torch
@@ -38,7 +39,7 @@ from ultralytics.models.yolo.detect import DetectionTrainer
 from ultralytics.models.yolo.obb import OBBTrainer
 from ultralytics.models.yolo.pose import PoseTrainer
 from ultralytics.models.yolo.segment import SegmentationTrainer
-from ultralytics.utils import DEFAULT_CFG, LOCAL_RANK, LOGGER, RANK, colorstr
+from ultralytics.utils import DEFAULT_CFG, LOCAL_RANK, LOGGER, RANK, USER_CONFIG_DIR, colorstr
 from ultralytics.utils.torch_utils import strip_optimizer, torch_distributed_zero_first, unwrap_model
 
 from yolo_dms.core.budget import describe, fit_structure, hard_figure, hard_gflops, resolve_budget, structure_as
@@ -187,13 +188,16 @@ class SearchTrainer:
             return super().train()
         self.setup_model()
         self.model.search_state = {"source": str(self.args.model)}
-        handoff = self.save_dir / ".ddp-supernet.pt"
+        # beside Ultralytics' own DDP file, not in save_dir, which 8.4.0 deletes before starting the workers
+        (USER_CONFIG_DIR / "DDP").mkdir(parents=True, exist_ok=True)
+        fd, handoff = tempfile.mkstemp(prefix="_yolo_dms_", suffix=".pt", dir=USER_CONFIG_DIR / "DDP")
+        os.close(fd)
         torch.save({"model": self.model, "train_args": vars(self.args)}, handoff)
-        self.args.model = str(handoff)
+        self.args.model = handoff
         try:
             return super().train()
         finally:
-            handoff.unlink(missing_ok=True)
+            os.remove(handoff)
 
     def build_optimizer(self, model, name="auto", lr=0.001, momentum=0.9, decay=1e-5, iterations=1e5):
         """Stock weight optimizer without the keep ratios, which get their own Adam."""
