@@ -67,14 +67,18 @@ def yolo_dms(*args: str, cwd, env: dict[str, str] | None = None) -> subprocess.C
 
 
 def assert_stock_trains_and_exports(run: Path, data: Path, imgsz: int, runs: Path, cwd: Path) -> None:
-    """In a process without yolo_dms: `yolo train` from `run`'s pruned.pt transfers every weight, from its
-    searched.yaml trains from scratch, and the ONNX export of pruned.pt matches PyTorch within 1e-3."""
+    """In a process without yolo_dms: stock `val` scores `run`'s pruned.pt with its task's metric, `yolo train`
+    from it transfers every weight, from its searched.yaml trains from scratch, and the ONNX export of pruned.pt
+    matches PyTorch within 1e-3."""
     import re
 
     code = f"""
         import numpy as np, onnxruntime as ort, torch
         from ultralytics import YOLO
         from ultralytics.cfg import entrypoint
+        metrics = YOLO({str(run / 'pruned.pt')!r}).val(data={str(data)!r}, imgsz={imgsz}, batch=8, workers=0,
+                                                        device="cpu", plots=False, project={str(runs)!r}, name="val")
+        print("VALIDATED", metrics.fitness)
         common = "data={data} epochs=1 imgsz={imgsz} batch=8 workers=0 device=cpu plots=False val=False"
         entrypoint(f"yolo train model={run / 'pruned.pt'} {{common}} project={runs} name=finetune")
         entrypoint(f"yolo train model={run / 'searched.yaml'} {{common}} project={runs} name=scratch")
@@ -83,7 +87,10 @@ def assert_stock_trains_and_exports(run: Path, data: Path, imgsz: int, runs: Pat
         session = ort.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
         onnx_out = session.run(None, {{session.get_inputs()[0].name: x}})[0]
         with torch.no_grad():
-            torch_out = YOLO({str(run / 'pruned.pt')!r}).model.float().eval()(torch.from_numpy(x))[0].numpy()
+            torch_out = YOLO({str(run / 'pruned.pt')!r}).model.float().eval()(torch.from_numpy(x))
+        while isinstance(torch_out, (tuple, list)):  # the first output, as ONNX's (segmentation nests it deeper)
+            torch_out = torch_out[0]
+        torch_out = torch_out.numpy()
         print("ONNX_DIFF", float(np.abs(onnx_out - torch_out).max()))
     """
     proc = run_without_yolo_dms(code, cwd=cwd)
@@ -91,5 +98,6 @@ def assert_stock_trains_and_exports(run: Path, data: Path, imgsz: int, runs: Pat
     assert proc.returncode == 0, output[-4000:]
     transferred = re.findall(r"Transferred (\d+)/(\d+) items", output)
     assert transferred and transferred[0][0] == transferred[0][1], transferred
+    assert re.search(r"VALIDATED [0-9.]", output), output[-3000:]
     assert (runs / "scratch" / "weights" / "last.pt").exists()
     assert float(re.search(r"ONNX_DIFF ([0-9.eE+-]+)", output).group(1)) < 1e-3
