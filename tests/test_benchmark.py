@@ -54,7 +54,7 @@ def benchmark_run(tmp_path_factory):
         return summary, list(csv.DictReader(f)), out
 
 
-def test_every_arm_fills_every_column_at_the_budget(benchmark_run):
+def test_every_arm_fills_every_column_and_the_pruned_ones_meet_the_budget(benchmark_run):
     summary, rows, out = benchmark_run
     assert [r["arm"] for r in rows] == list(ARMS)
     budget = float(rows[0]["budget"])
@@ -64,7 +64,10 @@ def test_every_arm_fills_every_column_at_the_budget(benchmark_run):
             assert math.isfinite(float(row[key])), (row["arm"], key)
         assert float(row["onnx_ms"]) > 0 and float(row["train_min"]) > 0
         assert (float(row["structure_min"]) > 0) == (row["arm"] not in {"uniform", "reference"})
-        assert abs(float(row["gflops"]) - budget) <= 0.03 * budget, row
+        if row["arm"] == "reference":  # the unpruned model
+            assert float(row["gflops"]) > 1.5 * budget, row
+        else:
+            assert abs(float(row["gflops"]) - budget) <= 0.03 * budget, row
     assert "| dms_kd |" in summary and (out / "map_vs_gflops.png").exists()
 
 

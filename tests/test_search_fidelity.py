@@ -101,13 +101,14 @@ def test_a_lagging_structure_meets_a_growing_push_that_resumes():
     assert restored.multiplier == step.multiplier
 
 
-def test_a_structure_ahead_of_its_falling_target_is_not_pushed():
+def test_a_structure_well_ahead_of_its_falling_target_is_not_pushed():
+    """Half its target: the penalty outweighs the multiplier, so the inequality exerts no force, and the
+    multiplier relaxes without turning negative."""
     supernet = Supernet.from_source("yolov8n.yaml", nc=3)
     step = StructureStep(supernet, ResourceModel(supernet, IMGSZ), lr=0.01, weight=1.0)
-    step.multiplier = 3.0
     before = {n: m.keep_ratio.item() for n, m in supernet.keep_ratio_masks().items()}
     for p in supernet.structure_parameters():
         p.grad = torch.zeros_like(p)
     step.step(2.0 * step.resources.gflops().item())
     assert {n: m.keep_ratio.item() for n, m in supernet.keep_ratio_masks().items()} == before
-    assert 1.0 <= step.multiplier < 3.0  # it relaxes, never below the DMS loss's own weight
+    assert 0.0 <= step.multiplier < 1.0

@@ -1,16 +1,16 @@
-"""The structure update of one search step: task gradient plus a Lagrange multiplier times the balanced
-gradient of the budget constraint, then Adam.
+"""The structure update of one search step: task gradient plus the budget constraint's force times its balanced
+gradient, then Adam.
 
 Kept apart from the trainer so that it can be timed and tested on its own. The constraint is
 `log(F / F_target) <= 0` on the straight-through figure `F` (GFLOPs, parameters or latency) while the target
 falls, and `log(F / budget) = 0` once it holds at the budget. Its gradient on the keep ratios is rescaled to the
-running norm of the task gradient, so the multiplier is a pure number whatever the loss scale (1: equal norms,
-as the DMS reference balances them). The multiplier starts at `weight` and follows dual ascent: it grows while
-the structure is above its target and shrinks while below (never under 0 while the target falls: an inequality
-constraint; of either sign at the hold, where capacity left unused under the budget is accuracy given away).
-A structure that lags gets a push that grows for as long as it lags, so it has no steady-state lag to tune away:
-from a trained model the task gradient resists every cut, and a fixed push left 30% searches 10 to 15% above
-their budget.
+running norm of the task gradient, so the force is a pure number whatever the loss scale (1: equal norms, as the
+DMS reference balances them). The force is that of an augmented Lagrangian, `multiplier + PENALTY * log(F /
+target)`: the penalty answers a lag at once, and the multiplier, starting at `weight`, integrates the lag by dual
+ascent, so a structure that the task gradient holds back (from a trained model it resists every cut) meets a
+push that grows until it keeps up, with no steady-state lag left to tune away. While the target falls the
+force and the multiplier are at least 0 (an inequality: being ahead of the schedule is no violation); at the
+budget they take either sign, since capacity left unused under the budget is accuracy given away.
 """
 
 from __future__ import annotations

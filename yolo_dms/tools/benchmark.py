@@ -62,8 +62,9 @@ from yolo_dms.tools.demo_data import make_dataset
 from yolo_dms.tools.evaluation import onnx_report, validate
 from yolo_dms.tools.overhead import measure_overhead
 
-ARMS = ("dms", "dms_kd", "dms_scratch", "dms_sgd", "taylor_uniform", "magnitude_uniform", "magnitude_global",
-        "uniform", "reference")
+# `reference` first: it is dms_kd's teacher when the model's classes are not the data's
+ARMS = ("reference", "dms", "dms_kd", "dms_scratch", "dms_sgd", "taylor_uniform", "magnitude_uniform",
+        "magnitude_global", "uniform")
 DEFAULTS = {
     "data": "", "model": "yolov8s.yaml", "target": 0.5, "epochs": 20, "search_epochs": 10, "imgsz": 128,
     "batch": 16, "seeds": "0,1", "arms": "", "out": "runs/dms/benchmark", "n_train": 512,
@@ -367,6 +368,7 @@ def run_benchmark(**overrides) -> str:
         a for a in ARMS if a != "dms_kd" or model.endswith(".pt")]
     if bad := [a for a in arms if a not in ARMS]:
         raise DMSError(f"unknown arm(s) {bad}; valid: {', '.join(ARMS)}")
+    arms = sorted(arms, key=ARMS.index)  # in ARMS order: a teacher is trained before the arm that needs it
     if not 0 < options["search_epochs"] < options["epochs"]:
         raise DMSError("search_epochs must be at least 1 and below epochs (the arms then train for the rest)")
     if not 0 < float(options["target"]) <= 1:
