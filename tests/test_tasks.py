@@ -24,9 +24,10 @@ from ultralytics.nn.tasks import (
 
 from yolo_dms import ResourceModel, Supernet, prune, searched_yaml
 from yolo_dms.core.errors import UnsupportedModelError
-from yolo_dms.core.model_io import write_model_yaml
+from yolo_dms.core.latency import attach_latency, conv_geometries
+from yolo_dms.core.latency_backends import LatencyBackend
+from yolo_dms.core.model_io import build_task_model, write_model_yaml
 from yolo_dms.core.resources import deployed_gflops
-from yolo_dms.core.model_io import build_task_model
 
 IMGSZ = 64
 
@@ -157,3 +158,34 @@ def test_pruned_checkpoint_loads_in_stock_yolo_as_its_task(cfg, task, tmp_path):
     randomize_structure(supernet, seed=1)
     path = write_checkpoint(prune(supernet), tmp_path / "pruned.pt", {"imgsz": IMGSZ})
     assert YOLO(str(path)).task == task
+
+
+class CountingBackend(LatencyBackend):
+    """Timings that are counts: a convolution its MACs, a whole model its deployed GFLOPs (no clock involved)."""
+
+    name = "counting"
+
+    def identity(self) -> list[str]:
+        return [self.name]
+
+    def time_conv(self, geometry, runs: int = 0) -> float:
+        return geometry.features()[1] * 1e-7
+
+    def time_model(self, model, imgsz, runs: int = 0) -> float:
+        return 1.0 + 10 * deployed_gflops(model, imgsz)
+
+
+@pytest.mark.parametrize("cfg", ["yolo26n-seg.yaml", "yolo26n-pose.yaml"])
+def test_latency_geometries_leave_out_training_only_branches(cfg):
+    """Segment26's semantic branch and Pose26's keypoint spreads never run in an eval pass (nor deployed): a
+    latency table has no geometry for them, and only for them."""
+    supernet = Supernet(build_task_model(cfg, nc=3))
+    geometries = conv_geometries(supernet, (IMGSZ, IMGSZ))
+    untraced = [site for site, geometry in zip(supernet.sites, geometries) if geometry is None]
+    assert untraced and not any(site.counted for site in untraced)
+
+
+def test_latency_table_of_a_task_model_predicts_the_full_model(tmp_path):
+    supernet = Supernet(build_task_model("yolo26n-pose.yaml", nc=3))
+    model = attach_latency(ResourceModel(supernet, IMGSZ), CountingBackend(), cache_dir=tmp_path)
+    assert abs(model.calibration_error()) < 0.05

@@ -76,8 +76,10 @@ class ConvGeometry:
         return 1.0, float(h * w * self.out_channels * (per_output + 4)), float(h * w * self.out_channels)
 
 
-def conv_geometries(supernet: Supernet, imgsz: tuple[int, int]) -> list[ConvGeometry]:
-    """The full-width geometry of every convolution site, in `supernet.sites` order, from one traced pass."""
+def conv_geometries(supernet: Supernet, imgsz: tuple[int, int]) -> list[ConvGeometry | None]:
+    """The full-width geometry of every convolution site, in `supernet.sites` order, from one traced pass; None
+    for a training-only site (not `counted`: Segment26's semantic branch, Pose26's keypoint spreads), which
+    never runs in an eval pass nor in the deployed model."""
     found: dict[str, ConvGeometry] = {}
     hooks = []
     for site in supernet.sites:
@@ -95,7 +97,7 @@ def conv_geometries(supernet: Supernet, imgsz: tuple[int, int]) -> list[ConvGeom
         supernet.train(training)
         for hook in hooks:
             hook.remove()
-    return [found[site.path] for site in supernet.sites]
+    return [found.get(site.path) for site in supernet.sites]
 
 
 def time_structure(supernet: Supernet, imgsz: tuple[int, int], backend: LatencyBackend) -> float:
@@ -139,12 +141,16 @@ class LatencyTable:
 
 
 def table_key(
-    supernet: Supernet, geometries: list[ConvGeometry], imgsz: tuple[int, int], backend: LatencyBackend, batch: int = 1
+    supernet: Supernet,
+    geometries: list[ConvGeometry | None],
+    imgsz: tuple[int, int],
+    backend: LatencyBackend,
+    batch: int = 1,
 ) -> str:
     """What a table depends on: every convolution's geometry, the widths the masks allow (their divisors shape
     the calibration structures), image size, batch, and the backend's identity (runtime, version, device)."""
     masks = [[n, m.size, m.divisor] for n, m in supernet.keep_ratio_masks().items()]
-    spec = json.dumps([[asdict(g) for g in geometries], masks, list(imgsz), batch, *backend.identity()])
+    spec = json.dumps([[asdict(g) if g else None for g in geometries], masks, list(imgsz), batch, *backend.identity()])
     return hashlib.sha256(spec.encode()).hexdigest()[:16]
 
 
@@ -194,7 +200,7 @@ def same_resources(like: ResourceModel, supernet: Supernet) -> ResourceModel:
 
 
 def measure_table(
-    resources: ResourceModel, geometries: list[ConvGeometry], key: str, backend: LatencyBackend
+    resources: ResourceModel, geometries: list[ConvGeometry | None], key: str, backend: LatencyBackend
 ) -> LatencyTable:
     """Time every convolution at the grid widths, fit its line, and calibrate the sum against whole models:
     full width, half width and random structures (a search ends at a structure that is not uniform)."""
@@ -202,6 +208,9 @@ def measure_table(
     start = time.perf_counter()
     coefficients = []
     for geometry in TQDM(geometries, desc=f"DMS latency: timing {len(geometries)} convolutions on {backend.name}"):
+        if geometry is None:  # a training-only site: its features, and so its line, are always zero
+            coefficients.append([0.0, 0.0, 0.0])
+            continue
         variants = [geometry.scaled(f) for f in GRID]
         times = [backend.time_conv(v) for v in variants]
         coefficients.append(_fit_site([v.features() for v in variants], times))
