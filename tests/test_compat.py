@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -44,11 +45,12 @@ def oldest(tmp_path_factory) -> tuple[str, dict[str, str]]:
     (with its own settings directory: an older version rewrites the settings file of a newer one)."""
     version = oldest_supported()
     target = Path(tempfile.gettempdir()) / f"yolo-dms-ultralytics-{version}"
-    if not (target / ".installed").exists():
+    if not (target / ".installed").exists():  # installed into a staging directory, renamed once complete
         staging = Path(tempfile.mkdtemp(prefix=f"{target.name}.", dir=target.parent))
         cmd = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(staging)]
         proc = subprocess.run([*cmd, f"ultralytics=={version}"], capture_output=True, text=True, timeout=600)
         if proc.returncode != 0:
+            shutil.rmtree(staging)
             message = f"could not install ultralytics=={version}: {(proc.stderr or proc.stdout).strip()[-800:]}"
             if os.environ.get("CI", "").lower() == "true":
                 pytest.fail(message)
@@ -57,7 +59,7 @@ def oldest(tmp_path_factory) -> tuple[str, dict[str, str]]:
         try:
             staging.rename(target)
         except OSError:  # another run installed it meanwhile
-            pass
+            shutil.rmtree(staging)
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(target), *filter(None, [os.environ.get("PYTHONPATH")])]),
