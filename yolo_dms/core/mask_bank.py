@@ -3,8 +3,8 @@
 Mask by mask, a training step cost hundreds of small tensor operations (a sort, a sigmoid, a count, a hook per
 mask; a concatenation per gated layer), which a GPU runs faster than the host can issue them. Here the
 wiring is compiled once into index tensors, so a step costs a fixed handful of operations whatever the model:
-one vector computation for every count, one sort over every importance row (rows of different lengths padded
-in front with -inf, which ranks below any score), one gather for every gate and one hook updating every
+one vector computation for every count, one sort ranking every importance row (`topk.segment_ranks`), one
+straight-through mask computation over every element, one gather for every gate and one hook updating every
 importance buffer. It computes exactly what the masks' own methods compute (`ImportanceMask.soft_masks`,
 `KeepRatioMask.count`, `DerivedWidthMask.derive_count`, `ImportanceMask._accumulate_taylor`) and reads nothing
 back to the host.
@@ -20,7 +20,7 @@ from torch import nn
 from yolo_dms.core.handlers.base import Layout
 from yolo_dms.core.handlers.heads import HeadMask, channels_per_element
 from yolo_dms.core.masks import DerivedWidthMask, KeepRatioMask, derived_counts, keep_ratio_counts, taylor_update
-from yolo_dms.core.topk import straight_through_topk
+from yolo_dms.core.topk import segment_ranks, straight_through_mask
 
 
 def _unbuilt() -> None:
@@ -28,35 +28,38 @@ def _unbuilt() -> None:
 
 
 @dataclass
-class _Rows:
-    """The importance rows of some masks, padded to one width, and which of their elements a pass reads."""
+class _Elements:
+    """Every importance element of some masks, flat (mask by mask, row by row), and which of them a pass reads."""
 
     names: list[str]  # masks, in the order their importance buffers are concatenated
     numel: list[int]  # elements of each mask's importance buffer
-    count: torch.Tensor  # per row: its mask's position in the count vector
-    size: torch.Tensor  # per row: its number of elements (float64)
-    lam: torch.Tensor  # per row: sharpness (float64)
-    decay: torch.Tensor  # per row: importance decay (float32, column)
-    keep: torch.Tensor  # per row: 1 - decay computed in float64 (float32, column)
-    owner: torch.Tensor  # per row: its mask's position in `names`
-    width: int  # padded row length
-    elements: torch.Tensor  # flat padded position of every importance element, in concatenation order
-    read: torch.Tensor  # flat padded positions the pass reads, in order
+    mask: torch.Tensor  # per element: its mask's position in `names`
+    count: torch.Tensor  # per element: its mask's position in the count vector
+    size: torch.Tensor  # per element: its row's length (float64)
+    lam: torch.Tensor  # per element: sharpness (float64)
+    decay: torch.Tensor  # per element: importance decay (float32)
+    keep: torch.Tensor  # per element: 1 - decay computed in float64 (float32)
+    start: torch.Tensor  # per element: the flat index where its row starts
+    row: torch.Tensor  # per element: its row's number
+    read: torch.Tensor  # flat indices the pass reads, in order
 
-    def to(self, device: torch.device) -> _Rows:
+    def to(self, device: torch.device) -> _Elements:
         moved = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in self.__dict__.items()}
-        return _Rows(**moved)
+        return _Elements(**moved)
 
 
 class MaskBank:
     """The compiled wiring of a supernet's masks (built once from `Supernet.masks`, `gated_convs`, `gated_csps`).
 
     The count vector holds every keep-ratio mask, then every derived mask in an order where its sources come
-    first. The bank holds no reference to the masks (it is handed them), is never pickled (checkpoints carry
-    the masks alone; a copied supernet rebuilds its own) and keeps one copy of its index tensors per device.
+    first. The bank holds the gated layers (`conv_modules`, `csp_modules`, looked up once: per pass, finding
+    them by path cost more than computing their gates) but no tensor of the masks, which move between devices;
+    it is never pickled or copied (checkpoints carry the masks alone; a copied supernet rebuilds its own) and
+    keeps one copy of its index tensors per device.
     """
 
-    def __init__(self, masks: nn.ModuleDict, gated_convs: dict[str, Layout], gated_csps: dict[str, str]) -> None:
+    def __init__(self, masks: nn.ModuleDict, gated_convs: dict[str, Layout], gated_csps: dict[str, str], modules) -> None:
+        """`modules` maps a layer path to the supernet's module (`Supernet.get_submodule`)."""
         owners = [n for n, m in masks.items() if isinstance(m, KeepRatioMask)]
         derived = [n for n, m in masks.items() if isinstance(m, DerivedWidthMask)]
         self.order, self.levels = list(owners), []
@@ -70,10 +73,12 @@ class MaskBank:
         self.position = {n: i for i, n in enumerate(self.order)}
         self.owner_size = torch.tensor([masks[n].size for n in owners], dtype=torch.float64)
         self.owner_divisor = torch.tensor([masks[n].divisor for n in owners], dtype=torch.float64)
-        self.forward_rows = self._rows(masks, self.order, list(gated_convs.values()), list(gated_csps.values()))
+        self.forward_elements = self._elements(masks, self.order, list(gated_convs.values()), list(gated_csps.values()))
         self.conv_sizes = [len(self._channels(masks, spaces)) for spaces in gated_convs.values()]
+        self.conv_modules = [modules(path) for path in gated_convs]
+        self.csp_modules = [modules(path) for path in gated_csps]
         self.block_sizes = [masks[name].size for name in gated_csps.values()]
-        self._rows_of: dict[tuple[str, ...], _Rows] = {}  # rows of some masks alone (the resource model's blocks)
+        self._elements_of: dict[tuple[str, ...], _Elements] = {}  # some masks alone (the resource model's blocks)
         self._on: dict[tuple, object] = {}  # (what, device) -> its tensors there
 
     def __reduce__(self):
@@ -103,32 +108,33 @@ class MaskBank:
             channels += [(space.mask, row, c // per) for c in range(mask.size * per)]
         return channels
 
-    def _rows(self, masks: nn.ModuleDict, names: list[str], layouts: list[Layout], depths: list[str]) -> _Rows:
-        """Rows of `names`, reading the channels of `layouts` then every block of the depth masks `depths`
-        (without either: every element, in concatenation order)."""
+    def _elements(self, masks: nn.ModuleDict, names: list[str], layouts: list[Layout], depths: list[str]) -> _Elements:
+        """The elements of `names`, reading the channels of `layouts` then every block of the depth masks `depths`
+        (without either: every element, in order)."""
         rows = [(n, r) for n in names for r in range(masks[n].spaces)]
-        start = {n: next(i for i, (m, _) in enumerate(rows) if m == n) for n in names}
-        width = max(masks[n].size for n in names)
+        first, offset = {}, 0
+        for name, row in rows:
+            first[name, row] = offset
+            offset += masks[name].size
+        elements = [(i, n, r) for i, (n, r) in enumerate(rows) for _ in range(masks[n].size)]
+        read = [first[name, row] + element for spaces in layouts for name, row, element in self._channels(masks, spaces)]
+        read += [first[n, 0] + e for n in depths for e in range(masks[n].size)]
 
-        def flat(name: str, row: int, element: int) -> int:
-            return (start[name] + row) * width + width - masks[name].size + element
+        def per_element(value, dtype=None) -> torch.Tensor:
+            return torch.tensor([value(i, n, r) for i, n, r in elements], dtype=dtype)
 
-        elements = [flat(n, r, e) for n, r in rows for e in range(masks[n].size)]
-        read = [flat(*c) for spaces in layouts for c in self._channels(masks, spaces)]
-        read += [flat(n, 0, e) for n in depths for e in range(masks[n].size)]
-        decay = [masks[n].decay for n, _ in rows]
-        return _Rows(
+        return _Elements(
             names=list(names),
             numel=[masks[n].importance.numel() for n in names],
-            count=torch.tensor([self.position[n] for n, _ in rows]),
-            size=torch.tensor([masks[n].size for n, _ in rows], dtype=torch.float64),
-            lam=torch.tensor([masks[n].lam for n, _ in rows], dtype=torch.float64),
-            decay=torch.tensor(decay, dtype=torch.float32)[:, None],
-            keep=torch.tensor([1.0 - d for d in decay], dtype=torch.float64).float()[:, None],
-            owner=torch.tensor([names.index(n) for n, _ in rows]),
-            width=width,
-            elements=torch.tensor(elements),
-            read=torch.tensor(read) if read else torch.tensor(elements),
+            mask=per_element(lambda i, n, r: names.index(n)),
+            count=per_element(lambda i, n, r: self.position[n]),
+            size=per_element(lambda i, n, r: masks[n].size, torch.float64),
+            lam=per_element(lambda i, n, r: masks[n].lam, torch.float64),
+            decay=per_element(lambda i, n, r: masks[n].decay, torch.float32),
+            keep=per_element(lambda i, n, r: 1.0 - masks[n].decay, torch.float64).float(),
+            start=per_element(lambda i, n, r: first[n, r]),
+            row=per_element(lambda i, n, r: i),
+            read=torch.tensor(read) if read else torch.arange(len(elements)),
         )
 
     def _on_device(self, what, device: torch.device, move):
@@ -146,7 +152,7 @@ class MaskBank:
         counts = keep_ratio_counts(ratios, size, divisor)
         levels = self._on_device("levels", ratios.device, lambda d: [{k: v.to(d) for k, v in lv.items()} for lv in self.levels])
         for level in levels:
-            sources = torch.zeros_like(level["div"]).index_add(0, level["target"], counts[level["source"]])
+            sources = torch.zeros_like(level["div"]).index_add(0, level["target"], counts.index_select(0, level["source"]))
             counts = torch.cat([counts, derived_counts(sources, level["div"], level["floor"], level["size"])])
         return counts
 
@@ -161,49 +167,45 @@ class MaskBank:
         Evaluation: the same hard values, detached.
         """
         counts = self.counts(masks)
-        rows = self._on_device("forward", counts.device, self.forward_rows.to)
-        values = self._masks(masks, rows, counts, track=not hard, grad_scale=grad_scale)
+        elements = self._on_device("forward", counts.device, self.forward_elements.to)
+        values = self._masks(masks, elements, counts, track=not hard, grad_scale=grad_scale)
         values = values.detach() if hard else values
         channels, *blocks = values.split([sum(self.conv_sizes), *self.block_sizes])
         return channels, tuple(blocks)
 
-    def rows(self, masks: nn.ModuleDict, names: tuple[str, ...], counts: torch.Tensor) -> torch.Tensor:
+    def masks_of(self, masks: nn.ModuleDict, names: tuple[str, ...], counts: torch.Tensor) -> torch.Tensor:
         """Every element of the masks `names`, concatenated, straight-through and untracked (the resource model
         reads block gates so, so the resource gradient never counts as importance)."""
-        if names not in self._rows_of:
-            self._rows_of[names] = self._rows(masks, list(names), [], [])
-        rows = self._on_device(names, counts.device, self._rows_of[names].to)
-        return self._masks(masks, rows, counts, track=False)
+        if names not in self._elements_of:
+            self._elements_of[names] = self._elements(masks, list(names), [], [])
+        elements = self._on_device(names, counts.device, self._elements_of[names].to)
+        return self._masks(masks, elements, counts, track=False)
 
     def _masks(
-        self, masks: nn.ModuleDict, rows: _Rows, counts: torch.Tensor, track: bool, grad_scale=1.0
+        self, masks: nn.ModuleDict, elements: _Elements, counts: torch.Tensor, track: bool, grad_scale=1.0
     ) -> torch.Tensor:
-        """The elements `rows.read` of the straight-through masks of `rows` (flat), with the importance hook."""
-        importance = self._importance(masks, rows)
-        st, relaxation = straight_through_topk(importance, counts[rows.count], rows.lam, rows.size)
+        """The elements `elements.read` of the straight-through masks (flat), with the importance hook."""
+        importance = torch.cat([masks[n].importance.view(-1) for n in elements.names])
+        rank = segment_ranks(importance, elements.start, elements.row).double()
+        removed = elements.size - counts.index_select(0, elements.count)
+        st, relaxation = straight_through_mask(rank, removed, elements.lam)
         if track and torch.is_grad_enabled():
             if not st.requires_grad:
                 st.requires_grad_()
-            st.register_hook(self._accumulate_taylor(masks, rows, relaxation.detach(), grad_scale))
-        return st.view(-1)[rows.read]
+            st.register_hook(self._accumulate_taylor(masks, elements, relaxation.detach(), grad_scale))
+        return st.index_select(0, elements.read)
 
     @staticmethod
-    def _importance(masks: nn.ModuleDict, rows: _Rows) -> torch.Tensor:
-        """The rows' importance, padded in front with -inf to one width."""
-        flat = torch.cat([masks[n].importance.view(-1) for n in rows.names])
-        padded = flat.new_full((len(rows.size), rows.width), float("-inf"))
-        return padded.view(-1).index_put_((rows.elements,), flat).view(padded.shape)
-
-    def _accumulate_taylor(self, masks: nn.ModuleDict, rows: _Rows, relaxation: torch.Tensor, grad_scale):
+    def _accumulate_taylor(masks: nn.ModuleDict, elements: _Elements, relaxation: torch.Tensor, grad_scale):
         """Hook folding `(m dL/dm)^2` into every importance buffer at once; a mask with a non-finite score (an AMP
         overflow) keeps its importance, as `ImportanceMask._accumulate_taylor` decides mask by mask."""
 
         def hook(grad: torch.Tensor) -> None:
-            importance = self._importance(masks, rows)
-            updated, finite = taylor_update(importance, relaxation, grad, grad_scale, rows.decay, rows.keep)
-            failed = torch.zeros(len(rows.names), device=grad.device).index_add(0, rows.owner, (~finite).float())
-            updated = torch.where((failed == 0)[rows.owner][:, None], updated, importance)
-            buffers = [masks[n].importance.view(-1) for n in rows.names]
-            torch._foreach_copy_(buffers, list(updated.view(-1)[rows.elements].split(rows.numel)))
+            buffers = [masks[n].importance.view(-1) for n in elements.names]
+            importance = torch.cat(buffers)
+            updated, finite = taylor_update(importance, relaxation, grad, grad_scale, elements.decay, elements.keep)
+            failed = torch.zeros(len(buffers), device=grad.device).index_add_(0, elements.mask, (~finite).float())
+            updated = torch.where(failed.index_select(0, elements.mask) == 0, updated, importance)
+            torch._foreach_copy_(buffers, list(updated.split(elements.numel)))
 
         return hook

@@ -45,14 +45,14 @@ def derived_counts(source_count: torch.Tensor, div, floor, size) -> torch.Tensor
 def taylor_update(
     importance: torch.Tensor, relaxation: torch.Tensor, grad: torch.Tensor, grad_scale, decay, keep
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(Moving average `decay * importance + keep * (m dL/dm)^2`, whether each row's score is finite).
+    """(Moving average `decay * importance + keep * (m dL/dm)^2`, whether each element's score is finite).
 
     `m` is the mask's relaxation (the sigmoid), so the elements just removed keep a score and can return;
     `keep` is `1 - decay` computed in float64 as the caller's float32 would not. `grad_scale` (AMP's loss scale,
     a float or a tensor read without a host sync) is divided out so importance does not depend on it.
     """
     score = (relaxation * grad / grad_scale).float().pow(2).to(importance.dtype)
-    return importance * decay + score * keep, torch.isfinite(score).all(-1)
+    return importance * decay + score * keep, torch.isfinite(score)
 
 
 class ImportanceMask(nn.Module):

@@ -124,7 +124,7 @@ class Supernet(DetectionModel):
     def mask_bank(self) -> MaskBank:
         """Every mask in one batched pass (`core.mask_bank`), compiled on first use (never saved)."""
         if getattr(self, "_mask_bank", None) is None:
-            self._mask_bank = MaskBank(self.masks, self.gated_convs, self.gated_csps)
+            self._mask_bank = MaskBank(self.masks, self.gated_convs, self.gated_csps, self.get_submodule)
         return self._mask_bank
 
     def soft_counts(self) -> dict[str, torch.Tensor]:
@@ -169,16 +169,16 @@ class Supernet(DetectionModel):
         """
         bank = self.mask_bank()
         channels, blocks = bank.gates(self.masks, hard, self.grad_scale)
-        set_channel_gates([self.get_submodule(path) for path in self.gated_convs], channels, bank.conv_sizes)
-        for path, gate in zip(self.gated_csps, blocks):
-            module = self.get_submodule(path)
-            module.depth_gate, module.depth_hard = gate, hard
+        set_channel_gates(bank.conv_modules, channels, bank.conv_sizes)
+        for module, gate in zip(bank.csp_modules, blocks):
+            module.__dict__.update(depth_gate=gate, depth_hard=hard)  # plain attributes (see set_channel_gates)
 
     def _clear_gates(self) -> None:
         """Drop this pass's gates so that copies and checkpoints never carry autograd graphs."""
-        set_channel_gates([self.get_submodule(path) for path in self.gated_convs], None, [])
-        for path in self.gated_csps:
-            self.get_submodule(path).depth_gate = None
+        bank = self.mask_bank()
+        set_channel_gates(bank.conv_modules, None, [])
+        for module in bank.csp_modules:
+            module.__dict__["depth_gate"] = None
 
     @contextmanager
     def masks_off(self):

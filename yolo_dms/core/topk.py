@@ -47,32 +47,43 @@ def kept_count_tensor(keep_ratio: torch.Tensor, n: int | torch.Tensor) -> torch.
     return torch.minimum(torch.ceil(keep_ratio.detach().double() * n - BOUNDARY_SLACK).clamp(min=0), n)
 
 
-def straight_through_topk(
-    scores: torch.Tensor, count: torch.Tensor, lam: float | torch.Tensor = 1.0, sizes: torch.Tensor | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-k masks over the last dimension of `scores` for a straight-through element `count`, unchecked.
+def segment_ranks(scores: torch.Tensor, start: torch.Tensor, segment: torch.Tensor) -> torch.Tensor:
+    """`ranks` within each segment of a flat float32 score vector, all segments in one sort of unique keys.
 
-    Returns (mask, relaxation). The mask's value is the hard top-k mask of the count's value (an integer), its
-    gradient that of the relaxation `sigmoid(lam * (rank - (N - count) - 1/2))`, whose threshold falls
-    halfway between the last kept and the first removed element: the gradient in `count` is `lam` times the
-    sigmoid slope, largest for those two. Rows are independent and may differ in `count`, `lam` and, with
-    `sizes`, in length: row `r` then holds its `sizes[r]` scores at its end, after padding that must rank below
-    them (-inf); padded entries are 0. This is the training hot path: no host synchronization, one sort.
+    Segments are contiguous: element `i` belongs to segment `segment[i]`, which starts at flat index
+    `start[i]` (at most 2^15 segments of at most 2^16 elements). Ties are broken by position, as in `ranks`: the
+    key is (segment, score as an order-preserving integer, position).
     """
-    n = scores.shape[-1] if sizes is None else sizes.double()
-    if scores.ndim > 1:
-        count, lam = _column(count), _column(lam)
-        n = n if sizes is None else _column(n)
-    removed = n - count.double()
-    rank = ranks(scores).double() - (scores.shape[-1] - n)  # the padding takes ranks 0 and below
+    bits = scores.detach().contiguous().view(torch.int32).long()
+    bits = torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits) + 2**31  # negative floats ordered too
+    position = torch.arange(scores.numel(), device=scores.device)
+    order = torch.argsort((segment << 48) | (bits << 16) | (position - start))
+    return torch.empty_like(order).scatter_(0, order, position) - start + 1
+
+
+def straight_through_mask(rank: torch.Tensor, removed: torch.Tensor, lam) -> tuple[torch.Tensor, torch.Tensor]:
+    """(Mask, relaxation) of elements of 1-based `rank` when the `removed` lowest are removed (float64 tensors).
+
+    The mask's value is the hard mask `rank > removed` (`removed` is a whole number), its gradient that of the
+    relaxation `sigmoid(lam * (rank - removed - 1/2))`, whose threshold falls halfway between the last removed
+    and the first kept element: the gradient in the count is `lam` times the sigmoid slope, largest for those two.
+    """
     relaxation = torch.sigmoid(lam * (rank - removed - 0.5)).to(torch.float32)
     hard = (rank > removed.detach()).to(torch.float32)
     return relaxation - relaxation.detach() + hard, relaxation
 
 
-def _column(value: float | torch.Tensor) -> float | torch.Tensor:
-    """A per-row value shaped to broadcast over the columns of a 2-D input (a scalar stays a scalar)."""
-    return value[:, None] if isinstance(value, torch.Tensor) and value.ndim == 1 else value
+def straight_through_topk(
+    scores: torch.Tensor, count: torch.Tensor, lam: float | torch.Tensor = 1.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k masks over the last dimension of `scores` for a straight-through element `count`, unchecked.
+
+    Returns `straight_through_mask`'s (mask, relaxation): the hard top-k mask of the count's value (an integer)
+    with the relaxation's gradient. Rows of a 2-D input are independent and share `count` and `lam`. No host
+    synchronization, one batched sort.
+    """
+    removed = scores.shape[-1] - count.double()
+    return straight_through_mask(ranks(scores).double(), removed, lam)
 
 
 def differentiable_topk(scores: torch.Tensor, keep_ratio: torch.Tensor, lam: float = 1.0) -> torch.Tensor:

@@ -64,25 +64,26 @@ def set_channel_gates(modules: list[nn.Module], gates: torch.Tensor | None, size
 
     Every `GatedConv` also gets its BatchNorm's weight and bias scaled by its gate, all of them in one
     multiplication each: layer by layer, two small products and their backward passes cost the host more than a
-    small layer's convolution.
+    small layer's convolution. The gates are plain attributes, written to the instance dictionary: the checks
+    of `nn.Module.__setattr__` (is it a parameter, a buffer, a module?) cost more than the rest of this.
     """
     convs = [m for m in modules if isinstance(m, GatedConv)]
     if gates is None:
         for module in modules:
-            module.gate = None
+            module.__dict__["gate"] = None
         for module in convs:
-            module.affine = None
+            module.__dict__["affine"] = None
         return
-    pieces = gates.split(sizes)
-    for module, gate in zip(modules, pieces):
-        module.gate = gate
+    for module, gate in zip(modules, gates.split(sizes)):
+        module.__dict__["gate"] = gate
     if not convs:
         return
-    weight, bias = torch.cat([m.bn.weight for m in convs]), torch.cat([m.bn.bias for m in convs])
+    bns = [m.bn for m in convs]
+    weight, bias = torch.cat([bn.weight for bn in bns]), torch.cat([bn.bias for bn in bns])
     scale = torch.cat([m.gate for m in convs]).to(weight.dtype)
-    counts = [m.bn.num_features for m in convs]
+    counts = [bn.num_features for bn in bns]
     for module, w, b in zip(convs, (weight * scale).split(counts), (bias * scale).split(counts)):
-        module.affine = (w, b)
+        module.__dict__["affine"] = (w, b)
 
 
 class DepthGated:
