@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from yolo_dms import differentiable_topk
-from yolo_dms.core.topk import hard_topk, kept_count, ranks
+from yolo_dms.core.topk import hard_topk, kept_count, ranks, segment_ranks
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 7, 16, 64, 100, 257, 1024])
@@ -72,3 +72,16 @@ def test_soft_mask_has_no_denormal_values():
     mask = differentiable_topk(scores, torch.tensor(0.1), lam=4.0)
     assert not ((mask > 0) & (mask < torch.finfo(torch.float32).tiny)).any()
     assert (mask == 0).sum() > 0 and int((mask > 0.5).sum()) == math.ceil(0.1 * 512)
+
+
+def test_segment_ranks_are_each_segments_ranks_ties_included():
+    """The batched search ranks every mask's rows in one sort; it must agree with `ranks` row by row."""
+    gen = torch.Generator().manual_seed(0)
+    rows = [torch.rand(n, generator=gen) for n in (1, 7, 64, 3, 200)]
+    rows[1][2:5] = 0.25  # ties, broken by position
+    rows[2][:20] = 0.0  # importance starts at zero
+    rows[3] = torch.tensor([-1.5, 2.0, -0.5])  # negative scores order too
+    flat = torch.cat(rows)
+    start = torch.cat([torch.full((len(r),), int(sum(map(len, rows[:i])))) for i, r in enumerate(rows)])
+    segment = torch.cat([torch.full((len(r),), i) for i, r in enumerate(rows)])
+    assert torch.equal(segment_ranks(flat, start, segment), torch.cat([ranks(r) for r in rows]))
