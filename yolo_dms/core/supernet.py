@@ -170,8 +170,10 @@ class Supernet(DetectionModel):
         bank = self.mask_bank()
         channels, blocks = bank.gates(self.masks, hard, self.grad_scale)
         set_channel_gates(bank.conv_modules, channels, bank.conv_sizes)
+        decided = iter(torch.cat(blocks).tolist() if hard and blocks else [])  # hard: one host read for all blocks
         for module, gate in zip(bank.csp_modules, blocks):
-            module.__dict__.update(depth_gate=gate, depth_hard=hard)  # plain attributes (see set_channel_gates)
+            kept = [next(decided) > 0.5 for _ in gate] if hard else None
+            module.__dict__.update(depth_gate=gate, depth_hard=hard, depth_kept=kept)  # see set_channel_gates
 
     def _clear_gates(self) -> None:
         """Drop this pass's gates so that copies and checkpoints never carry autograd graphs."""

@@ -94,13 +94,14 @@ class DepthGated:
 
     depth_gate: torch.Tensor | None = None
     depth_hard: bool = False
+    depth_kept: list[bool] | None = None  # with hard gates, whether each block is kept, read once per pass
 
     def run_block(self, block: nn.Module, prev: torch.Tensor, i: int) -> torch.Tensor:
         gate = self.depth_gate
         if gate is None:
             return block(prev)
         if self.depth_hard:
-            return block(prev) if gate[i] > 0.5 else prev
+            return block(prev) if self.depth_kept[i] else prev
         return torch.lerp(prev, block(prev), gate[i].to(prev.dtype))
 
 
