@@ -12,9 +12,9 @@ def test_rtdetr_layers_are_named_as_unsupported():
         Supernet.from_source("yolov8-rtdetr.yaml")
 
 
-def test_classification_model_is_refused():
-    with pytest.raises(UnsupportedModelError, match="classify"):
-        Supernet.from_source("yolov8-cls.yaml")
+def test_a_task_dms_does_not_search_is_refused_by_name():
+    with pytest.raises(UnsupportedModelError, match="is a depth model; DMS searches the tasks detect, segment"):
+        Supernet.from_source("yolo26n-depth.yaml")
 
 
 def test_other_architectures_name_the_layer():

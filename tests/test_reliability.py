@@ -198,10 +198,10 @@ def test_user_mistakes_get_one_line_and_leave_nothing_behind(tiny_data, tmp_path
     data = f"data={tiny_data}"
     cases = {
         ("search", f"model={tmp_path / 'missing.pt'}", data): "does not exist",
-        ("search", f"model={classifier}", data): "not a YOLO detection model",
+        ("search", f"model={classifier}", data): "cannot be used: Classification dataset",  # detection data
         ("search", f"model={truncated}", data): "not a readable checkpoint",
         ("search", "model=yolov8-rtdetr.yaml", data): "RTDETRDecoder",
-        ("search", "model=yolov8n-cls.yaml", data): "not a detection model (task=classify",
+        ("search", "model=yolo26n-depth.yaml", data): "is a depth model; DMS searches the tasks",
         ("search", "model=yolov8n.yaml", data, "target=1.5"): "target must lie in (0, 1]",
         ("search", "model=yolov8n.yaml", data, "target=0"): "target must lie in (0, 1]",
         ("search", "model=yolov8n.yaml", data, "target=0.5", "gflops=1"): "give one budget",
