@@ -182,7 +182,8 @@ def demo_help() -> str:
         from yolo_dms.tools.demo import run_demo
 
     defaults = {name: p.default for name, p in inspect.signature(run_demo).parameters.items()}
-    summary = "generate data, train yolov8n, search it at 50% of its GFLOPs, fine-tune, export ONNX, compare"
+    summary = ("generate data for the task, train its yolov8n model, search it at 50% of its GFLOPs, fine-tune, "
+               "export ONNX, compare by the task's metric")
     return mode_help("demo", summary, with_defaults(DEMO, defaults))
 
 

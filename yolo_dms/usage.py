@@ -23,7 +23,8 @@ Modes:
              with format= pruned.pt exported by Ultralytics' exporter
   expand     model=<yaml|pt> width=1.5 depth=2.0   a larger supernet YAML
   info       model=<yaml|pt> [imgsz=640] [latency=True]   per-layer widths, depths, GFLOPs, parameters, milliseconds
-  demo       [out=runs/dms/demo]   generate data, search yolov8n at 50% GFLOPs, fine-tune, export ONNX, compare
+  demo       [task=detect] [out=runs/dms/demo]   generate data, train the task's yolov8n model, search it at
+             50% GFLOPs, fine-tune, export ONNX, compare (task=segment, pose, obb or classify too)
   benchmark  [model=yolov8s.yaml] [target=0.5] ...   DMS against other pruning at equal GFLOPs and epochs
   version    yolo-dms, Ultralytics and torch versions
   help       this message
@@ -66,11 +67,15 @@ INFO = {
     "device": ("cpu", "device of latency_backend=torch"),
 }
 DEMO = {
+    "task": "detect, segment, pose, obb or classify: the data generated, the yolov8n model of that task (yolov8n, "
+            "yolov8n-seg, -pose, -obb, -cls) and its metric",
     "out": "run directory of the demo's data, models and summary.md",
-    "epochs": "epochs of the yolov8n baseline",
+    "epochs": "epochs of the baseline trained from scratch",
     "search_epochs": "epochs of the search at 50% of the baseline's GFLOPs",
     "finetune_epochs": "epochs of stock fine-tuning of pruned.pt",
     "imgsz": "image size of the generated data, training and GFLOPs",
+    "n_train": "training images generated",
+    "n_val": "validation images generated",
 }
 BENCHMARK = {
     "data": "dataset YAML; empty generates the demo data (n_train, n_val images)",

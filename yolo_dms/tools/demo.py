@@ -1,5 +1,6 @@
-"""The embedded end-to-end demo: generated data, a trained yolov8n, a DMS search to half its GFLOPs,
-stock fine-tuning of the pruned model, ONNX export checked against PyTorch, and a before/after table."""
+"""The embedded end-to-end demo for any task: generated data, a trained n-scale model of the task (yolov8n,
+yolov8n-seg, -pose, -obb, -cls), a DMS search to half its GFLOPs, stock fine-tuning of the pruned model, ONNX
+export checked against PyTorch, and a before/after table scored by the task's own metric."""
 
 from __future__ import annotations
 
@@ -12,21 +13,39 @@ from ultralytics.utils import LOGGER
 from yolo_dms.core.errors import DMSError
 from yolo_dms.search.run import run_search
 from yolo_dms.tools.demo_data import make_dataset
-from yolo_dms.tools.evaluation import onnx_report, validate
+from yolo_dms.tools.evaluation import TASK_METRICS, onnx_report, validate
 
 COMMON = {"batch": 16, "nbs": 16, "workers": 0, "device": "cpu", "plots": False, "exist_ok": True, "seed": 0}
+DEMO_MODELS = {  # task -> the model trained from scratch and searched
+    "detect": "yolov8n.yaml",
+    "segment": "yolov8n-seg.yaml",
+    "pose": "yolov8n-pose.yaml",
+    "obb": "yolov8n-obb.yaml",
+    "classify": "yolov8n-cls.yaml",
+}
 
 
 def run_demo(
-    out: str = "runs/dms/demo", epochs: int = 30, search_epochs: int = 15, finetune_epochs: int = 15, imgsz: int = 128
+    task: str = "detect",
+    out: str = "runs/dms/demo",
+    epochs: int = 30,
+    search_epochs: int = 15,
+    finetune_epochs: int = 15,
+    imgsz: int = 128,
+    n_train: int = 512,
+    n_val: int = 128,
 ) -> str:
-    """Run the whole pipeline and return the before/after table (also written to `out/summary.md`)."""
+    """Run the whole pipeline for `task` and return the before/after table (also written to `out/summary.md`)."""
+    if task not in DEMO_MODELS:
+        raise DMSError(f"demo task must be one of {', '.join(DEMO_MODELS)}, got '{task}'")
     out = Path(out).resolve()
     started = time.time()
-    data = make_dataset(out / "data", n_train=512, n_val=128, imgsz=imgsz, seed=0)
+    data = make_dataset(out / "data", n_train=n_train, n_val=n_val, imgsz=imgsz, seed=0, task=task)
     LOGGER.info(f"Demo data: {data}")
 
-    YOLO("yolov8n.yaml").train(data=str(data), epochs=epochs, imgsz=imgsz, project=str(out), name="baseline", **COMMON)
+    model_name = Path(DEMO_MODELS[task]).stem
+    YOLO(DEMO_MODELS[task]).train(data=str(data), epochs=epochs, imgsz=imgsz, project=str(out), name="baseline",
+                                  **COMMON)
     baseline = out / "baseline" / "weights" / "best.pt"
 
     trainer = run_search({
@@ -41,15 +60,16 @@ def run_demo(
     )
     finetuned = out / "finetune" / "weights" / "best.pt"
 
-    rows = {"yolov8n (trained)": baseline, "DMS pruned (after search)": pruned, "DMS fine-tuned": finetuned}
+    rows = {f"{model_name} (trained)": baseline, "DMS pruned (after search)": pruned, "DMS fine-tuned": finetuned}
     table = {name: validate(weights, data, imgsz)[0] for name, weights in rows.items()}
-    for name in ("yolov8n (trained)", "DMS fine-tuned"):
+    for name in (f"{model_name} (trained)", "DMS fine-tuned"):
         onnx = onnx_report(rows[name], imgsz)
         if onnx.max_abs_difference > 1e-3:
             raise DMSError(f"ONNX export of {rows[name]} differs from PyTorch by {onnx.max_abs_difference:.2e}")
         table[name].update({"ONNX ms": onnx.latency_ms, "ONNX vs PyTorch": onnx.max_abs_difference})
+    (first, first_label, _), (second, second_label, _) = TASK_METRICS[task]
     lines = [
-        f"| model | GFLOPs@{imgsz} | params | mAP50-95 | mAP50 | ONNX Runtime CPU ms (batch 1) "
+        f"| model | GFLOPs@{imgsz} | params | {first_label} | {second_label} | ONNX Runtime CPU ms (batch 1) "
         "| max abs ONNX-PyTorch |",
         "|---|---|---|---|---|---|---|",
     ]
@@ -57,7 +77,7 @@ def run_demo(
         latency = f"{r['ONNX ms']:.2f}" if "ONNX ms" in r else "-"
         diff = f"{r['ONNX vs PyTorch']:.1e}" if "ONNX vs PyTorch" in r else "-"
         lines.append(
-            f"| {name} | {r['gflops']:.4f} | {r['params']:,} | {r['map50_95']:.4f} | {r['map50']:.4f} "
+            f"| {name} | {r['gflops']:.4f} | {r['params']:,} | {r[first]:.4f} | {r[second]:.4f} "
             f"| {latency} | {diff} |"
         )
     minutes = (time.time() - started) / 60

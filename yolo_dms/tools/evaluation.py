@@ -53,22 +53,36 @@ class CocoCheckValidator(DetectionValidator):
         return stats
 
 
+# task -> its two scores: (key in validate's scores, label, Ultralytics' results_dict key); the first ranks models
+TASK_METRICS: dict[str, tuple[tuple[str, str, str], tuple[str, str, str]]] = {
+    "detect": (("map50_95", "mAP50-95", "metrics/mAP50-95(B)"), ("map50", "mAP50", "metrics/mAP50(B)")),
+    "segment": (("map50_95", "mask mAP50-95", "metrics/mAP50-95(M)"), ("map50", "mask mAP50", "metrics/mAP50(M)")),
+    "pose": (("map50_95", "pose mAP50-95", "metrics/mAP50-95(P)"), ("map50", "pose mAP50", "metrics/mAP50(P)")),
+    "obb": (("map50_95", "OBB mAP50-95", "metrics/mAP50-95(B)"), ("map50", "OBB mAP50", "metrics/mAP50(B)")),
+    "classify": (("top1", "top-1 accuracy", "metrics/accuracy_top1"), ("top5", "top-5 accuracy",
+                                                                      "metrics/accuracy_top5")),
+}
+
+
 def validate(weights: Path, data: Path, imgsz: int, device=None, **val_args) -> tuple[dict, Path]:
-    """(GFLOPs, params, mAP50-95, mAP50 of a checkpoint, and with `save_json=True` the pycocotools mAP50-95;
-    the validator's output folder). `device` as in Ultralytics (None: a GPU if there is one)."""
+    """(GFLOPs, params and the two scores `TASK_METRICS` names for the checkpoint's task: mask, pose or OBB
+    mAP50-95 and mAP50, or top-1 and top-5 accuracy; for detection with `save_json=True` also the pycocotools
+    mAP50-95; the validator's output folder). Each task is scored by its stock Ultralytics validator.
+    `device` as in Ultralytics (None: a GPU if there is one)."""
     model = YOLO(str(weights))
-    validator = CocoCheckValidator(args={
+    validator_class = CocoCheckValidator if model.task == "detect" else model.task_map[model.task]["validator"]
+    validator = validator_class(args={
         **model.overrides, "rect": True, "data": str(data), "imgsz": imgsz, "batch": 16, "workers": 0,
         "device": device, "plots": False, "verbose": False, **val_args, "mode": "val",
     })
     validator(model=model.model)
+    results = validator.metrics.results_dict
     scores = {
         "gflops": deployed_gflops(model.model, imgsz),
         "params": sum(p.numel() for p in model.model.parameters()),
-        "map50_95": float(validator.metrics.box.map),
-        "map50": float(validator.metrics.box.map50),
+        **{key: float(results[result_key]) for key, _, result_key in TASK_METRICS[model.task]},
     }
-    if validator.args.save_json:
+    if isinstance(validator, CocoCheckValidator) and validator.args.save_json:
         scores["coco_map50_95"] = validator.coco_map50_95
     return scores, Path(validator.save_dir)
 
@@ -94,6 +108,10 @@ def onnx_report(weights: Path, imgsz: int, runs: int = 50) -> OnnxReport:
     x = np.random.default_rng(0).random((1, 3, imgsz, imgsz), dtype=np.float32)
     feed = {session.get_inputs()[0].name: x}
     with torch.no_grad():
-        torch_out = YOLO(str(weights)).model.float().eval()(torch.from_numpy(x))[0].numpy()
-    difference = float(np.abs(session.run(None, feed)[0] - torch_out).max())
+        torch_out = YOLO(str(weights)).model.float().eval()(torch.from_numpy(x))[0]
+    torch_outs = torch_out if isinstance(torch_out, (list, tuple)) else [torch_out]  # segment: boxes, prototypes
+    difference = max(
+        float(np.abs(onnx_out - out.numpy()).max())
+        for onnx_out, out in zip(session.run(None, feed), torch_outs, strict=True)
+    )
     return OnnxReport(onnx_path, difference, time_calls(lambda: session.run(None, feed), runs, warmup=10, blocks=1))
