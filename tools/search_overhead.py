@@ -56,7 +56,9 @@ def compare(options: dict, before: str, rounds: int) -> None:
     arguments = [f"{k}={v}" for k, v in options.items()]
     added: dict[str, list[float]] = {"before": [], "after": []}
     with tempfile.TemporaryDirectory() as old:
-        archive = subprocess.run(["git", "-C", str(ROOT), "archive", before, "yolo_dms"], check=True, capture_output=True)
+        archive = subprocess.run(
+            ["git", "-C", str(ROOT), "archive", before, "yolo_dms"], check=True, capture_output=True
+        )
         subprocess.run(["tar", "-x", "-C", old], input=archive.stdout, check=True)
         for _ in range(rounds):
             for label, path in (("before", old), ("after", str(ROOT))):

@@ -58,7 +58,9 @@ class MaskBank:
     keeps one copy of its index tensors per device.
     """
 
-    def __init__(self, masks: nn.ModuleDict, gated_convs: dict[str, Layout], gated_csps: dict[str, str], modules) -> None:
+    def __init__(
+        self, masks: nn.ModuleDict, gated_convs: dict[str, Layout], gated_csps: dict[str, str], modules
+    ) -> None:
         """`modules` maps a layer path to the supernet's module (`Supernet.get_submodule`)."""
         owners = [n for n, m in masks.items() if isinstance(m, KeepRatioMask)]
         derived = [n for n, m in masks.items() if isinstance(m, DerivedWidthMask)]
@@ -117,7 +119,8 @@ class MaskBank:
             first[name, row] = offset
             offset += masks[name].size
         elements = [(i, n, r) for i, (n, r) in enumerate(rows) for _ in range(masks[n].size)]
-        read = [first[name, row] + element for spaces in layouts for name, row, element in self._channels(masks, spaces)]
+        channels = [c for spaces in layouts for c in self._channels(masks, spaces)]
+        read = [first[name, row] + element for name, row, element in channels]
         read += [first[n, 0] + e for n in depths for e in range(masks[n].size)]
 
         def per_element(value, dtype=None) -> torch.Tensor:
@@ -148,11 +151,13 @@ class MaskBank:
         """Straight-through count of every mask in `order` (float64): value the hard count, gradient that of the
         continuous counts, as `KeepRatioMask.count` and `DerivedWidthMask.derive_count` give them."""
         ratios = torch.stack([masks[n].keep_ratio for n in self.order[: len(self.owner_size)]])
-        size, divisor = self._on_device("owners", ratios.device, lambda d: (self.owner_size.to(d), self.owner_divisor.to(d)))
+        device = ratios.device
+        size, divisor = self._on_device("owners", device, lambda d: (self.owner_size.to(d), self.owner_divisor.to(d)))
         counts = keep_ratio_counts(ratios, size, divisor)
-        levels = self._on_device("levels", ratios.device, lambda d: [{k: v.to(d) for k, v in lv.items()} for lv in self.levels])
+        levels = self._on_device("levels", device, lambda d: [{k: v.to(d) for k, v in x.items()} for x in self.levels])
         for level in levels:
-            sources = torch.zeros_like(level["div"]).index_add(0, level["target"], counts.index_select(0, level["source"]))
+            summed = counts.index_select(0, level["source"])
+            sources = torch.zeros_like(level["div"]).index_add(0, level["target"], summed)
             counts = torch.cat([counts, derived_counts(sources, level["div"], level["floor"], level["size"])])
         return counts
 

@@ -179,7 +179,8 @@ class ResourceModel:
         """(Straight-through width of every channel entry, gate of every block then a constant 1), float64."""
         bank, masks = self.supernet.mask_bank(), self.supernet.masks  # every mask in one pass, no host read
         counts = bank.counts(masks)
-        width = torch.cat([counts.index_select(0, self.width_count.to(counts.device)), self.constants.to(counts.device)])
+        widths = counts.index_select(0, self.width_count.to(counts.device))
+        width = torch.cat([widths, self.constants.to(counts.device)])
         blocks = bank.masks_of(masks, tuple(self.depths), counts).double() if self.depths else counts.new_zeros(0)
         gate = torch.cat([blocks, counts.new_ones(1)])
         return width, gate
