@@ -94,20 +94,21 @@ class StructureStep:
         task = task / grad_scale
         for p in params:
             p.grad = None
-        if not torch.isfinite(task).all():
+        finite, norm = torch.stack([torch.isfinite(task).all().float(), task.norm()]).tolist()  # one host read
+        if not finite:
             return None
-        norm = task.norm().item()
         self.task_norm = norm if self.task_norm is None else 0.9 * self.task_norm + 0.1 * norm
         value = figure(self.resources, self.resource)
         log_ratio = torch.log(value / target)
         resource_loss = log_ratio.abs() if two_sided else log_ratio.clamp(min=0.0)
-        force = self.update_multiplier(log_ratio.item(), two_sided)
+        read = torch.stack([value.double(), log_ratio.double(), resource_loss.double()]).tolist()  # one host read
+        force = self.update_multiplier(read[1], two_sided)
         total = task
         if force != 0:
             grads = torch.autograd.grad(log_ratio, params, allow_unused=True)
             resource = torch.stack([g if g is not None else torch.zeros_like(p) for g, p in zip(grads, params)])
-            balance = max(self.task_norm, 1e-12) / max(resource.norm().item(), 1e-12)
-            total = task + force * balance * resource
+            balance = max(self.task_norm, 1e-12) / resource.norm().double().clamp(min=1e-12)  # on the device
+            total = task + (force * balance).to(task.dtype) * resource
         if self.normalize:
             total = total * (len(params) ** 0.5 / max(self.task_norm, 1e-12))
         for p, g in zip(params, total):
@@ -116,7 +117,7 @@ class StructureStep:
         self.optimizer.zero_grad(set_to_none=True)
         self.supernet.clamp_keep_ratios()
         broadcast_keep_ratios(self.supernet)
-        return value.item(), resource_loss.item()
+        return read[0], read[2]
 
     def state_dict(self) -> dict:
         return {"optimizer": self.optimizer.state_dict(), "task_norm": self.task_norm, "multiplier": self.multiplier}
