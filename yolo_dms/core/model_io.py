@@ -10,6 +10,7 @@ an interrupted run never leaves a half-written file behind.
 from __future__ import annotations
 
 import os
+import pickle
 import secrets
 from contextlib import contextmanager
 from copy import deepcopy
@@ -94,8 +95,8 @@ def read_checkpoint(source: str | Path) -> dict:
     if not is_checkpoint(path):
         raise ModelSourceError(f"'{source}' is not a checkpoint (.pt)")
     try:
-        ckpt, _ = torch_safe_load(path)
-    except (TypeError, ModuleNotFoundError, RuntimeError, EOFError, OSError) as e:
+        ckpt, _ = torch_safe_load(path)  # 8.4.0 lets an UnpicklingError through
+    except (TypeError, ModuleNotFoundError, RuntimeError, EOFError, OSError, pickle.UnpicklingError) as e:
         raise ModelSourceError(f"'{source}' is not a readable checkpoint: {first_line(e)}") from None
     if not isinstance(ckpt, dict):
         raise ModelSourceError(f"'{source}' holds no Ultralytics model")
