@@ -120,7 +120,8 @@ class SearchTrainer:
     at the end of this module)."""
 
     def __init__(self, cfg=DEFAULT_CFG, overrides=None, _callbacks=None, settings: SearchSettings | None = None):
-        refuse_unsupported(get_cfg(cfg, overrides))
+        train_args = {k: v for k, v in (overrides or {}).items() if k != "session"}  # 8.4.0's Model.train adds it
+        refuse_unsupported(get_cfg(cfg, train_args))
         super().__init__(cfg, overrides, _callbacks)
         self.settings = settings  # None: taken from the supernet (resume, DDP workers)
         self.search_iteration = 0
