@@ -16,7 +16,6 @@ import copy
 from dataclasses import dataclass
 
 import thop
-import thop
 import torch
 from torch import nn
 from ultralytics.nn.tasks import DetectionModel
