@@ -13,7 +13,7 @@ import yaml
 from ultralytics.nn.tasks import DetectionModel, yaml_model_load
 
 from yolo_dms.cli import main
-from yolo_dms.core.model_io import write_checkpoint
+from yolo_dms.core.model_io import trained_on, write_checkpoint
 from yolo_dms.tools.benchmark import ARMS, COLUMNS, merge_results, run_benchmark, summarize
 from yolo_dms.tools.demo_data import make_dataset
 
@@ -85,6 +85,15 @@ def test_pycocotools_scores_the_validators_own_ground_truth(benchmark_run):
     for row in rows:
         ultralytics_map, coco_map = float(row["map50_95"]), float(row["coco_map50_95"])
         assert abs(ultralytics_map - coco_map) <= 0.05 + 0.2 * ultralytics_map, row
+
+
+def test_a_checkpoint_trained_on_the_data_classes_is_a_teacher(tmp_path):
+    model = DetectionModel({**yaml_model_load("yolov8n.yaml"), "scales": {"t": [0.33, 0.125, 1024]}, "scale": "t",
+                            "nc": 2}, verbose=False)
+    model.names = {0: "tree", 1: "shrub"}
+    path = write_checkpoint(model, tmp_path / "trees.pt")
+    assert trained_on(path, {0: "tree", 1: "shrub"}) and trained_on(path, ["tree", "shrub"])
+    assert not trained_on(path, {0: "shrub", 1: "tree"}) and not trained_on(path, ["tree"])
 
 
 def test_merge_joins_parallel_runs(benchmark_run):
