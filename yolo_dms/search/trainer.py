@@ -30,6 +30,7 @@ import os
 import shutil
 import tempfile
 from copy import deepcopy
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -106,6 +107,13 @@ UNSUPPORTED = {  # train arguments the search refuses, and what to do instead
     "compile": "torch.compile would recompile the supernet as its masks change every step: search without it, "
     "then fine-tune pruned.pt with compile=True",
 }
+
+
+def as_stored(supernet: Supernet) -> Supernet:
+    """A float32 evaluation copy of `supernet` with the weights last.pt stores, in half precision: pruning sums
+    some weights, so pruned.pt and best.pt are pruned from these, and `yolo-dms export` of last.pt writes them
+    again weight for weight."""
+    return deepcopy(supernet).half().float().eval()
 
 
 def refuse_unsupported(args) -> None:
@@ -401,9 +409,8 @@ class SearchTrainer:
         return saved
 
     def write_pruned(self, supernet: Supernet, path: Path) -> None:
-        """`supernet` at its hard structure as a stock checkpoint: what best.pt and pruned.pt hold, pruned from the
-        weights in the half precision last.pt stores (pruning sums some of them; so pruned.pt is pruned too)."""
-        write_checkpoint(prune(deepcopy(supernet).half().float().eval()), path, {"imgsz": self.args.imgsz})
+        """`supernet` at its hard structure as a stock checkpoint: what best.pt and pruned.pt hold."""
+        write_checkpoint(prune(as_stored(supernet)), path, {"imgsz": self.args.imgsz})
 
     def final_eval(self):
         """Export from the last EMA weights, validate `pruned.pt` with the stock validator, and say what was found.
@@ -457,7 +464,7 @@ class SearchTrainer:
         the half precision last.pt stores them (so `yolo-dms export` of last.pt writes this pruned.pt again)."""
         if self.last.exists():
             strip_optimizer(self.last)
-        supernet = deepcopy(self.ema.ema).half().float().eval()
+        supernet = as_stored(self.ema.ema)
         if not self.fit:  # stopped before any fit (early stop, time=): fitted now by the same rule, and said so
             self.fit_structure(supernet, same_resources(self.resources, supernet))
             sync_structure(supernet, self.supernet)  # the live structure is the exported one (search.json reads it)
