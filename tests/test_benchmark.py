@@ -14,7 +14,7 @@ from ultralytics.nn.tasks import DetectionModel, yaml_model_load
 
 from yolo_dms.cli import main
 from yolo_dms.core.model_io import trained_on, write_checkpoint
-from yolo_dms.tools.benchmark import ARMS, COLUMNS, merge_results, run_benchmark, summarize
+from yolo_dms.tools.benchmark import ARMS, columns, merge_results, run_benchmark, summarize
 from yolo_dms.tools.demo_data import make_dataset
 
 
@@ -105,7 +105,7 @@ def test_merge_joins_parallel_runs(benchmark_run):
 
 
 def test_skipped_onnx_timing_reads_as_a_dash():
-    row = {"arm": "dms", "target": 0.5, "budget": 1.0, "seed": 0, **dict.fromkeys(COLUMNS, 0.5),
+    row = {"arm": "dms", "target": 0.5, "budget": 1.0, "seed": 0, **dict.fromkeys(columns("detect"), 0.5),
            "onnx_ms": float("nan")}
     line = next(line for line in summarize([row, {**row, "seed": 1}]).splitlines() if line.startswith("| dms |"))
     assert line.split(" | ")[6] == "-" and "nan" not in line

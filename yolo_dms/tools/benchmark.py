@@ -1,4 +1,5 @@
-"""DMS against magnitude pruning, a frozen-structure control and uniform scaling, at equal GFLOPs and epochs.
+"""DMS against magnitude pruning, a frozen-structure control and uniform scaling, at equal GFLOPs and epochs, for
+any task DMS searches (detect, segment, pose, obb, classify: the model's own, as `yolo train` reads it).
 
 Every arm ends at the budget (`target` times the model's GFLOPs at `imgsz`, within about 3%) and gets the same
 total epochs `E`; `S` of them (`search_epochs`) are spent before the structure is fixed. From a `.pt`, every
@@ -8,7 +9,8 @@ arm but the from-scratch ones starts from its weights.
 - `dms_kd`: the same search, then stock fine-tuning with Ultralytics' distillation (`distill_model=`, `dis` at
   its default), for E - S, from a teacher that knows the data: `teacher=` when given (`{seed}` in it becomes the
   seed), else the starting `.pt` when its class names are the data's, else the `reference` arm's model (trained
-  once per seed, shared with that arm);
+  once per seed, shared with that arm). Ultralytics distils through the Detect head, so there is no `dms_kd` for
+  classification models;
 - `dms_scratch`: the same search, then `searched.yaml` trained from scratch for E - S;
 - `dms_sgd`: `dms` with the keep ratios stepped by normalized SGD instead of Adam (`structure_optimizer=sgd`),
   the ablation of how the structure step allocates the budget across layers;
@@ -16,14 +18,19 @@ arm but the from-scratch ones starts from its weights.
   fit prunes every layer by one common keep ratio with the Taylor ranking; then fine-tuned for E - S;
 - `magnitude_uniform` / `magnitude_global`: the model trained for S epochs, pruned to the budget in one shot by
   Torch-Pruning's L2 magnitude importance, per layer / ranked across layers (`global_pruning`), fine-tuned for E - S
-  (Torch-Pruning is a benchmark-only extra: `pip install yolo-dms[tools]`);
+  by the task's stock trainer (Torch-Pruning is a benchmark-only extra: `pip install yolo-dms[tools]`); the
+  layers that fix the head's output format keep their channels. Torch-Pruning cannot prune attention (C2PSA in
+  YOLO11 and YOLO26), so these arms are left out for such models;
 - `uniform`: the model's YAML with one `width_multiple` chosen to meet the budget, trained from scratch for E;
 - `reference`: the unpruned model trained for E (fine-tuned from a `.pt`), the accuracy pruning gives away.
 
-Every model is scored by Ultralytics' validator and, independently, by pycocotools on the COCO-format files that
-validator writes (`evaluation.validate`); its ONNX export is timed under ONNX Runtime on the CPU (batch 1,
-median). Training and validation run on `device=`, as in Ultralytics. Outputs: `benchmark.csv`, `benchmark.md`
-(mean and spread over seeds), `map_vs_gflops.png`; `merge_results` joins the outputs of several runs.
+Every model is scored by its task's stock Ultralytics validator on the two scores `TASK_METRICS` names (box, mask,
+pose or OBB mAP50-95 and mAP50; top-1 and top-5 accuracy) and, for detection, independently by pycocotools on the
+COCO-format files that validator writes (`evaluation.validate`); its ONNX export is timed under ONNX Runtime on
+the CPU (batch 1, median). Training and validation run on `device=`, as in Ultralytics. With no `data=`, the demo
+dataset of the model's task is written. Outputs: `benchmark.csv`, `benchmark.md` (mean and spread over seeds),
+`map_vs_gflops.png` (the task's first score against GFLOPs); `merge_results` joins the outputs of several runs
+of one task (CSVs written before the `task` column read as detection).
 """
 
 from __future__ import annotations
@@ -39,19 +46,21 @@ from pathlib import Path
 import torch
 from torch import nn
 from ultralytics import YOLO
-from ultralytics.models.yolo.detect import DetectionTrainer
-from ultralytics.nn.modules import C2f, Conv
-from ultralytics.nn.tasks import DetectionModel
+from ultralytics.nn.modules import C2f, Conv, Detect
+from ultralytics.nn.modules.block import Attention
+from ultralytics.nn.tasks import BaseModel
 from ultralytics.utils import LOGGER
 from ultralytics.utils.torch_utils import select_device
 
 from yolo_dms.core.data import resolve_data
 from yolo_dms.core.errors import DMSError
 from yolo_dms.core.model_io import (
+    build_task_model,
     is_checkpoint,
     load_checkpoint_model,
     load_model,
     load_model_yaml,
+    model_task,
     resolve_model,
     trained_on,
     write_model_yaml,
@@ -59,7 +68,7 @@ from yolo_dms.core.model_io import (
 from yolo_dms.core.resources import deployed_gflops
 from yolo_dms.search.run import run_search
 from yolo_dms.tools.demo_data import make_dataset
-from yolo_dms.tools.evaluation import onnx_report, validate
+from yolo_dms.tools.evaluation import TASK_METRICS, onnx_report, validate
 from yolo_dms.tools.overhead import measure_overhead
 
 # `reference` first: it is dms_kd's teacher when the model's classes are not the data's
@@ -93,7 +102,8 @@ def train(model, data: Path, epochs: int, seed: int, out: Path, name: str, optio
                 workers=options["workers"], device=options["device"], cache=options["cache"], plots=False,
                 project=str(out), name=name, exist_ok=True, val=False, **extra)
     if isinstance(model, nn.Module):
-        trainer = DetectionTrainer(overrides={**args, "model": "yolov8n.yaml"})
+        source = str(options["model"])  # what the in-memory model was made from: its task's trainer, as `yolo train`
+        trainer = YOLO(source).task_map[model_task(model)]["trainer"](overrides={**args, "model": source})
         trainer.model = model  # trained as is: its own layers, no YAML rebuild
         trainer.train()
     else:
@@ -114,7 +124,8 @@ def search(model: str, data: Path, budget: float, seed: int, out: Path, name: st
 
 def uniform_yaml(cfg: dict, budget: float, imgsz: int) -> dict:
     """`cfg` with its own depth and the one width multiplier whose GFLOPs are closest to the budget (the
-    class count sets the Detect head's width, so `cfg` must carry the dataset's)."""
+    class count sets the Detect head's width, so `cfg` must carry the dataset's). The model is built by its task's
+    class, whose head (masks, keypoints, angles, classifier) counts too."""
     base = {k: v for k, v in cfg.items() if k not in {"scales", "scale", "depth_multiple", "width_multiple",
                                                          "yaml_file"}}
     if cfg.get("scales"):
@@ -127,7 +138,7 @@ def uniform_yaml(cfg: dict, budget: float, imgsz: int) -> dict:
         scaling = {"scales": {"u": [depth, w, max_channels]}} if max_channels else {"depth_multiple": depth,
                                                                                    "width_multiple": w}
         candidate = {**copy.deepcopy(base), **scaling}
-        return candidate, deployed_gflops(DetectionModel(copy.deepcopy(candidate), verbose=False), imgsz)
+        return candidate, deployed_gflops(build_task_model(candidate), imgsz)
 
     low, high = 0.01, width
     for _ in range(20):
@@ -137,7 +148,8 @@ def uniform_yaml(cfg: dict, budget: float, imgsz: int) -> dict:
 
 
 class SplitC2f(nn.Module):
-    """C2f whose `cv1` is two convolutions instead of one split in half, a graph Torch-Pruning can follow."""
+    """C2f (or a subclass with its forward: YOLO11's C3k2) whose `cv1` is two convolutions instead of one split in
+    half, a graph Torch-Pruning can follow."""
 
     def __init__(self, c2f: C2f) -> None:
         super().__init__()
@@ -161,33 +173,69 @@ def _conv_rows(conv: Conv, rows: slice) -> Conv:
     return part
 
 
+def attention_layers(model: BaseModel) -> list[str]:
+    """The layers (index and class) with attention inside (YOLO11's and YOLO26's C2PSA, YOLO26's C3k2 with PSA
+    blocks): Torch-Pruning cannot prune them, its group search does not finish through the heads' reshapes."""
+    return [f"{i} ({type(layer).__name__})" for i, layer in enumerate(model.model)
+            if any(isinstance(m, Attention) for m in layer.modules())]
+
+
+def output_layers(head: nn.Module) -> list[nn.Module]:
+    """The head's layers whose output channels are its output format, which pruning must keep: the last layer
+    of every per-level branch (Detect's box and class branches, YOLO26's one-to-one copies of them, the mask
+    coefficient, keypoint or angle branches), DFL, the mask prototypes (and YOLO26's semantic logits) and the
+    classifier."""
+
+    def last(module: nn.Module) -> nn.Module:
+        return [m for m in module.modules() if isinstance(m, nn.Conv2d | nn.Linear)][-1]
+
+    layers = [last(branch) for child in head.children() if isinstance(child, nn.ModuleList) for branch in child]
+    layers += [getattr(head, name) for name in ("dfl", "linear") if hasattr(head, name)]
+    if proto := getattr(head, "proto", None):
+        layers += [proto.cv3, *([last(proto.semseg)] if hasattr(proto, "semseg") else [])]
+    return layers
+
+
+def unavailable_arms(network: BaseModel, model: str) -> dict[str, str]:
+    """The arms `network` (built from `model`) cannot run, each with the one-line reason."""
+    cannot = {}
+    if not isinstance(network.model[-1], Detect):
+        cannot["dms_kd"] = (f"Ultralytics distils through the Detect head (DistillationModel.get_distill_layers), "
+                            f"which a {model_task(network)} model has none of")
+    if attention := attention_layers(network):
+        cannot |= dict.fromkeys(MAGNITUDE_ARMS, (
+            f"Torch-Pruning cannot prune the attention in layer(s) {', '.join(attention)} of {Path(model).name} "
+            "(its group search does not finish through the attention heads' reshapes)"))
+    return cannot
+
+
 def magnitude_prune(weights: Path, budget: float, imgsz: int, global_pruning: bool) -> nn.Module:
-    """A trained model pruned to the budget in one shot by Torch-Pruning's L2 magnitude importance, channels
-    ranked within each layer (every layer loses the same share) or, with `global_pruning`, across layers; the
-    pruning ratio is the smallest that meets the budget, found by bisection (14 halvings: within 0.01%)."""
+    """A trained model of any task pruned to the budget in one shot by Torch-Pruning's L2 magnitude importance,
+    channels ranked within each layer (every layer loses the same share) or, with `global_pruning`, across
+    layers; the pruning ratio is the smallest that meets the budget, found by bisection (10 halvings: within
+    0.1%; each one prunes a copy). The head's output format is kept (`output_layers`)."""
     try:
         import torch_pruning as tp
     except ImportError:
         raise DMSError("the magnitude arms need Torch-Pruning: pip install 'yolo-dms[tools]'") from None
     model = load_checkpoint_model(weights).cpu().eval()
     for i, layer in enumerate(model.model):
-        if type(layer) is C2f:
+        if isinstance(layer, C2f) and type(layer).forward is C2f.forward:  # C2f and its subclasses, e.g. C3k2
             model.model[i] = SplitC2f(layer)
 
     def pruned(ratio: float) -> nn.Module:
         candidate = copy.deepcopy(model)
         for p in candidate.parameters():
             p.requires_grad_(True)
-        head = candidate.model[-1]
         tp.pruner.MagnitudePruner(
             candidate, torch.zeros(1, 3, 64, 64),  # traces the graph only; any size the strides divide will do
             importance=tp.importance.MagnitudeImportance(p=2), global_pruning=global_pruning, pruning_ratio=ratio,
-            ignored_layers=[head.dfl, *(seq[-1] for seq in head.cv2), *(seq[-1] for seq in head.cv3)],
+            ignored_layers=output_layers(candidate.model[-1]),
         ).step()
         return candidate
 
     low, high = 0.0, 0.95  # pruning ratios over and under the budget
-    for _ in range(14):
+    for _ in range(10):
         mid = (low + high) / 2
         low, high = (low, mid) if deployed_gflops(pruned(mid), imgsz) <= budget else (mid, high)
     return pruned(high).train()
@@ -201,7 +249,7 @@ def timed(fn: Callable[[], object]) -> tuple[object, float]:
 
 
 def run_seed(
-    seed: int, arms: list[str], options: dict, data: Path, cfg: dict, budget: float, names: dict
+    seed: int, arms: list[str], options: dict, data: Path, cfg: dict, budget: float, names: dict, task: str
 ) -> list[dict]:
     """All arms for one seed; one row each, with the wall time of each phase.
 
@@ -258,8 +306,9 @@ def run_seed(
         return lambda: train(pruned, data, rest, seed, out, arm, options), search_min
 
     def score(weights: Path, arm: str) -> dict:
-        """GFLOPs, params, both mAPs and ONNX Runtime latency; `latency_runs=0` skips ONNX (NaN), for runs that
-        share the CPU with others, where a timing would not mean much."""
+        """GFLOPs, params, the task's two scores (and pycocotools' mAP50-95 for detection) and ONNX Runtime
+        latency; `latency_runs=0` skips ONNX (NaN), for runs that share the CPU with others, where a timing would
+        not mean much."""
         scores = validate(weights, data, imgsz, options["device"], save_json=True, project=str(out / arm),
                           name="val", exist_ok=True)[0]
         runs = options["latency_runs"]
@@ -271,7 +320,8 @@ def run_seed(
         weights, train_min = timed(final_training)
         scores, eval_min = timed(lambda: score(weights, arm))
         phases = {"structure_min": structure_min, "train_min": train_min, "eval_min": eval_min}
-        row = {"arm": arm, "target": options["target"], "budget": budget, "seed": seed, **scores, **phases,
+        row = {"arm": arm, "target": options["target"], "budget": budget, "seed": seed, "task": task, **scores,
+               **phases,
                "total_min": sum(phases.values())}
         rows.append(row)
         LOGGER.info(f"benchmark {arm} seed {seed}: {row}")
@@ -279,12 +329,39 @@ def run_seed(
 
 
 # ----------------------------------------------------------------------------------------------- reporting
-COLUMNS = ("gflops", "params", "map50_95", "map50", "coco_map50_95", "onnx_ms", "structure_min", "train_min",
-           "eval_min")
+PHASES = ("structure_min", "train_min", "eval_min")
+LABELS = {"gflops": "GFLOPs", "params": "params", "coco_map50_95": "mAP50-95 (pycocotools)", "onnx_ms": "ONNX CPU ms",
+          **{phase: phase.replace("_min", " min") for phase in PHASES}}
+
+
+def row_task(row: dict) -> str:
+    """A row's task; CSVs written before the `task` column are detection runs."""
+    return row.get("task") or "detect"
+
+
+def columns(task: str) -> tuple[str, ...]:
+    """The measured columns for `task`: its two `TASK_METRICS` scores, pycocotools' check for detection only."""
+    scores = tuple(key for key, _, _ in TASK_METRICS[task])
+    return ("gflops", "params", *scores, *(("coco_map50_95",) if task == "detect" else ()), "onnx_ms", *PHASES)
+
+
+def labels(task: str) -> dict[str, str]:
+    """Column headers for `task`: the task's own score names (mask mAP50-95, top-1 accuracy, ...)."""
+    return {**LABELS, **{key: label for key, label, _ in TASK_METRICS[task]}}
+
+
+def one_task(rows: list[dict]) -> str:
+    """The task all `rows` share: one table and one plot compare one kind of score."""
+    tasks = sorted({row_task(r) for r in rows})
+    if len(tasks) > 1:
+        raise DMSError(f"benchmark rows of several tasks ({', '.join(tasks)}); summarize each task's runs apart")
+    return tasks[0]
 
 
 def summarize(rows: list[dict], overhead: str = "") -> str:
     """Markdown: per target, one line per arm with the mean and spread (population std) over seeds."""
+    task = one_task(rows)
+    keys, names = columns(task), labels(task)
     lines = []
     for target in dict.fromkeys(float(r["target"]) for r in rows):
         group = [r for r in rows if float(r["target"]) == target]
@@ -292,19 +369,18 @@ def summarize(rows: list[dict], overhead: str = "") -> str:
             f"Target {target:g}: budget {float(group[0]['budget']):.4g} GFLOPs. Mean ± std over seeds "
             f"{sorted({int(r['seed']) for r in group})}.",
             "",
-            "| arm | GFLOPs | params | mAP50-95 | mAP50 | mAP50-95 (pycocotools) | ONNX CPU ms | structure min "
-            "| train min | eval min |",
-            "|---|---|---|---|---|---|---|---|---|---|",
+            "| arm | " + " | ".join(names[key] for key in keys) + " |",
+            "|---|" + "---|" * len(keys),
         ]
         for arm in dict.fromkeys(r["arm"] for r in group):
             cells = []
-            for key in COLUMNS:
+            for key in keys:
                 values = [float(r[key]) for r in group if r["arm"] == arm]
                 if any(math.isnan(v) for v in values):  # not measured (ONNX timing skipped)
                     cells.append("-")
                     continue
                 mean, spread = statistics.mean(values), statistics.pstdev(values)
-                fmt = "{:,.0f}" if key == "params" else "{:.4f}" if "map" in key or key == "gflops" else "{:.2f}"
+                fmt = "{:,.0f}" if key == "params" else "{:.2f}" if key in {"onnx_ms", *PHASES} else "{:.4f}"
                 cells.append(fmt.format(mean) + (f" ± {fmt.format(spread)}" if spread else ""))
             lines.append(f"| {arm} | " + " | ".join(cells) + " |")
         lines.append("")
@@ -314,17 +390,18 @@ def summarize(rows: list[dict], overhead: str = "") -> str:
 
 
 def plot(rows: list[dict], path: Path) -> None:
-    """mAP50-95 against GFLOPs, one colour per arm."""
+    """The task's first score (mAP50-95, top-1 accuracy) against GFLOPs, one colour per arm."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    key, label, _ = TASK_METRICS[one_task(rows)][0]
     fig, ax = plt.subplots(figsize=(7, 4.5), tight_layout=True)
     for arm in dict.fromkeys(r["arm"] for r in rows):
-        points = [(float(r["gflops"]), float(r["map50_95"])) for r in rows if r["arm"] == arm]
+        points = [(float(r["gflops"]), float(r[key])) for r in rows if r["arm"] == arm]
         ax.scatter(*zip(*points), label=arm, s=40)
-    ax.set(xlabel="GFLOPs", ylabel="mAP50-95", title="Equal-budget comparison")
+    ax.set(xlabel="GFLOPs", ylabel=label, title="Equal-budget comparison")
     ax.legend()
     fig.savefig(path, dpi=150)
     plt.close(fig)
@@ -333,7 +410,7 @@ def plot(rows: list[dict], path: Path) -> None:
 def write_results(rows: list[dict], out: Path, overhead: str = "") -> str:
     """`benchmark.csv`, `benchmark.md` and `map_vs_gflops.png` under `out`; returns the Markdown."""
     with open(out / "benchmark.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(key for row in rows for key in row)))
         writer.writeheader()
         writer.writerows(rows)
     summary = summarize(rows, overhead)
@@ -364,10 +441,16 @@ def run_benchmark(**overrides) -> str:
         raise DMSError(f"unknown benchmark argument(s) {sorted(unknown)}; valid: {', '.join(DEFAULTS)}")
     options = {**DEFAULTS, **overrides}
     options["model"] = model = resolve_model(options["model"])
+    network = load_model(model)
+    task, cannot = model_task(network), unavailable_arms(network, model)
     arms = [a for a in str(options["arms"]).split(",") if a] or [  # default: every arm the model allows
-        a for a in ARMS if a != "dms_kd" or model.endswith(".pt")]
+        a for a in ARMS if a not in cannot and (a != "dms_kd" or model.endswith(".pt"))]
     if bad := [a for a in arms if a not in ARMS]:
         raise DMSError(f"unknown arm(s) {bad}; valid: {', '.join(ARMS)}")
+    if refused := [a for a in arms if a in cannot]:
+        raise DMSError(f"arm {refused[0]} cannot run: {cannot[refused[0]]}")
+    if cannot and not options["arms"]:
+        LOGGER.info(f"benchmark leaves out {', '.join(cannot)}: {'; '.join(dict.fromkeys(cannot.values()))}")
     arms = sorted(arms, key=ARMS.index)  # in ARMS order: a teacher is trained before the arm that needs it
     if not 0 < options["search_epochs"] < options["epochs"]:
         raise DMSError("search_epochs must be at least 1 and below epochs (the arms then train for the rest)")
@@ -377,13 +460,14 @@ def run_benchmark(**overrides) -> str:
     options["out"] = out
     out.mkdir(parents=True, exist_ok=True)
     info = resolve_data(options["data"] or make_dataset(
-        out / "data", n_train=options["n_train"], n_val=options["n_val"], imgsz=options["imgsz"]))
-    data = Path(info["yaml_file"]).resolve()  # the YAML `data=` named, wherever Ultralytics found it
+        out / "data", n_train=options["n_train"], n_val=options["n_val"], imgsz=options["imgsz"], task=task), task)
+    # what `data=` named, wherever Ultralytics found it: the YAML, or for classification the folder of the splits
+    data = Path(info["train"]).parent.resolve() if task == "classify" else Path(info["yaml_file"]).resolve()
     cfg = model_cfg(model, info["nc"])
-    budget = float(options["target"]) * deployed_gflops(DetectionModel(copy.deepcopy(cfg), verbose=False), options["imgsz"])
+    budget = float(options["target"]) * deployed_gflops(build_task_model(cfg), options["imgsz"])
     seeds = options["seeds"]  # "0,1" from Python, (0, 1) once the CLI has typed it
     seeds = [int(x) for x in (seeds if isinstance(seeds, list | tuple) else str(seeds).split(",")) if str(x).strip()]
-    rows = [row for seed in seeds for row in run_seed(seed, arms, options, data, cfg, budget, info["names"])]
+    rows = [row for seed in seeds for row in run_seed(seed, arms, options, data, cfg, budget, info["names"], task)]
     overhead = ""
     if options["overhead"]:
         device = select_device(options["device"], verbose=False).type
