@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import csv
 import math
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,7 +15,7 @@ from ultralytics.nn.tasks import yaml_model_load
 from yolo_dms.core.errors import DMSError
 from yolo_dms.core.model_io import build_task_model, write_checkpoint
 from yolo_dms.core.resources import deployed_gflops
-from yolo_dms.tools.benchmark import magnitude_prune, run_benchmark
+from yolo_dms.tools.benchmark import magnitude_prune, merge_results, run_benchmark
 from yolo_dms.tools.evaluation import TASK_METRICS
 
 
@@ -73,3 +75,12 @@ def test_an_arm_the_model_cannot_run_is_refused_in_one_line(model, arms, message
     with pytest.raises(DMSError) as error:
         run_benchmark(model=model, arms=arms, out=str(tmp_path))
     assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_a_detection_csv_from_before_the_task_column_still_merges(tmp_path):
+    """docs/benchmark_trees.csv has no `task` column: it reads as detection, with the pycocotools column."""
+    (tmp_path / "run").mkdir()
+    shutil.copy(Path(__file__).parents[1] / "docs" / "benchmark_trees.csv", tmp_path / "run" / "benchmark.csv")
+    table = merge_results(tmp_path)
+    assert "| arm | GFLOPs | params | mAP50-95 | mAP50 | mAP50-95 (pycocotools) | ONNX CPU ms |" in table
+    assert "| dms |" in table and (tmp_path / "map_vs_gflops.png").exists()

@@ -201,7 +201,7 @@ def unavailable_arms(network: BaseModel, model: str) -> dict[str, str]:
     cannot = {}
     if not isinstance(network.model[-1], Detect):
         cannot["dms_kd"] = (f"Ultralytics distils through the Detect head (DistillationModel.get_distill_layers), "
-                            f"which a {model_task(network)} model has none of")
+                            f"which a {model_task(network)} model does not have")
     if attention := attention_layers(network):
         cannot |= dict.fromkeys(MAGNITUDE_ARMS, (
             f"Torch-Pruning cannot prune the attention in layer(s) {', '.join(attention)} of {Path(model).name} "
