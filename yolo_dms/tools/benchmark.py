@@ -89,10 +89,11 @@ MAGNITUDE_ARMS = {"magnitude_uniform": False, "magnitude_global": True}  # arm -
 
 
 # ----------------------------------------------------------------------------------------------- inputs
-def model_cfg(model: str, nc: int) -> dict:
-    """The model's architecture as a YAML dict for `nc` classes: a checkpoint's own YAML, or a YAML file."""
+def model_cfg(model: str, info: dict) -> dict:
+    """The model's architecture as a YAML dict (a checkpoint's own YAML, or a YAML file) for the dataset `info`,
+    as its trainer builds it: the data's class count and, for pose, keypoint shape."""
     cfg = load_model(model).yaml if model.endswith(".pt") else load_model_yaml(model)
-    return {**copy.deepcopy(cfg), "nc": nc}
+    return {**copy.deepcopy(cfg), "nc": info["nc"], **({"kpt_shape": info["kpt_shape"]} if "kpt_shape" in info else {})}
 
 
 # ------------------------------------------------------------------------------------------------- the arms
@@ -463,7 +464,7 @@ def run_benchmark(**overrides) -> str:
         out / "data", n_train=options["n_train"], n_val=options["n_val"], imgsz=options["imgsz"], task=task), task)
     # what `data=` named, wherever Ultralytics found it: the YAML, or for classification the folder of the splits
     data = Path(info["train"]).parent.resolve() if task == "classify" else Path(info["yaml_file"]).resolve()
-    cfg = model_cfg(model, info["nc"])
+    cfg = model_cfg(model, info)
     budget = float(options["target"]) * deployed_gflops(build_task_model(cfg), options["imgsz"])
     seeds = options["seeds"]  # "0,1" from Python, (0, 1) once the CLI has typed it
     seeds = [int(x) for x in (seeds if isinstance(seeds, list | tuple) else str(seeds).split(",")) if str(x).strip()]
