@@ -111,6 +111,16 @@ def test_skipped_onnx_timing_reads_as_a_dash():
     assert line.split(" | ")[6] == "-" and "nan" not in line
 
 
+def test_arms_merged_over_different_seeds_name_their_own():
+    """Runs joined by `merge` can give the arms different seeds; the table must not claim one set for all."""
+    row = {"arm": "dms", "target": 0.5, "budget": 1.0, "seed": 0, **dict.fromkeys(columns("detect"), 0.5)}
+    rows = [row, {**row, "seed": 1, "map50_95": 0.7}, {**row, "arm": "reference", "seed": 2}]
+    table = summarize(rows)
+    assert "each arm's seeds" in table and "| dms [0, 1] | " in table and "| reference [2] | " in table
+    assert "0.6000 ± 0.1000" in table.splitlines()[4]
+    assert "over seeds [0, 1]." in summarize(rows[:2])
+
+
 @pytest.mark.parametrize("args, message", [
     (["data=/nonexistent/data.yaml"], "dataset YAML '/nonexistent/data.yaml' does not exist"),
     (["model=/nonexistent/model.pt"], "model file '/nonexistent/model.pt' does not exist"),

@@ -360,20 +360,23 @@ def one_task(rows: list[dict]) -> str:
 
 
 def summarize(rows: list[dict], overhead: str = "") -> str:
-    """Markdown: per target, one line per arm with the mean and spread (population std) over seeds."""
+    """Markdown: per target, one line per arm with the mean and spread (population std) over its seeds (merged
+    runs may give the arms different seeds; each row then names its own)."""
     task = one_task(rows)
     keys, names = columns(task), labels(task)
     lines = []
     for target in dict.fromkeys(float(r["target"]) for r in rows):
         group = [r for r in rows if float(r["target"]) == target]
+        seeds = {arm: sorted({int(r["seed"]) for r in group if r["arm"] == arm}) for arm in (r["arm"] for r in group)}
+        shared = len({tuple(s) for s in seeds.values()}) == 1
         lines += [
-            f"Target {target:g}: budget {float(group[0]['budget']):.4g} GFLOPs. Mean ± std over seeds "
-            f"{sorted({int(r['seed']) for r in group})}.",
+            f"Target {target:g}: budget {float(group[0]['budget']):.4g} GFLOPs. Mean ± std over "
+            + (f"seeds {next(iter(seeds.values()))}." if shared else "each arm's seeds (in brackets)."),
             "",
             "| arm | " + " | ".join(names[key] for key in keys) + " |",
             "|---|" + "---|" * len(keys),
         ]
-        for arm in dict.fromkeys(r["arm"] for r in group):
+        for arm in seeds:
             cells = []
             for key in keys:
                 values = [float(r[key]) for r in group if r["arm"] == arm]
@@ -383,7 +386,7 @@ def summarize(rows: list[dict], overhead: str = "") -> str:
                 mean, spread = statistics.mean(values), statistics.pstdev(values)
                 fmt = "{:,.0f}" if key == "params" else "{:.2f}" if key in {"onnx_ms", *PHASES} else "{:.4f}"
                 cells.append(fmt.format(mean) + (f" ± {fmt.format(spread)}" if spread else ""))
-            lines.append(f"| {arm} | " + " | ".join(cells) + " |")
+            lines.append(f"| {arm}{'' if shared else f' {seeds[arm]}'} | " + " | ".join(cells) + " |")
         lines.append("")
     if overhead:
         lines.append(f"Search overhead: {overhead}")
