@@ -59,7 +59,6 @@ from yolo_dms.core.model_io import (
     is_checkpoint,
     load_checkpoint_model,
     load_model,
-    load_model_yaml,
     model_task,
     resolve_model,
     trained_on,
@@ -89,11 +88,11 @@ MAGNITUDE_ARMS = {"magnitude_uniform": False, "magnitude_global": True}  # arm -
 
 
 # ----------------------------------------------------------------------------------------------- inputs
-def model_cfg(model: str, info: dict) -> dict:
-    """The model's architecture as a YAML dict (a checkpoint's own YAML, or a YAML file) for the dataset `info`,
-    as its trainer builds it: the data's class count and, for pose, keypoint shape."""
-    cfg = load_model(model).yaml if model.endswith(".pt") else load_model_yaml(model)
-    return {**copy.deepcopy(cfg), "nc": info["nc"], **({"kpt_shape": info["kpt_shape"]} if "kpt_shape" in info else {})}
+def model_cfg(network: BaseModel, info: dict) -> dict:
+    """The loaded model's architecture as a YAML dict (a checkpoint's own YAML, or the YAML file it was built
+    from) for the dataset `info`, as its trainer builds it: the data's class count and, for pose, keypoint shape."""
+    return {**copy.deepcopy(network.yaml), "nc": info["nc"],
+            **({"kpt_shape": info["kpt_shape"]} if "kpt_shape" in info else {})}
 
 
 # ------------------------------------------------------------------------------------------------- the arms
@@ -467,7 +466,7 @@ def run_benchmark(**overrides) -> str:
         out / "data", n_train=options["n_train"], n_val=options["n_val"], imgsz=options["imgsz"], task=task), task)
     # what `data=` named, wherever Ultralytics found it: the YAML, or for classification the folder of the splits
     data = Path(info["train"]).parent.resolve() if task == "classify" else Path(info["yaml_file"]).resolve()
-    cfg = model_cfg(model, info)
+    cfg = model_cfg(network, info)
     budget = float(options["target"]) * deployed_gflops(build_task_model(cfg), options["imgsz"])
     seeds = options["seeds"]  # "0,1" from Python, (0, 1) once the CLI has typed it
     seeds = [int(x) for x in (seeds if isinstance(seeds, list | tuple) else str(seeds).split(",")) if str(x).strip()]
