@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 from pathlib import Path
 
 import pytest
@@ -116,8 +117,8 @@ def test_latency_budget_holds_on_the_measured_latency(tmp_path: Path):
     full = write_checkpoint(DetectionModel("yolov8n.yaml", nc=5, verbose=False), tmp_path / "full.pt")
     models = {"full": export_weights_onnx(full, 128), "pruned": export_weights_onnx(run / "pruned.pt", 128)}
     figures = {name: [] for name in models}
-    for _ in range(3):  # interleaved, lowest of each: a burst of other work cannot favour one model
+    for _ in range(3):  # interleaved, median of each: one round that ran faster or slower favours neither model
         for name, onnx in models.items():
             figures[name].append(OnnxRuntimeCPU().time_onnx(onnx, runs=150))
-    full_ms, pruned_ms = min(figures["full"]), min(figures["pruned"])
+    full_ms, pruned_ms = statistics.median(figures["full"]), statistics.median(figures["pruned"])
     assert pruned_ms <= 0.6 * full_ms * (1 + REMEASURE_NOISE), figures
