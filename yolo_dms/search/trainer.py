@@ -10,7 +10,8 @@ checkpoints, callbacks, resume) except:
 - keep ratios leave the weight optimizer for their own Adam, with no weight decay and a step size sized to the
   run (`schedule.SearchSchedule`);
 - every batch (not only those where the weights step after gradient accumulation) updates the keep ratios
-  with the task gradient plus the balanced resource-loss gradient (`structure_step.StructureStep`); the target falls
+  with the task gradient plus the balanced resource-loss gradient, then projects them onto the target
+  (`structure_step.StructureStep`); the target falls
   from the supernet's GFLOPs to the budget over the first `target_schedule` of the run, as
   `full * (budget / full) ** progress` (the DMS reference's "root" schedule), then holds;
 - for the last `refine` of the run the structure is fitted under the budget and frozen, and the weights train
