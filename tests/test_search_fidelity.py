@@ -14,6 +14,7 @@ from helpers import yolo_dms
 
 from yolo_dms import Supernet
 from yolo_dms.core.budget import hard_gflops, step_cost
+from yolo_dms.core.masks import DepthMask
 from yolo_dms.core.model_io import load_checkpoint_model
 from yolo_dms.core.resources import ResourceModel
 from yolo_dms.search.structure_step import StructureStep
@@ -80,7 +81,8 @@ def test_channels_that_carry_no_signal_lose_importance_first():
 
 def test_a_structure_that_resists_every_cut_is_projected_onto_its_target():
     """A task gradient that resists every cut outweighs the balanced resource gradient, yet after one step the
-    hard structure sits on its target: just under it, within one divisor step of the costliest layer."""
+    hard structure sits on its target: just under it, within one divisor step of the costliest layer, by
+    narrower widths alone (every stage keeps its blocks)."""
     supernet = Supernet.from_source("yolov8n.yaml", nc=3)
     step = StructureStep(supernet, ResourceModel(supernet, IMGSZ), lr=0.01, weight=1.0)
     target = 0.6 * hard_gflops(step.resources)
@@ -88,6 +90,8 @@ def test_a_structure_that_resists_every_cut_is_projected_onto_its_target():
         p.grad = -10 * torch.ones_like(p)
     step.step(target)
     assert target - step_cost(supernet, step.resources) <= hard_gflops(step.resources) <= target
+    depths = [m.keep_ratio.item() for m in supernet.keep_ratio_masks().values() if isinstance(m, DepthMask)]
+    assert depths and all(d == 1.0 for d in depths)
 
 
 def test_a_structure_under_its_budget_grows_back_to_it_while_the_target_holds():

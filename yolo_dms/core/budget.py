@@ -9,6 +9,7 @@ import torch
 from ultralytics.utils import LOGGER, colorstr
 
 from yolo_dms.core.errors import DMSError
+from yolo_dms.core.masks import DepthMask
 from yolo_dms.core.resources import ResourceModel
 from yolo_dms.core.supernet import Supernet
 from yolo_dms.search.settings import SearchSettings
@@ -125,20 +126,30 @@ def resolve_budget(
 
 
 def fit_to_budget(
-    supernet: Supernet, resources: ResourceModel, budget: float, resource: str = "gflops", steps: int = 40
+    supernet: Supernet,
+    resources: ResourceModel,
+    budget: float,
+    resource: str = "gflops",
+    steps: int = 40,
+    depth: bool = True,
 ) -> float:
     """Scale every keep ratio by one common factor, the largest for which the hard structure fits the budget.
 
     The search approaches its target from above and ends a few percent off it, either way; one common factor
-    keeps the learned proportions (a C2f stage that lost all its blocks stays removed). Returns the factor.
+    keeps the learned proportions (a C2f stage that lost all its blocks stays removed). With `depth=False` only
+    the widths scale and every stage keeps its blocks: a block is a step of several percent of the cost, so a
+    factor that also moves depths can find no structure between "one block too many" and "one too few".
+    Returns the factor.
     """
     learned = keep_ratios(supernet)
+    scaled = {name for name, mask in supernet.keep_ratio_masks().items() if depth or not isinstance(mask, DepthMask)}
 
     def fits(factor: float) -> bool:
-        set_keep_ratios(supernet, {k: v * factor for k, v in learned.items()})
+        set_keep_ratios(supernet, {k: v * factor if k in scaled else v for k, v in learned.items()})
         return hard_figure(resources, resource) <= budget
 
-    saturated = 1.0 / max(min((v for v in learned.values() if v > 0), default=1.0), 1e-6)  # all ratios reach 1
+    floor = min((v for k, v in learned.items() if k in scaled and v > 0), default=1.0)
+    saturated = 1.0 / max(floor, 1e-6)  # every scaled ratio reaches 1
     if fits(saturated):
         return saturated
     low, high = (1.0, saturated) if fits(1.0) else (0.0, 1.0)  # the structure fits at `low`, not at `high`
@@ -148,7 +159,7 @@ def fit_to_budget(
             low = mid
         else:
             high = mid
-    set_keep_ratios(supernet, {k: v * low for k, v in learned.items()})
+    set_keep_ratios(supernet, {k: v * low if k in scaled else v for k, v in learned.items()})
     return low
 
 
@@ -227,8 +238,8 @@ class Fit:
             warnings.append(
                 f"the search ended {self.before / self.budget - 1:+.1%} off its budget (one step of its costliest "
                 f"layer is {self.step / self.budget:.1%}) and the fit had to scale every keep ratio by "
-                f"{self.factor:.3f}, so the budget was reached by a uniform rescale, not by the search. Search more "
-                "epochs, raise structure_lr (or leave it auto) or resource_weight, or lower target_schedule."
+                f"{self.factor:.3f}, so the budget was reached by a uniform rescale, not by the search (it stopped "
+                "before its target reached the budget). Search more epochs, or lower target_schedule or refine."
             )
         return warnings
 

@@ -9,14 +9,14 @@ Kept apart from the trainer so that it can be timed and tested on its own. The b
   reference balances them). This decides which layers give way: a keep ratio falls where its task gradient is
   weaker than its share of the cost. The resource term is off while the structure is under a falling target
   (being ahead is no violation), as in the DMS loss.
-- **Projection.** The rule of the final fit (`budget.fit_to_budget`): every keep ratio is scaled by the one
-  common factor that brings the hard figure to the largest value under the target. While the target falls this
+- **Projection.** As in the final fit (`budget.fit_to_budget`), one common factor scales the widths' keep
+  ratios to bring the hard figure to the largest value under the target (`project`). While the target falls this
   happens only when the step left the structure over it; at the budget, either way.
 
 The projection replaces a budget controller: no multiplier to wind up, no gain to tune for the run's length,
 and a block that drops out (a step of several percent of the cost) is answered at the next step, so the search
 enters its refine phase on its budget in runs of 40 steps as in runs of 40,000. A common factor keeps the
-proportions the trade-off learned, as the final fit does.
+proportions the trade-off learned.
 """
 
 from __future__ import annotations
@@ -104,9 +104,18 @@ class StructureStep:
         self.optimizer.zero_grad(set_to_none=True)
         self.supernet.clamp_keep_ratios()
         if two_sided or hard_figure(self.resources, self.resource) > target:
-            fit_to_budget(self.supernet, self.resources, target, self.resource, steps=PROJECTION_STEPS)
+            self.project(target)
         broadcast_keep_ratios(self.supernet)
         return read[0], read[2]
+
+    def project(self, target: float) -> None:
+        """Scale the widths by the common factor that brings the hard figure to the largest value under `target`;
+        the blocks stay, unless even the narrowest widths leave the structure over it. Blocks are the trade-off's
+        to drop or keep: as steps of several percent of the cost, they would leave the figure up to one block
+        under the target if the rescale moved them too."""
+        fit_to_budget(self.supernet, self.resources, target, self.resource, PROJECTION_STEPS, depth=False)
+        if hard_figure(self.resources, self.resource) > target:
+            fit_to_budget(self.supernet, self.resources, target, self.resource, PROJECTION_STEPS)
 
     def state_dict(self) -> dict:
         return {"optimizer": self.optimizer.state_dict(), "task_norm": self.task_norm}
