@@ -66,6 +66,19 @@ def yolo_dms(*args: str, cwd, env: dict[str, str] | None = None) -> subprocess.C
     return subprocess.run([str(exe), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
 
 
+def refused(proc: subprocess.CompletedProcess, *phrases: str) -> str:
+    """A refusal: exit status 2 and one error line, the last on stderr (but for the usage hint after a command-line
+    mistake), naming every phrase; returns that line."""
+    assert proc.returncode == 2, (proc.args, proc.stdout[-2000:], proc.stderr[-3000:])
+    assert "Traceback" not in proc.stdout + proc.stderr, proc.args
+    errors = [line for line in proc.stderr.splitlines() if ": error: " in line]
+    ending = proc.stderr.strip().removesuffix("Run 'yolo-dms help' for usage.").strip()
+    assert len(errors) == 1 and ending.endswith(errors[0]), proc.stderr[-3000:]
+    for phrase in phrases:
+        assert phrase in errors[0], (phrase, errors[0])
+    return errors[0]
+
+
 def assert_stock_trains_and_exports(run: Path, data: Path, imgsz: int, runs: Path, cwd: Path) -> None:
     """In a process without yolo_dms: stock `val` scores `run`'s pruned.pt with its task's metric, `yolo train`
     from it transfers every weight, from its searched.yaml trains from scratch, and the ONNX export of pruned.pt

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from ultralytics.utils import callbacks
 
 from yolo_dms.core.errors import DMSError
+from yolo_dms.core.model_io import check_model_source
 
 if TYPE_CHECKING:
     from ultralytics import YOLO
@@ -94,7 +95,8 @@ class DMS:
     """
 
     def __init__(self, model: str | Path | None = None):
-        self.model = None if model is None else str(model)
+        """A model that cannot be found or read is refused here, as `YOLO(model)` refuses it."""
+        self.model = None if model is None else check_model_source(model)
         self.callbacks = callbacks.get_default_callbacks()
 
     def add_callback(self, event: str, func) -> None:

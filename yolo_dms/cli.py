@@ -11,7 +11,7 @@ import sys
 from collections.abc import Callable
 from contextlib import contextmanager
 
-from yolo_dms.core.errors import DMSError
+from yolo_dms.core.errors import DMSError, SearchInterrupted
 from yolo_dms.usage import (
     BENCHMARK,
     DEMO,
@@ -237,6 +237,11 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(e, UsageError):
             print("Run 'yolo-dms help' for usage.", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as e:  # Ctrl-C: where the work is, not the interrupt's traceback
+        if debug:
+            raise
+        print(f"\nyolo-dms {mode}: {e if isinstance(e, SearchInterrupted) else 'interrupted'}", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -10,8 +10,8 @@ an interrupted run never leaves a half-written file behind.
 from __future__ import annotations
 
 import os
-import pickle
 import secrets
+import tempfile
 from contextlib import contextmanager
 from copy import deepcopy
 from datetime import datetime
@@ -53,6 +53,8 @@ def resolve_model(source: str | Path) -> str:
     missing names are not looked up online, so a mistyped path fails at once.
     """
     name = str(check_model_file_from_stem(str(source)))
+    if Path(name).is_dir():
+        raise ModelSourceError(f"model '{source}' is a directory; give a .yaml or .pt file")
     suffix = Path(name).suffix.lower()
     if suffix in {".yaml", ".yml"}:
         return name
@@ -70,6 +72,17 @@ def resolve_model(source: str | Path) -> str:
     looked = f"looked in {Path.cwd()} and in the weights directory {weights_dir.resolve()} ({SETTINGS.file})"
     offline = "; offline, so it was not downloaded" if release else ""
     raise ModelSourceError(f"model file '{source}' does not exist: {looked}{offline}")
+
+
+def check_model_source(source: str | Path) -> str:
+    """`source` resolved (`resolve_model`), and its file read far enough to refuse what is no model: a YAML's
+    rows are read, a checkpoint is unpickled."""
+    path = resolve_model(source)
+    if is_checkpoint(path):
+        read_checkpoint(path)
+    else:
+        load_model_yaml(path)
+    return path
 
 
 def is_checkpoint(path: str | Path) -> bool:
@@ -95,12 +108,23 @@ def read_checkpoint(source: str | Path) -> dict:
     if not is_checkpoint(path):
         raise ModelSourceError(f"'{source}' is not a checkpoint (.pt)")
     try:
-        ckpt, _ = torch_safe_load(path)  # 8.4.0 lets an UnpicklingError through
-    except (TypeError, ModuleNotFoundError, RuntimeError, EOFError, OSError, pickle.UnpicklingError) as e:
-        raise ModelSourceError(f"'{source}' is not a readable checkpoint: {first_line(e)}") from None
+        ckpt, _ = torch_safe_load(path)
+    except AttributeError:  # a readable file of something else (a list, a tensor) that has no `.get`
+        raise ModelSourceError(f"'{source}' holds no Ultralytics model") from None
+    except Exception as e:  # unpickling random bytes can raise almost any error, in any Ultralytics version
+        raise ModelSourceError(f"'{source}' is not a readable checkpoint (empty, truncated or corrupted): "
+                               f"{unreadable_cause(e)}") from None
     if not isinstance(ckpt, dict):
         raise ModelSourceError(f"'{source}' holds no Ultralytics model")
     return ckpt
+
+
+def unreadable_cause(error: BaseException) -> str:
+    """What made a checkpoint unreadable, without the path and advice Ultralytics wraps around it (since 8.4.x
+    `torch_safe_load` re-raises the unpickler's error inside a message of its own)."""
+    while error.__cause__ is not None or (error.__context__ is not None and not error.__suppress_context__):
+        error = error.__cause__ or error.__context__
+    return f"{type(error).__name__}: {first_line(error)}"
 
 
 def stored_model(ckpt: dict) -> torch.nn.Module | None:
@@ -148,8 +172,9 @@ def load_search_checkpoint(source: str | Path, hint: str) -> tuple[Supernet, dic
 
     ckpt = read_checkpoint(source)
     model = stored_model(ckpt)
-    if not isinstance(model, Supernet):
+    if not isinstance(model, Supernet) or not hasattr(model, "dms_settings"):
         held = f"a plain {type(model).__name__}" if model is not None else "no model"
+        held = "a supernet no search saved, without search settings" if isinstance(model, Supernet) else held
         raise ModelSourceError(f"'{source}' is not a yolo-dms search checkpoint (it holds {held}); {hint}")
     return model.float(), ckpt
 
@@ -246,14 +271,30 @@ def model_task(model: BaseModel) -> str:
     return next(task for task, cls in reversed(TASK_MODELS.items()) if isinstance(model, cls))
 
 
+def check_writable(directory: str | Path) -> None:
+    """Refuse, before anything is written, a directory that cannot be created or written to: its nearest existing
+    ancestor must be a directory in which a file can be made (the test file is removed again; nothing is created)."""
+    directory = Path(directory).absolute()
+    existing = next(p for p in (directory, *directory.parents) if p.exists())
+    if not existing.is_dir():
+        raise DMSError(f"cannot write to '{directory}': '{existing}' is a file, not a directory")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".yolo_dms_write_test_", dir=existing)
+        os.close(fd)
+        os.remove(probe)
+    except OSError as e:
+        raise DMSError(f"cannot write to '{directory}': {e.strerror or type(e).__name__} ('{existing}')") from None
+
+
 @contextmanager
 def atomic_path(path: str | Path):
     """Yield a new temporary path beside `path`; on success it replaces `path` in one rename.
 
     The temporary file is created the way `open()` creates files, mode 0666 less the umask (as Ultralytics'
-    outputs are), not owner-only as `mkstemp` makes it.
+    outputs are), not owner-only as `mkstemp` makes it. A place that cannot be written raises `DMSError`.
     """
     path = Path(path)
+    check_writable(path.parent)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
     os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))  # never an existing file

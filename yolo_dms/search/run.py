@@ -10,13 +10,11 @@ import yaml
 from ultralytics.cfg import get_cfg, get_save_dir
 from ultralytics.utils import DEFAULT_CFG_DICT
 
-from yolo_dms.core.budget import resolve_budget
 from yolo_dms.core.data import resolve_data
-from yolo_dms.core.errors import DMSError, first_line
-from yolo_dms.core.latency import resource_model
-from yolo_dms.core.latency_backends import latency_backend
+from yolo_dms.core.errors import DMSError, SearchInterrupted, first_line
+from yolo_dms.core.imgsz import checked_imgsz, model_stride
 from yolo_dms.core.model_io import load_model, load_search_checkpoint, model_task, resolve_model
-from yolo_dms.core.supernet import Supernet
+from yolo_dms.search.preflight import check_budget, check_device, check_labels, check_run_directory
 from yolo_dms.search.settings import RECIPES_DIR, RESOURCES, SearchSettings, load_defaults
 from yolo_dms.search.trainer import TRAINERS, SearchTrainer, trainer_for
 
@@ -84,19 +82,6 @@ def split_arguments(arguments: dict) -> tuple[dict, dict]:
     train = {**load_defaults()["train"], **{k: v for k, v in arguments.items() if k not in dms}, "mode": "train"}
     check_train_arguments(train)
     return dms, train
-
-
-def preflight(model: str, nc: int, imgsz: int, settings: SearchSettings, device) -> tuple[float, float, float]:
-    """Check the model and the budget before anything is written; returns (smallest, full, budget) GFLOPs."""
-    source = load_model(model, nc=nc)
-    if isinstance(source, Supernet):
-        raise DMSError(
-            f"'{model}' is a search checkpoint; continue it with resume=True or export it with 'yolo-dms export'"
-        )
-    supernet = SearchTrainer.wrap(source, settings)
-    backend = latency_backend(settings.latency_backend, device)
-    resources = resource_model(supernet, imgsz, settings.resource, backend, refresh=settings.latency_refresh)
-    return resolve_budget(supernet, resources, settings)
 
 
 def search_projects(arguments: dict) -> list[Path]:
@@ -167,11 +152,18 @@ def run_search(arguments: dict, callbacks: dict | None = None) -> SearchTrainer:
         if "model" not in train:
             raise DMSError("search needs model=<yaml|pt>, e.g. model=yolov8s.yaml or model=yolov8n.pt")
         train["model"] = resolve_model(train["model"])
-        train["task"] = model_task(load_model(train["model"]))
+        model = load_model(train["model"])
+        train["task"] = model_task(model)
+        stride = model_stride(model)
+        train["imgsz"] = checked_imgsz(train.get("imgsz", DEFAULT_CFG_DICT["imgsz"]), stride)
+        check_device(train.get("device"))
+        check_run_directory(train)
         data = resolve_data(train.get("data"), train["task"])
-        imgsz = train.get("imgsz", DEFAULT_CFG_DICT["imgsz"])
-        preflight(train["model"], data["nc"], imgsz if isinstance(imgsz, int) else max(imgsz), settings,
-                  train.get("device"))
+        check_labels(train, data, str(train["data"]), stride)
+        check_budget(train["model"], data["nc"], train["imgsz"], settings, train.get("device"))
         trainer = trainer_for(train["task"])(overrides=train, _callbacks=callbacks, settings=settings)
-    trainer.train()
+    try:
+        trainer.train()
+    except KeyboardInterrupt:
+        raise SearchInterrupted(trainer.save_dir, trainer.last) from None
     return trainer

@@ -1,0 +1,79 @@
+"""What a search checks before it writes anything: the image size, the device, the run directory, the labels and
+the budget. Each check turns a mistake that would otherwise surface as a traceback from inside training (and leave
+a half-made run directory behind) into one `DMSError` line."""
+
+from __future__ import annotations
+
+import re
+
+from ultralytics.cfg import get_cfg, get_save_dir
+from ultralytics.data import build_yolo_dataset
+from ultralytics.utils import DEFAULT_CFG_DICT
+from ultralytics.utils.torch_utils import select_device
+
+from yolo_dms.core.budget import resolve_budget
+from yolo_dms.core.data import DataError
+from yolo_dms.core.errors import DMSError, first_line
+from yolo_dms.core.latency import resource_model
+from yolo_dms.core.latency_backends import latency_backend
+from yolo_dms.core.model_io import check_writable, load_model
+from yolo_dms.core.supernet import Supernet
+from yolo_dms.search.settings import SearchSettings
+from yolo_dms.search.trainer import SearchTrainer
+
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def check_device(device) -> None:
+    """The device as Ultralytics selects it (`device=0` on a machine without that GPU is refused here)."""
+    if device in {None, ""}:
+        return
+    try:
+        select_device(device, verbose=False)
+    except (ValueError, AssertionError, RuntimeError) as e:
+        raise DMSError(first_line(e)) from None
+
+
+def check_run_directory(train: dict) -> None:
+    """The run directory Ultralytics will make (`project`/`name`) must be writable."""
+    check_writable(get_save_dir(get_cfg(DEFAULT_CFG_DICT, train)))
+
+
+def check_labels(train: dict, data: dict, name: str, stride: int) -> None:
+    """The train and val labels must load for the model's task as its trainer loads them (every label invalid,
+    or a segmentation model given box labels, fails inside Ultralytics' data loader)."""
+    if train["task"] == "classify":  # class folders, checked when the dataset resolved
+        return
+    cfg = get_cfg(DEFAULT_CFG_DICT, {**train, "cache": False})  # a label scan, never an image cache
+    for split in ("train", "val"):
+        try:
+            dataset = build_yolo_dataset(cfg, data[split], cfg.batch if cfg.batch > 0 else 16, data, split,
+                                         stride=stride)
+        except Exception as e:  # Ultralytics reports unusable labels with several error types across versions
+            raise DataError(f"dataset '{name}' has no usable {split} labels for the {train['task']} task: "
+                            f"{label_problem(e)}") from None
+        if not any(len(label["cls"]) for label in dataset.labels):
+            raise DataError(f"dataset '{name}' has no labelled objects in its {split} split ({data[split]})")
+
+
+def label_problem(error: BaseException) -> str:
+    """Ultralytics' reason in one line: its first line, and the first of the per-file problems it lists."""
+    lines = [ANSI.sub("", line).strip() for line in str(error).splitlines()]
+    lines = [line for line in lines if line and not line.startswith("See https://")]
+    if not lines:
+        return type(error).__name__
+    reasons = [line.split("ignoring corrupt image/label: ")[-1] for line in lines[1:]]
+    return lines[0] + (f" (e.g. {reasons[0]})" if reasons else "")
+
+
+def check_budget(model: str, nc: int, imgsz: int, settings: SearchSettings, device) -> tuple[float, float, float]:
+    """The model must be searchable and the budget reachable; returns (smallest, full, budget) in its unit."""
+    source = load_model(model, nc=nc)
+    if isinstance(source, Supernet):
+        raise DMSError(
+            f"'{model}' is a search checkpoint; continue it with resume=True or export it with 'yolo-dms export'"
+        )
+    supernet = SearchTrainer.wrap(source, settings)
+    backend = latency_backend(settings.latency_backend, device)
+    resources = resource_model(supernet, imgsz, settings.resource, backend, refresh=settings.latency_refresh)
+    return resolve_budget(supernet, resources, settings)
