@@ -84,7 +84,10 @@ def test_torch_backend_predicts_and_measures_a_pruned_model(tmp_path: Path):
         with structure_as(supernet, dict.fromkeys(supernet.keep_ratio_masks(), 0.5)):
             half = model.ms().item()
             measured_half = time_structure(supernet, (64, 64), backend)
-    assert 0 < half < full and measured_half > 0
+        with structure_as(supernet, dict.fromkeys(supernet.keep_ratio_masks(), 0.0)):  # every ratio at its least
+            smallest = model.ms().item()
+    assert 0 < smallest < half < full and measured_half > 0  # an accepted table predicts no structure below zero
+    assert len(model.table.calibration) == 6  # every timing of every calibration structure, checked and cached
     assert attach_latency(ResourceModel(supernet, 64), backend, cache_dir=tmp_path).table == model.table  # cached
 
 

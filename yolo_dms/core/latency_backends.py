@@ -1,7 +1,8 @@
 """Where latency is measured: a backend times one convolution alone and a whole model, on one device.
 
 - `onnxruntime`: ONNX Runtime on the CPU (the `tools` extra), how `yolo export format=onnx` is deployed; whole
-  models are exported by the stock exporter and timed as exported.
+  models are exported by the stock exporter and timed as exported (after a search, `pruned.onnx`, the model
+  whose milliseconds `search.json` reports, is kept beside `pruned.pt`).
 - `torch`: PyTorch on the training device, the model fused as `yolo predict` runs it; FP16 on a GPU (as
   `half=True` deploys it), FP32 on the CPU (and Apple's MPS). On a GPU every run ends in a synchronize, so a
   figure is the latency of one batch-1 call, launch overhead included.
@@ -100,6 +101,12 @@ class LatencyBackend:
 
         return self.time_model(YOLO(str(weights)).model, imgsz, runs)
 
+    def time_export(
+        self, weights: str | Path, imgsz: tuple[int, int], runs: int = MODEL_RUNS
+    ) -> tuple[float, Path | None]:
+        """`time_weights`, and the deployable file the timing exported beside the checkpoint (None: nothing)."""
+        return self.time_weights(weights, imgsz, runs), None
+
 
 class OnnxRuntimeCPU(LatencyBackend):
     """ONNX Runtime's CPU provider, default threads: what `yolo export format=onnx` runs on."""
@@ -162,7 +169,13 @@ class OnnxRuntimeCPU(LatencyBackend):
             return self.time_onnx(export_weights_onnx(weights, imgsz), runs)
 
     def time_weights(self, weights: str | Path, imgsz: tuple[int, int], runs: int = MODEL_RUNS) -> float:
-        return self.time_onnx(export_weights_onnx(weights, imgsz), runs)
+        return self.time_export(weights, imgsz, runs)[0]
+
+    def time_export(self, weights: str | Path, imgsz: tuple[int, int], runs: int = MODEL_RUNS) -> tuple[float, Path]:
+        """The checkpoint exported as `yolo export format=onnx` exports it, beside it (`pruned.pt` gives
+        `pruned.onnx`, kept: the model the budget was measured on, ready to deploy), and its milliseconds."""
+        onnx = export_weights_onnx(weights, imgsz)
+        return self.time_onnx(onnx, runs), onnx
 
 
 class TorchDevice(LatencyBackend):

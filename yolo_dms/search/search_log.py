@@ -1,12 +1,15 @@
 """The search's own record: a per-step trace (`search.csv`), per-epoch columns for `results.csv`, and plots.
 
-`search.png` shows the searched resource against the scheduled target over the run; `structure.png` shows every
-layer's width and every CSP layer's depth in the supernet and in the searched model.
+`search.png` shows the searched resource against the scheduled target over the run (under a latency budget, the
+predicted milliseconds, and the measured ones as points: the fit's measurement and `pruned.pt`'s, from
+`search.json`); `structure.png` shows every layer's width and every CSP layer's depth in the supernet and in the
+searched model.
 """
 
 from __future__ import annotations
 
 import csv
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,24 +87,51 @@ def structure_columns(supernet: Supernet) -> dict[str, float]:
     }
 
 
-def plot_search(csv_path: str | Path, out: str | Path, budget: float) -> Path:
+def measured_points(summary: dict, last_iteration: int) -> list[tuple[int, float, str]]:
+    """The measured latencies `search.json`'s `summary` holds, as (iteration, ms, label) points: the fitted
+    structure as the fit timed it (at the fit's iteration) and `pruned.pt` timed after the search (at the end)."""
+    latency = summary.get("latency") or {}
+    points = []
+    if latency.get("fit_measured_ms") is not None and summary.get("fit_iteration") is not None:
+        points.append((int(summary["fit_iteration"]), float(latency["fit_measured_ms"]), "measured at the fit"))
+    if latency.get("measured_ms") is not None:
+        backend = f" ({latency['backend']})" if latency.get("backend") else ""
+        points.append((last_iteration, float(latency["measured_ms"]), f"measured, pruned.pt{backend}"))
+    return points
+
+
+def plot_search(
+    csv_path: str | Path, out: str | Path, budget: float, measured: list[tuple[int, float, str]] | None = None
+) -> Path:
     """The searched resource of the hard structure and the scheduled target over the search, on an axis in the
-    budget's unit (`budget` is in it), labelled by the resource `search.csv` names."""
+    budget's unit (`budget` is in it), labelled by the resource `search.csv` names. Under a latency budget the
+    measured milliseconds are points beside the predicted curve: `measured` (iteration, ms, label), by default
+    `measured_points` of the `search.json` beside `search.csv`, if there is one. Iterations are whole numbers."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
+    csv_path = Path(csv_path)
     with open(csv_path) as f:
         reader = csv.DictReader(f)
         resource = reader.fieldnames[2]
         rows = list(reader)
     unit = UNITS[resource]
     steps = [int(r["iteration"]) for r in rows]
+    if measured is None:
+        summary = csv_path.with_name("search.json")
+        found = resource == "latency" and summary.is_file()
+        measured = measured_points(json.loads(summary.read_text()), max(steps, default=0)) if found else []
     fig, ax = plt.subplots(figsize=(8, 4.5), tight_layout=True)
-    ax.plot(steps, [float(r[resource]) / unit.scale for r in rows], label="searched structure (hard masks)")
+    predicted = ", predicted" if resource == "latency" else ""
+    ax.plot(steps, [float(r[resource]) / unit.scale for r in rows], label=f"searched structure (hard masks{predicted})")
     ax.plot(steps, [float(r["target"]) / unit.scale for r in rows], "--", label="scheduled target")
     ax.axhline(budget, color="gray", linewidth=0.8, label=f"budget {budget:.3g}")
+    for (iteration, value, label), marker in zip(measured, "os^v"):
+        ax.plot([iteration], [value / unit.scale], marker, linestyle="none", markersize=7, label=label)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # iterations: a short run gets no fractional ticks
     ax.set(xlabel="iteration", ylabel=unit.axis, title="DMS search: resources over the run (flat end: refine phase)")
     ax.legend()
     fig.savefig(out, dpi=150)

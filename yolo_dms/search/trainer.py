@@ -47,7 +47,7 @@ from ultralytics.utils.torch_utils import strip_optimizer, torch_distributed_zer
 from yolo_dms.core.budget import describe, fit_structure, hard_figure, hard_gflops, resolve_budget, structure_as
 from yolo_dms.core.errors import DMSError
 from yolo_dms.core.export import ExportResult, export_searched
-from yolo_dms.core.latency import resource_model, same_resources
+from yolo_dms.core.latency import final_latency, latency_line, resource_model, same_resources
 from yolo_dms.core.latency_backends import latency_backend
 from yolo_dms.core.model_io import (
     is_checkpoint,
@@ -427,7 +427,7 @@ class SearchTrainer:
         metrics = self.validator(model=str(weights))
         if RANK not in {-1, 0}:
             return
-        result = self.export_result
+        result, latency = self.export_result, getattr(self, "latency_summary", {})
         self.metrics = {  # what loggers get: pruned.pt's metrics and the DMS figures (the budget as search.json's)
             **{k: v for k, v in metrics.items() if k != "fitness"},
             "dms/budget": UNITS[self.settings.resource].absolute(self.budget),
@@ -454,7 +454,10 @@ class SearchTrainer:
                 f"model={result.weights_path} data={self.args.data} distill_model=<that run's weights/last.pt>\n"
             )
             + f"Export:                yolo export model={result.weights_path} format=onnx"
+            + (f"\nONNX, as timed:        {self.save_dir / latency['onnx']}" if "onnx" in latency else "")
         )
+        if latency.get("over_budget"):  # said when measured; said again where the log ends
+            LOGGER.warning(latency_line(latency))
 
     def describe(self, value: float) -> str:
         """A figure in the budget's unit, in words."""
@@ -507,18 +510,10 @@ class SearchTrainer:
             "structure_lr": self.structure_lr,
             "source": self.search_source(),
         }
-        if self.resources.latency is not None:
-            with torch.no_grad():
-                predicted = self.resources.latency.ms().item()
-            summary["latency"] = {
-                "backend": self.resources.latency.table.backend,
-                "supernet_measured_ms": self.resources.latency.table.measured_full_ms,
-                "predicted_ms": predicted,
-                "measured_ms": self.latency_backend.time_weights(result.weights_path, (self.args.imgsz,) * 2),
-            }
-            LOGGER.info(
-                f"{colorstr('DMS:')} latency of pruned.pt ({summary['latency']['backend']}): predicted {predicted:.3f} "
-                f"ms, measured {summary['latency']['measured_ms']:.3f} ms, budget {self.budget:.3f} ms"
+        if self.resources.latency is not None:  # pruned.pt timed end to end (a warning over the budget)
+            self.latency_summary = summary["latency"] = final_latency(
+                self.resources.latency, result.weights_path, (self.args.imgsz,) * 2, self.budget,
+                self.fit.get("measured_ms"),
             )
         (self.save_dir / "search.json").write_text(json.dumps(summary, indent=2))
 
