@@ -196,11 +196,15 @@ def test_every_user_mistake_gets_one_line_status_2_and_writes_nothing(place, env
     assert not (place / "runs").exists()
 
 
-def test_imgsz_that_is_not_a_stride_multiple_is_rounded_up_as_yolo_train_rounds_it(place, env, data):
-    proc = yolo_dms("search", "model=yolov8n.yaml", f"data={data}", *TRAIN, "imgsz=70", "name=rounded",
+def test_odd_imgsz_is_rounded_as_yolo_train_rounds_it_and_a_run_too_short_to_refine_says_so(place, env, data):
+    """imgsz=70 trains at 96 (Ultralytics' warning says so); 16 images at batch 16 for one epoch leave no batch
+    for the refine phase, which the log warns about instead of reporting '0 batches at the fitted structure'."""
+    proc = yolo_dms("search", "model=yolov8n.yaml", f"data={data}", *TRAIN, "imgsz=70", "batch=16", "name=rounded",
                     cwd=place, env=env)
+    output = proc.stdout + proc.stderr
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "updating to [96]" in proc.stdout + proc.stderr
+    assert "updating to [96]" in output
+    assert "no refine phase: refine=0.2 of 1 batches is less than one batch" in output, output[-3000:]
     (run,) = (place / "runs").rglob("rounded")
     assert json.loads((run / "search.json").read_text())["budget"]["imgsz"] == 96
 

@@ -250,7 +250,8 @@ def test_a_search_stopped_early_is_fitted_by_the_one_rule_and_says_so(tmp_path, 
     """Stopped after one of two epochs, before its refine phase: the export fits the EMA structure (the fit
     recorded in search.json, with the rescale warning), and the fit of `yolo-dms export` and of the trainer's
     refine phase give the same structure."""
-    from yolo_dms.core.export import export_checkpoint, export_searched
+    from yolo_dms.core.export import export_searched
+    from yolo_dms.search.export import export_checkpoint
     from yolo_dms.core.latency import same_resources
     from yolo_dms.core.model_io import load_checkpoint_model
 
@@ -276,7 +277,7 @@ def test_a_search_stopped_early_is_fitted_by_the_one_rule_and_says_so(tmp_path, 
 def test_export_of_a_fitted_search_reproduces_its_pruned_model(tmp_path, cache, monkeypatch):
     """A search that fitted and froze its structure is exported as it is: `yolo-dms export` writes its
     pruned.pt again, weight for weight, with no second fit."""
-    from yolo_dms.core.export import export_checkpoint
+    from yolo_dms.search.export import export_checkpoint
 
     trainer, run = _search(tmp_path, "frozen", 2, {"target": 0.4, "refine": 0.4}, monkeypatch)
     assert trainer.fit and trainer.fit["iteration"] < trainer.search_iteration  # fitted in the refine phase

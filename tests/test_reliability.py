@@ -16,7 +16,7 @@ from helpers import run_without_yolo_dms
 from ultralytics.nn.tasks import DetectionModel
 
 from yolo_dms import ResourceModel, Supernet
-from yolo_dms.core.export import export_checkpoint
+from yolo_dms.search.export import export_checkpoint
 from yolo_dms.core.model_io import load_checkpoint_model
 from yolo_dms.search.settings import SearchSettings
 from yolo_dms.search.structure_step import StructureStep

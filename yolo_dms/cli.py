@@ -62,7 +62,7 @@ def search(args: list[str]) -> None:
 def export(args: list[str]) -> None:
     """Write searched.yaml and pruned.pt from a search checkpoint, fitted under its budget; with `format=`, hand
     pruned.pt to Ultralytics' exporter too."""
-    from yolo_dms.core.export import export_checkpoint
+    from yolo_dms.search.export import export_checkpoint
     from yolo_dms.search.run import check_train_arguments
 
     options = parse_arguments(args)

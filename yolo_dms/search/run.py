@@ -165,5 +165,5 @@ def run_search(arguments: dict, callbacks: dict | None = None) -> SearchTrainer:
     try:
         trainer.train()
     except KeyboardInterrupt:
-        raise SearchInterrupted(trainer.save_dir, trainer.last) from None
+        raise SearchInterrupted(trainer.save_dir, trainer.wdir / "last.pt") from None  # not a temporary name
     return trainer

@@ -81,7 +81,7 @@ class SearchLog:
 def structure_columns(supernet: Supernet) -> dict[str, float]:
     """Per-epoch `results.csv` columns: kept blocks of every CSP stage."""
     return {
-        f"dms/depth_{name.removesuffix('_depth')}": float(mask.hard_count())
+        f"dms/blocks_layer{layer_index(name)}": float(mask.hard_count())
         for name, mask in supernet.masks.items()
         if isinstance(mask, DepthMask)
     }
@@ -139,10 +139,20 @@ def plot_search(
     return Path(out)
 
 
+def layer_index(mask_name: str) -> int:
+    """The index of the layer a mask belongs to: masks are named `l<layer index>`, then `_<part>` inside it."""
+    return int(re.match(r"l(\d+)", mask_name)[1])
+
+
 def layer_type_name(supernet: Supernet, mask_name: str) -> str:
-    """The stock type of the layer a mask belongs to (`C3k2`, `C2PSA`, ...); masks are named `l<layer index>...`."""
-    index = re.match(r"l(\d+)", mask_name)
-    return stock_type(supernet.model[int(index[1])]).__name__ if index else ""
+    """The stock type of the layer a mask belongs to (`C3k2`, `C2PSA`, ...)."""
+    return stock_type(supernet.model[layer_index(mask_name)]).__name__
+
+
+def mask_label(supernet: Supernet, mask_name: str) -> str:
+    """A mask in words for plots: `l2_hidden` is 'layer 2 C2f hidden', `l0` 'layer 0 Conv'."""
+    part = mask_name.partition("_")[2].removesuffix("depth")
+    return f"layer {layer_index(mask_name)} {layer_type_name(supernet, mask_name)} {part}".strip()
 
 
 def plot_structure(supernet: Supernet, out: str | Path) -> Path:
@@ -161,7 +171,7 @@ def plot_structure(supernet: Supernet, out: str | Path) -> Path:
         x = range(len(items))
         ax.bar(x, [full for _, full, _ in items], color="lightgray", label="supernet")
         ax.bar(x, [kept for _, _, kept in items], color="tab:blue", label="searched")
-        labels = [f"{name} {layer_type_name(supernet, name)}" for name, _, _ in items]
+        labels = [mask_label(supernet, name) for name, _, _ in items]
         ax.set_xticks(list(x), labels, rotation=90, fontsize=7)
         ax.yaxis.set_major_locator(MaxNLocator(integer=True))  # whole channels and blocks
         ax.set_ylabel(what)
