@@ -4,16 +4,19 @@ exactness contract on what it wrote (searched.yaml, pruned.pt), the last checks 
 
 from __future__ import annotations
 
+import copy
+import json
 from pathlib import Path
 
 import pytest
 import torch
 from helpers import assert_stock_trains_and_exports, yolo_dms
 from ultralytics.nn.tasks import DetectionModel
+from ultralytics.utils.torch_utils import get_flops
 
 from yolo_dms import ResourceModel, Supernet, prune
 from yolo_dms.core.model_io import load_checkpoint_model
-from yolo_dms.core.resources import deployed_gflops
+from yolo_dms.core.resources import AS_SAVED, FUSED, deployed_gflops
 from yolo_dms.tools.demo_data import make_dataset
 
 IMGSZ = 64
@@ -62,6 +65,22 @@ def test_searched_outputs_are_exact(search_run):
         searched, exported = raw_heads(supernet(x)), raw_heads(pruned(x))
     for key in searched:
         assert (searched[key] - exported[key]).abs().max().item() < 1e-4, key
+
+
+def test_search_json_says_which_figure_and_gives_both(search_run):
+    """search.json's final GFLOPs and parameters are stock's of the deployed pruned.pt (fused for YOLO26, whose
+    end-to-end head has a one-to-many branch `fuse()` drops; pruned.pt itself for YOLO11), named in `counted_as`;
+    the training-graph figures are stock's of pruned.pt as saved."""
+    final = json.loads((search_run / "search.json").read_text())["final"]
+    pruned = load_checkpoint_model(search_run / "pruned.pt").float().eval()
+    yolo26 = search_run.name.startswith("yolo26")
+    deployed = copy.deepcopy(pruned).fuse(verbose=False) if yolo26 else pruned
+    assert final["counted_as"] == (FUSED if yolo26 else AS_SAVED)
+    assert final["gflops"] == pytest.approx(get_flops(deployed, IMGSZ), rel=1e-9, abs=0)
+    assert final["params"] == sum(p.numel() for p in deployed.parameters())
+    assert final["gflops_training_graph"] == pytest.approx(get_flops(pruned, IMGSZ), rel=1e-9, abs=0)
+    assert final["params_training_graph"] == sum(p.numel() for p in pruned.parameters())
+    assert (final["gflops_training_graph"] > final["gflops"]) == yolo26
 
 
 def test_stock_ultralytics_trains_every_weight_and_exports_onnx(search_run, tiny_data):

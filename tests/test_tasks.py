@@ -27,7 +27,7 @@ from yolo_dms.core.errors import UnsupportedModelError
 from yolo_dms.core.latency import attach_latency, conv_geometries
 from yolo_dms.core.latency_backends import LatencyBackend
 from yolo_dms.core.model_io import build_task_model, write_model_yaml
-from yolo_dms.core.resources import deployed_gflops
+from yolo_dms.core.resources import deployed_gflops, deployed_params
 
 IMGSZ = 64
 
@@ -69,7 +69,7 @@ def test_task_model_prunes_exactly(cfg, tmp_path):
     expected = deployed_gflops(pruned, IMGSZ)
     assert expected > 0
     assert resources.gflops().item() == pytest.approx(expected, rel=1e-6)
-    assert round(resources.params().item()) == sum(p.numel() for p in pruned.parameters())
+    assert round(resources.params().item()) == deployed_params(pruned)
 
     x = torch.rand(2, 3, IMGSZ, IMGSZ, generator=torch.Generator().manual_seed(seed))
     with torch.no_grad():  # float32: raw outputs of every branch within 1e-4
@@ -95,7 +95,7 @@ def test_medium_scales_rebuild_and_count_exactly(cfg, tmp_path):
     assert state_shapes(type(pruned)(str(path), verbose=False)) == state_shapes(pruned)
     resources = ResourceModel(supernet, IMGSZ)
     assert resources.gflops().item() == pytest.approx(deployed_gflops(pruned, IMGSZ), rel=1e-6)
-    assert round(resources.params().item()) == sum(p.numel() for p in pruned.parameters())
+    assert round(resources.params().item()) == deployed_params(pruned)
 
 
 @pytest.mark.parametrize("cfg", ["yolov8n-seg.yaml", "yolo26n-seg.yaml", "yolo26n-pose.yaml", "yolo11n-cls.yaml"])

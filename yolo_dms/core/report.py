@@ -11,6 +11,7 @@ from yolo_dms.core.handlers.heads import channels_per_element
 from yolo_dms.core.latency import resource_model
 from yolo_dms.core.latency_backends import LatencyBackend
 from yolo_dms.core.masks import DepthMask
+from yolo_dms.core.resources import TRAINING_GRAPH
 from yolo_dms.core.supernet import Supernet
 
 
@@ -19,6 +20,8 @@ def layer_table(
 ) -> str:
     """A table of every layer at the current hard masks, with totals, like Ultralytics' model summary.
 
+    GFLOPs and parameters are the pruned model's as deployed (the total line says which figure that is,
+    `ResourceModel.counted_as`, and where it differs also gives pruned.pt's as saved, `training_graph()`).
     `imgsz` is a side or an [h, w] pair, rounded up to the model's stride as Ultralytics rounds it. With a
     `latency` backend, a column of each layer's share of the predicted milliseconds (they sum to the total),
     from its latency model (measured now, or read from its cache; `refresh` measures it again).
@@ -53,15 +56,18 @@ def layer_table(
         blocks = f"{depth.hard_count()}/{depth.size}" if isinstance(depth, DepthMask) else ""
         gflops, params = per_layer.get(i, (0.0, 0))
         ms = f"{layer_ms.get(i, 0.0):>9.3f}" if latency else ""
-        lines.append(f"{i:>5}  {name:<12}{width:>12}{hidden:>12}{blocks:>8}{gflops:>10.3f}{params:>12,}{ms}")
+        lines.append(f"{i:>5}  {name:<12}{width:>12}{hidden:>12}{blocks:>8}{gflops:>10.4g}{params:>12,}{ms}")
     with torch.no_grad():
         total_gflops, total_params = float(resources.gflops()), round(float(resources.params()))
     size = h if h == w else f"[{h}, {w}]"
-    total = f"total at imgsz={size}: {total_gflops:.3f} GFLOPs, {total_params:,} parameters"
+    total = f"total at imgsz={size}: {total_gflops:.4g} GFLOPs, {total_params:,} parameters, {resources.counted_as}"
+    if resources.fused:  # what stock `get_flops` and `model.info()` give for pruned.pt before `fuse()`
+        saved_gflops, saved_params = resources.training_graph()
+        total += f" ({TRAINING_GRAPH}: {saved_gflops:.4g} GFLOPs, {saved_params:,} parameters)"
     if latency:
         with torch.no_grad():
             predicted = resources.latency.ms().item()
         backend = resources.latency.table.backend
-        total += f", {predicted:.3f} ms predicted ({backend}, batch 1; the ms column sums to it)"
+        total += f"; {predicted:.3f} ms predicted ({backend}, batch 1; the ms column sums to it)"
     lines.append(total)
     return "\n".join(lines)

@@ -3,11 +3,21 @@
 Counting follows THOP as Ultralytics' `get_flops` uses it: a convolution costs `out_h * out_w * C_out *
 C_in / groups * k_h * k_w` multiply-adds, a BatchNorm `4 * numel`, an attention's two matrix products
 `heads * N^2 * (key_dim + head_dim)`, activations, pooling, nearest upsampling and concatenation nothing;
-GFLOPs are `2 * MACs / 1e9`. An end-to-end head counts the branch that `fuse()` keeps for deployment.
+GFLOPs are `2 * MACs / 1e9`.
+
+Which model is counted: the pruned model as deployed (`deployed_model`). Where Ultralytics' `fuse()` removes
+training-only layers (YOLO26: an end-to-end head's one-to-many branch, Pose26's keypoint spreads and flow model,
+Proto26's semantic branch), the saved pruned.pt still carries them and its own `get_flops` counts them, so the
+deployed model is the fused one: `get_flops(copy.deepcopy(pruned).fuse())` and the parameters of that model
+(BatchNorm folded into the convolutions, one-to-one head), as Ultralytics' tables count YOLO26. Every other model
+(YOLOv8, YOLO11, classifiers) has no training-only layers: its figure is `get_flops(pruned)` of pruned.pt as
+saved (BatchNorm counted) and its parameter count, as they have always been reported. `ResourceModel.counted_as`
+says which, and `ResourceModel.training_graph()` gives pruned.pt's own figures (equal where nothing is fused).
+
 Channel counts are straight-through (hard forward, soft backward), so the figure at hard masks is exactly the
-pruned model's `get_flops` as deployed, while its gradient reaches every keep ratio. The wiring is compiled
-once into index tensors, so a figure costs a handful of vector operations (in float64, exact for any model
-size) however many convolutions the model has.
+pruned model's as deployed, while its gradient reaches every keep ratio. The wiring is compiled once into index
+tensors, so a figure costs a handful of vector operations (in float64, exact for any model size) however many
+convolutions the model has.
 """
 
 from __future__ import annotations
@@ -26,19 +36,48 @@ from yolo_dms.core.masks import DepthMask
 from yolo_dms.core.supernet import Supernet
 
 
-def deployed_gflops(model: DetectionModel, imgsz: int | tuple[int, int] = 640) -> float:
-    """GFLOPs of `model` as deployed, which is what `ResourceModel.gflops()` counts: an end-to-end head without
-    the branch `fuse()` drops (YOLO26 keeps both for training), counted by THOP at the full image size, as
-    `get_flops` counts them since Ultralytics 8.4.x (8.4.0 scales a 32-pixel count, which misses attention's
-    quadratic cost)."""
-    deployed = copy.deepcopy(model)
-    head = deployed.model[-1]
-    if hasattr(head, "one2one"):  # two branches; 8.4.0's `fuse` drops both from a head without a one-to-one one
-        head.fuse()
-    p = next(deployed.parameters())
+# Which figure `ResourceModel` (`counted_as`) and `deployed_gflops` give, and the other one where they differ
+FUSED = "as deployed: fused, BatchNorm folded, one-to-one head only, as Ultralytics' tables count YOLO26"
+AS_SAVED = "as stock get_flops counts pruned.pt, which has no training-only layers for fuse() to drop"
+TRAINING_GRAPH = "pruned.pt as saved: stock get_flops before fuse(), training-only layers included"
+
+
+def _layers(model: nn.Module) -> int:
+    """Convolutions and linear layers of `model` (what `fuse()` removes when it drops training-only layers)."""
+    return sum(isinstance(m, nn.modules.conv._ConvNd | nn.Linear) for m in model.modules())
+
+
+def deployed_model(model: nn.Module) -> nn.Module:
+    """`model` as deployed, which is what `ResourceModel` counts: `copy.deepcopy(model).fuse()` where Ultralytics'
+    `fuse()` drops training-only layers (YOLO26's end-to-end heads: the one-to-many branch, Pose26's keypoint
+    spreads and flow model, Proto26's semantic branch), else `model` itself, unchanged (YOLOv8, YOLO11 and every
+    classifier: their `get_flops` has always been that of the unfused model)."""
+    fused = copy.deepcopy(model).fuse(verbose=False)
+    return fused if _layers(fused) < _layers(model) else model
+
+
+def _thop_gflops(model: nn.Module, imgsz: int | tuple[int, int]) -> float:
+    """THOP's count at the full image size, as `get_flops` counts since Ultralytics 8.4.x (8.4.0 scales a
+    32-pixel count, which misses attention's quadratic cost)."""
+    p = next(model.parameters())
     size = (imgsz, imgsz) if isinstance(imgsz, int) else tuple(imgsz)
     image = torch.empty(1, p.shape[1], *size, dtype=p.dtype, device=p.device)
-    return thop.profile(deployed, inputs=[image], verbose=False)[0] / 1e9 * 2
+    return thop.profile(model, inputs=[image], verbose=False)[0] / 1e9 * 2
+
+
+def deployed_gflops(model: DetectionModel, imgsz: int | tuple[int, int] = 640) -> float:
+    """GFLOPs of `model` as deployed (`deployed_model`), which is what `ResourceModel.gflops()` counts."""
+    return _thop_gflops(deployed_model(model), imgsz)
+
+
+def deployed_params(model: nn.Module) -> int:
+    """Parameters of `model` as deployed (`deployed_model`), which is what `ResourceModel.params()` counts."""
+    return sum(p.numel() for p in deployed_model(model).parameters())
+
+
+def counted_as(model: nn.Module) -> str:
+    """Which figure `deployed_gflops` and `deployed_params` give for `model`: `FUSED` or `AS_SAVED`."""
+    return AS_SAVED if deployed_model(model) is model else FUSED
 
 
 @dataclass(frozen=True)
@@ -62,15 +101,20 @@ class WholeCost:
     path: str
     macs: float
     params: int
+    ran: bool  # ran in an eval forward: deployed (a loss-only module, like Pose26's flow model, is not)
 
 
 class ResourceModel:
-    """GFLOPs and parameters of a `Supernet` at image size `imgsz`, from its mask counts."""
+    """GFLOPs and parameters of a `Supernet` at image size `imgsz`, from its mask counts, as its pruned model is
+    deployed (`deployed_model`; `counted_as` says which figure that is)."""
 
     def __init__(self, supernet: Supernet, imgsz: int | tuple[int, int] = 640) -> None:
         self.supernet = supernet
         self.imgsz = (imgsz, imgsz) if isinstance(imgsz, int) else tuple(imgsz)
         self.shapes, self.whole = self._trace()
+        # fused where `fuse()` drops training-only layers: sites not `counted`, modules that do not run in eval
+        self.fused = any(not s.counted for s in supernet.sites) or not all(w.ran for w in self.whole)
+        self.counted_as = FUSED if self.fused else AS_SAVED
         self._compile()
         self.latency = None  # a `latency.LatencyModel`, attached when the budget is in milliseconds
 
@@ -127,6 +171,7 @@ class ResourceModel:
         self.attention_block = tensor([gate(a.block) for a in attention])
         self.whole_macs = tensor([w.macs for w in self.whole], torch.float64)
         self.whole_params = tensor([w.params for w in self.whole], torch.float64)
+        self.whole_ran = tensor([w.ran for w in self.whole], torch.float64)
         self.layer = [int(s.path.split(".")[1]) for s in (*sites, *attention, *self.whole)]
 
     def _trace(self) -> tuple[dict[str, SiteShape], list[WholeCost]]:
@@ -172,7 +217,7 @@ class ResourceModel:
         """A module kept whole: its parameters, and THOP's count (as `get_flops` makes it) where it ran."""
         module = self.supernet.get_submodule(path)
         macs = thop.profile(module, inputs=inputs, verbose=False)[0] if inputs is not None else 0.0
-        return WholeCost(path, macs, sum(p.numel() for p in module.parameters()))
+        return WholeCost(path, macs, sum(p.numel() for p in module.parameters()), inputs is not None)
 
     def _counts(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(Straight-through width of every channel entry, gate of every block then a constant 1), float64."""
@@ -186,7 +231,11 @@ class ResourceModel:
 
     def _conv_terms(self, width: torch.Tensor, gate: torch.Tensor) -> dict[str, torch.Tensor]:
         """Straight-through float64 vectors over the convolution sites: `kept` (the site exists and is
-        deployed), `macs`, `outputs` (deployed output elements) and `params`.
+        deployed), `macs` (with BatchNorm's, of the deployed sites), `outputs` (deployed output elements), and
+        for the figures: `saved_macs` and `saved_params` (pruned.pt as saved: every site that runs in an eval
+        forward, BatchNorm counted, and every site's parameters), `fused_macs` and `fused_params` (the fused
+        model: a BatchNorm folds into its convolution, no MACs of its own and one bias per channel for its two
+        parameters; training-only sites are gone).
 
         A depthwise site costs its kernel once per channel; a site that is not `counted` (a training-only
         branch) has parameters but no deployed MACs.
@@ -202,22 +251,34 @@ class ResourceModel:
         )
         keep = gate[idx["block"]]
         weights = kernel * torch.where(depthwise, torch.ones_like(c_in), c_in) * c_out
+        conv_macs = keep * positions * weights  # zero for a site that does not run in an eval forward
+        saved_macs = conv_macs + keep * 4 * positions * c_out * bn
         return {
             "kept": counted * keep,
-            "macs": counted * keep * (positions * weights + 4 * positions * c_out * bn),
+            "macs": counted * saved_macs,
             "outputs": counted * keep * positions * c_out,
-            "params": keep * (weights + c_out * bias + 2 * c_out * bn),
+            "saved_macs": saved_macs,
+            "saved_params": keep * (weights + c_out * bias + 2 * c_out * bn),
+            "fused_macs": counted * conv_macs,
+            "fused_params": counted * keep * (weights + c_out * torch.maximum(bias, bn)),
         }
 
-    def _site_costs(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(MACs, parameters) of every convolution site, then of every attention's products."""
+    def _site_costs(self, graph: str = "deployed") -> tuple[torch.Tensor, torch.Tensor]:
+        """(MACs, parameters) of every convolution site, then of every attention's products, then of every module
+        kept whole: of the deployed model (`deployed_model`: the fused one where `fused`, else pruned.pt as
+        saved), or with `graph="saved"` of pruned.pt as saved (`training_graph`)."""
         width, gate = self._counts()
         conv = self._conv_terms(width, gate)
         heads = width[self.attention_heads.to(width.device)]
         attention = self.attention_macs.to(width.device) * heads * gate[self.attention_block.to(width.device)]
         whole_macs, whole_params = self.whole_macs.to(width.device), self.whole_params.to(width.device)
-        macs = torch.cat([conv["macs"], attention, whole_macs])
-        return macs, torch.cat([conv["params"], torch.zeros_like(attention), whole_params])
+        if self.fused and graph == "deployed":  # training-only sites and modules (those not run in eval) dropped
+            conv_macs, conv_params = conv["fused_macs"], conv["fused_params"]
+            whole_params = whole_params * self.whole_ran.to(width.device)
+        else:  # pruned.pt as saved (where nothing is fused, every site is `counted`: the deployed model too)
+            conv_macs, conv_params = conv["saved_macs"], conv["saved_params"]
+        macs = torch.cat([conv_macs, attention, whole_macs])
+        return macs, torch.cat([conv_params, torch.zeros_like(attention), whole_params])
 
     def conv_features(self) -> torch.Tensor:
         """Per convolution site, what a latency model weighs: (kept, MACs, output elements), differentiable."""
@@ -225,12 +286,21 @@ class ResourceModel:
         return torch.stack([conv["kept"], conv["macs"], conv["outputs"]], 1)
 
     def gflops(self) -> torch.Tensor:
-        """GFLOPs in Ultralytics' units; exact at hard masks, differentiable in the keep ratios."""
+        """GFLOPs in Ultralytics' units, as deployed (`counted_as`); exact at hard masks, differentiable in the keep
+        ratios."""
         return 2 * self._site_costs()[0].sum() / 1e9
 
     def params(self) -> torch.Tensor:
-        """Parameter count; exact at hard masks, differentiable in the keep ratios."""
+        """Parameter count as deployed (`counted_as`); exact at hard masks, differentiable in the keep ratios."""
         return self._site_costs()[1].sum()
+
+    def training_graph(self) -> tuple[float, int]:
+        """Hard (GFLOPs, parameters) of pruned.pt as saved: stock `get_flops` of the unfused pruned model and its
+        parameter count, training-only layers included (`TRAINING_GRAPH`). Equal to `gflops()` and `params()`
+        where nothing is fused (`not fused`)."""
+        with torch.no_grad():
+            macs, params = self._site_costs("saved")
+        return 2 * macs.sum().item() / 1e9, round(params.sum().item())
 
     def per_layer(self) -> dict[int, tuple[float, int]]:
         """Hard (GFLOPs, parameters) of each layer index, for reports."""

@@ -41,7 +41,8 @@ class ConvSite:
     block is kept (a C2f's `cv2` reads every bottleneck output). `block` is set for convolutions inside a
     block, whose cost is paid only while the block is kept. A `depthwise` convolution (groups = channels)
     reads and writes its `outputs` channel for channel and has no `inputs`. A site that is not `counted` is
-    a training-only branch that `fuse()` removes: its parameters exist, its FLOPs are not deployed.
+    a training-only branch that `fuse()` removes: it is in pruned.pt as saved (`ResourceModel.training_graph`),
+    not in the deployed model (neither its FLOPs nor its parameters).
     """
 
     path: str
@@ -215,7 +216,8 @@ class LayerHandler:
     """
 
     # Submodules no mask narrows (a head's pooling and linear layer, a loss-only flow model): pruning copies
-    # them as they are, the resource model counts their parameters and, where they run, their `get_flops` cost.
+    # them as they are, the resource model counts their parameters and, where they run, their `get_flops` cost
+    # (one that does not run in an eval forward, like the flow model, is training-only: `fuse()` drops it).
     kept_whole: tuple[str, ...] = ()
 
     def __init__(self, index: int) -> None:

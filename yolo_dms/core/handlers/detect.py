@@ -25,7 +25,8 @@ class DetectHandler(LayerHandler):
     """Detect. Each branch (`cv2` boxes, `cv3` classes, and the end-to-end `one2one_` copies) has two hidden
     widths per level, every one a space of the derived box or class width with its own importance. Both
     end-to-end branches are pruned alike (`Detect` builds the one-to-one branch as a copy); only one is
-    deployed (`fuse()` drops the other), so FLOPs count the one-to-many branch and parameters count both."""
+    deployed (`fuse()` drops the other), so the deployed figures count one branch (the one-to-many one, the same
+    size) and pruned.pt's as saved (`ResourceModel.training_graph`) count both."""
 
     def wire(self, w: Wiring, head: Detect, sources: list[Layout]) -> Layout:
         i, nl, nc, reg_max = self.index, head.nl, head.nc, head.reg_max

@@ -107,9 +107,9 @@ class PoseHandler(BranchHeadHandler):
 @register(Pose26, head=True)
 class Pose26Handler(BranchHeadHandler):
     """Pose26: `cv4` (two 3x3 Convs, hidden width `max(ch[0] // 4, kpt_shape[0] * (kpt_shape[1] + 2))`) read by
-    `cv4_kpts` (keypoints) and `cv4_sigma` (keypoint spreads for the training loss, dropped by `fuse()`, so never
-    counted in FLOPs). The flow model (`flow_model`, a RealNVP used only by the loss) has no searchable width:
-    it is kept whole."""
+    `cv4_kpts` (keypoints) and `cv4_sigma` (keypoint spreads for the training loss, dropped by `fuse()`, so not
+    in the deployed figures). The flow model (`flow_model`, a RealNVP used only by the loss, also dropped by
+    `fuse()`) has no searchable width: it is kept whole."""
 
     def branch_floor(self, head: Pose26) -> int:
         return head.kpt_shape[0] * (head.kpt_shape[1] + 2)
