@@ -219,7 +219,7 @@ def test_the_python_api_raises_dms_errors_for_the_same_mistakes(data, tmp_path):
     assert not any(tmp_path.iterdir())
 
 
-def test_ctrl_c_during_a_search_says_where_last_pt_is_and_how_to_resume(place, env, data):
+def test_ctrl_c_says_where_last_pt_is_and_export_of_it_writes_what_a_search_writes(place, env, data):
     args = ("search", "model=yolov8n.yaml", f"data={data}", "epochs=30", *TRAIN[1:], "name=interrupted")
     exe = Path(sys.executable).with_name("yolo-dms")
     proc = subprocess.Popen([str(exe), *args], cwd=place, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -235,3 +235,9 @@ def test_ctrl_c_during_a_search_says_where_last_pt_is_and_how_to_resume(place, e
     (last,) = (place / "runs").rglob("interrupted/weights/last.pt")
     line = stderr.strip().splitlines()[-1]
     assert f"resume={last}" in line and f"export model={last}" in line, line
+    exported = yolo_dms("export", f"model={last}", cwd=place, env=env)  # what the line offers, as the search writes
+    assert exported.returncode == 0, exported.stderr[-3000:]
+    run = last.parent.parent
+    assert {"searched.yaml", "pruned.pt", "search.json", "structure.png", "search.png"} <= {p.name for p in run.iterdir()}
+    summary = json.loads((run / "search.json").read_text())
+    assert summary["total_iterations"] == 60 and summary["fit_factor"] != 1.0  # fitted at export, and said so

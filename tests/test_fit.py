@@ -217,7 +217,7 @@ def test_the_rescale_warning_allows_one_divisor_step_of_the_costliest_layer():
 
 def _search(tmp_path: Path, name: str, epochs: int, settings: dict, monkeypatch, stop_after: int | None = None):
     """A latency search in this process on `CountedBackend`, stopped after `stop_after` epochs if given."""
-    import yolo_dms.core.export as export
+    import yolo_dms.search.export as export
     import yolo_dms.search.trainer as trainer_module
     from yolo_dms.tools.demo_data import make_dataset
 

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import torch
-from ultralytics.utils.checks import check_imgsz
 
-from yolo_dms.core.errors import DMSError, first_line
 from yolo_dms.core.handlers import Space
 from yolo_dms.core.handlers.heads import channels_per_element
+from yolo_dms.core.imgsz import checked_imgsz, model_stride
 from yolo_dms.core.latency import resource_model
 from yolo_dms.core.latency_backends import LatencyBackend
 from yolo_dms.core.masks import DepthMask
@@ -26,10 +25,7 @@ def layer_table(
     `latency` backend, a column of each layer's share of the predicted milliseconds (they sum to the total),
     from its latency model (measured now, or read from its cache; `refresh` measures it again).
     """
-    try:
-        h, w = check_imgsz(imgsz, stride=supernet.stride, min_dim=2, max_dim=2)
-    except (TypeError, ValueError) as e:
-        raise DMSError(first_line(e)) from None
+    h, w = checked_imgsz(imgsz, model_stride(supernet), square=False)
     resources = resource_model(supernet, (h, w), "latency" if latency else "gflops", latency, refresh)
     per_layer = resources.per_layer()
     layer_ms: dict[int, float] = {}

@@ -25,9 +25,9 @@ checkpoints, callbacks, resume) except:
 
 from __future__ import annotations
 
-import json
 import math
 import os
+import shlex
 import shutil
 import tempfile
 from copy import deepcopy
@@ -44,10 +44,10 @@ from ultralytics.models.yolo.segment import SegmentationTrainer
 from ultralytics.utils import DEFAULT_CFG, LOCAL_RANK, LOGGER, RANK, USER_CONFIG_DIR, colorstr
 from ultralytics.utils.torch_utils import strip_optimizer, torch_distributed_zero_first, unwrap_model
 
-from yolo_dms.core.budget import describe, fit_structure, hard_figure, hard_gflops, resolve_budget, structure_as
+from yolo_dms.core.budget import describe, fit_structure, hard_figure, hard_gflops, resolve_budget
 from yolo_dms.core.errors import DMSError
 from yolo_dms.core.export import ExportResult, export_searched
-from yolo_dms.core.latency import final_latency, latency_line, resource_model, same_resources
+from yolo_dms.core.latency import latency_line, resource_model, same_resources
 from yolo_dms.core.latency_backends import latency_backend
 from yolo_dms.core.model_io import (
     is_checkpoint,
@@ -57,13 +57,14 @@ from yolo_dms.core.model_io import (
     write_checkpoint,
 )
 from yolo_dms.core.prune import prune
-from yolo_dms.core.resources import ResourceModel
+from yolo_dms.core.resources import FUSED, ResourceModel
 from yolo_dms.core.supernet import Supernet
 from yolo_dms.search.distributed import broadcast_keep_ratios
 from yolo_dms.search.schedule import FINAL_LR_FACTOR, SearchSchedule
-from yolo_dms.search.search_log import UNITS, SearchLog, plot_search, plot_structure, structure_columns
+from yolo_dms.search.search_log import UNITS, SearchLog, structure_columns
 from yolo_dms.search.settings import SearchSettings, load_defaults
 from yolo_dms.search.structure_step import StructureStep
+from yolo_dms.search.summary import write_search_outputs
 
 TRACE_ROWS = 2000  # search.csv keeps about this many steps, however long the run
 
@@ -140,6 +141,7 @@ class SearchTrainer:
         self.export_result: ExportResult | None = None
         self.schedule: SearchSchedule | None = None
         self.fit: dict = {}  # what the final fit did: the figure before and after it, its factor, and its batch
+        self.summary: dict = {}  # search.json, once written
         for event, callback in CALLBACKS.items():
             if callback not in self.callbacks[event]:  # DDP workers inherit the parent's callbacks
                 self.add_callback(event, callback)
@@ -234,13 +236,12 @@ class SearchTrainer:
         super()._setup_train()
         self.settings = self.supernet.dms_settings
         smallest, self.full, self.budget = resolve_budget(self.supernet, self.resources, self.settings)
-        with structure_as(self.supernet, dict.fromkeys(self.supernet.keep_ratio_masks(), 1.0)):
-            self.full_gflops, self.full_params = hard_gflops(self.resources), round(self.resources.params().item())
         self.follow_run_length()
         if RANK in {-1, 0}:
             every = math.ceil(self.schedule.total_steps / TRACE_ROWS)
             self.search_log = SearchLog(self.save_dir, self.settings.resource, every=every)
-            LOGGER.info(
+            no_refine = self.schedule.refine_start == self.schedule.total_steps and self.settings.refine
+            (LOGGER.warning if no_refine else LOGGER.info)(
                 f"{colorstr('DMS:')} supernet {self.describe(self.full)} at imgsz={self.args.imgsz}, budget "
                 f"{self.describe(self.budget)} ({self.budget / self.full:.1%}), smallest structure "
                 f"{self.describe(smallest)}. {self.describe_schedule()}"
@@ -263,11 +264,15 @@ class SearchTrainer:
     def describe_schedule(self) -> str:
         """The schedule in words, for the log."""
         schedule, lr = self.schedule, self.structure_lr
+        refine = schedule.total_steps - schedule.refine_start
         return (
             f"{schedule.total_steps} batches: the target reaches the budget after {schedule.schedule_steps}, one "
             f"structure step per batch (keep-ratio lr {lr:.3g} decaying to {lr * FINAL_LR_FACTOR:.3g}"
             f"{', auto' if self.settings.structure_lr is None else ''}), then "
-            f"{schedule.total_steps - schedule.refine_start} batches at the fitted, frozen structure"
+            + (f"{refine} batches at the fitted, frozen structure" if refine else
+               f"no refine phase: refine={self.settings.refine:g} of {schedule.total_steps} batches is less than "
+               f"one batch, so pruned.pt is fitted after the last batch and never trained at its structure (more "
+               f"epochs or a smaller batch give it one)" if self.settings.refine else "no refine phase (refine=0)")
         )
 
     def resume_training(self, ckpt):
@@ -393,7 +398,8 @@ class SearchTrainer:
         ema = self.ema.ema
         sync_structure(self.supernet, ema)
         ema.dms_settings = self.settings
-        ema.search_state = {**self.structure.state_dict(), "fit": self.fit, "source": self.search_source()}
+        ema.search_state = {**self.structure.state_dict(), "fit": self.fit, "source": self.search_source(),
+                            "total_iterations": self.schedule.total_steps, "structure_lr": self.structure_lr}
         last, best = self.last, self.best
         self.last, self.best = (path.with_name(f".{path.name}.tmp") for path in (last, best))
         for path in (self.last, self.best):
@@ -427,12 +433,12 @@ class SearchTrainer:
         metrics = self.validator(model=str(weights))
         if RANK not in {-1, 0}:
             return
-        result, latency = self.export_result, getattr(self, "latency_summary", {})
+        result, latency = self.export_result, self.summary.get("latency", {})
         self.metrics = {  # what loggers get: pruned.pt's metrics and the DMS figures (the budget as search.json's)
             **{k: v for k, v in metrics.items() if k != "fitness"},
             "dms/budget": UNITS[self.settings.resource].absolute(self.budget),
             "dms/GFLOPs": result.gflops,
-            "dms/params": result.params,
+            "dms/params": self.summary["final"]["params"],  # as deployed, as search.json's
             "dms/fit_factor": self.fit.get("factor", 1.0),
         }
         self.epoch += 1  # as stock final_eval: logger integrations record the final figures at step epochs + 1
@@ -440,20 +446,21 @@ class SearchTrainer:
         self.epoch -= 1
         LOGGER.info(
             f"\n{colorstr('DMS search done:')} {result.gflops:.4g} GFLOPs at imgsz={self.args.imgsz}, "
-            f"{result.params:,} parameters (budget {self.describe(self.budget)}, supernet {self.describe(self.full)}), "
+            f"{self.metrics['dms/params']:,} parameters{figures_line(self.summary['final'])} "
+            f"(budget {self.describe(self.budget)}, supernet {self.describe(self.full)}), "
             f"{metrics_line(self.metrics)} (pruned.pt, stock validator)\n"
             f"pruned.pt and searched.yaml are taken from the last EMA weights (epoch {self.epoch + 1}).\n"
-            f"Retrain from scratch:  yolo train model={result.yaml_path} data={self.args.data}\n"
-            f"Fine-tune:             yolo train model={result.weights_path} data={self.args.data}\n"
+            f"Retrain from scratch:  yolo train model={q(result.yaml_path)} data={q(self.args.data)}\n"
+            f"Fine-tune:             yolo train model={q(result.weights_path)} data={q(self.args.data)}\n"
             + (  # a teacher must know the data: the starting .pt if trained on its classes, else a fine-tune of it
-                f"Fine-tune, distilled:  yolo train model={result.weights_path} data={self.args.data} "
-                f"distill_model={self.search_source()}\n"
+                f"Fine-tune, distilled:  yolo train model={q(result.weights_path)} data={q(self.args.data)} "
+                f"distill_model={q(self.search_source())}\n"
                 if is_checkpoint(self.search_source()) and trained_on(self.search_source(), self.data["names"])
                 else f"Fine-tune, distilled:  train the teacher first, the unpruned model on this data: yolo train "
-                f"model={self.search_source()} data={self.args.data} epochs={self.epochs}; then yolo train "
-                f"model={result.weights_path} data={self.args.data} distill_model=<that run's weights/last.pt>\n"
+                f"model={q(self.search_source())} data={q(self.args.data)} epochs={self.epochs}; then yolo train "
+                f"model={q(result.weights_path)} data={q(self.args.data)} distill_model=<that run's weights/last.pt>\n"
             )
-            + f"Export:                yolo export model={result.weights_path} format=onnx"
+            + f"Export:                yolo export model={q(result.weights_path)} format=onnx"
             + (f"\nONNX, as timed:        {self.save_dir / latency['onnx']}" if "onnx" in latency else "")
         )
         if latency.get("over_budget"):  # said when measured; said again where the log ends
@@ -469,53 +476,21 @@ class SearchTrainer:
         if self.last.exists():
             strip_optimizer(self.last)
         supernet = as_stored(self.ema.ema)
+        resources = same_resources(self.resources, supernet)
         if not self.fit:  # stopped before any fit (early stop, time=): fitted now by the same rule, and said so
-            self.fit_structure(supernet, same_resources(self.resources, supernet))
-            sync_structure(supernet, self.supernet)  # the live structure is the exported one (search.json reads it)
+            self.fit_structure(supernet, resources)
+            sync_structure(supernet, self.supernet)  # the live structure is the exported one
         self.export_result = result = export_searched(supernet, self.save_dir, self.args.imgsz)
         if not self.best.exists():  # not validated since the structure was fixed: the best model is the last
             shutil.copyfile(result.weights_path, self.best)
-        self.write_summary(result)
-        plot_structure(supernet, self.save_dir / "structure.png")
-        if self.search_log and self.search_log.path.exists():
-            plot_search(self.search_log.path, self.save_dir / "search.png", self.budget)
+        self.summary = write_search_outputs(self.save_dir, supernet, resources, self.settings, self.budget, result,
+                                            self.fit, self.search_source(), self.schedule.total_steps,
+                                            self.structure_lr)
 
     def search_source(self) -> str:
         """The model the search started from (a trained `.pt` is the natural teacher for distillation)."""
         state = getattr(self.supernet, "search_state", None) or {}
         return state.get("source") or str(self.args.model)
-
-    def write_summary(self, result: ExportResult) -> None:
-        """`search.json`: budget, supernet and final resources, and how far the fit had to move the structure.
-
-        Units are named in the file: the budget and the figure before the fit in `budget.unit` (for a parameter
-        budget a count of parameters, like every `params`), `gflops` in GFLOPs, `*_ms` in milliseconds.
-        """
-        unit = UNITS[self.settings.resource]
-        before = self.fit.get("before")
-        summary = {
-            "units": {"gflops": "GFLOPs", "params": "parameters", "*_ms": "milliseconds"},
-            "budget": {
-                "resource": self.settings.resource,
-                "value": unit.absolute(self.budget),
-                "unit": unit.unit,
-                "imgsz": self.args.imgsz,
-            },
-            "supernet": {"gflops": self.full_gflops, "params": self.full_params},
-            "final": {"gflops": result.gflops, "params": result.params},
-            "before_fit": None if before is None else unit.absolute(before),
-            "fit_factor": self.fit.get("factor", 1.0),
-            "fit_iteration": self.fit.get("iteration"),
-            "total_iterations": self.schedule.total_steps,
-            "structure_lr": self.structure_lr,
-            "source": self.search_source(),
-        }
-        if self.resources.latency is not None:  # pruned.pt timed end to end (a warning over the budget)
-            self.latency_summary = summary["latency"] = final_latency(
-                self.resources.latency, result.weights_path, (self.args.imgsz,) * 2, self.budget,
-                self.fit.get("measured_ms"),
-            )
-        (self.save_dir / "search.json").write_text(json.dumps(summary, indent=2))
 
     @classmethod
     def configured(cls, **settings) -> type[SearchTrainer]:
@@ -530,6 +505,20 @@ class SearchTrainer:
                 super().__init__(cfg, {**search_defaults, **(overrides or {})}, _callbacks, settings or bound)
 
         return ConfiguredDMSTrainer
+
+
+def q(path) -> str:
+    """A path as a shell word, so a printed command works when pasted (spaces and all)."""
+    return shlex.quote(str(path))
+
+
+def figures_line(final: dict) -> str:
+    """Where the final figures are the fused model's (YOLO26), which they are and pruned.pt's as saved beside them;
+    nothing where the two are the same."""
+    if final.get("counted_as") != FUSED:
+        return ""
+    return (f" ({final['counted_as']}; pruned.pt as saved: {final['gflops_training_graph']:.4g} GFLOPs, "
+            f"{final['params_training_graph']:,} parameters)")
 
 
 def metrics_line(metrics: dict) -> str:
