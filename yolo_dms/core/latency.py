@@ -99,10 +99,11 @@ def conv_geometries(supernet: Supernet, imgsz: tuple[int, int]) -> list[ConvGeom
 
         hooks.append(supernet.get_submodule(site.path).register_forward_hook(record))
     training = supernet.training
+    p = next(supernet.parameters())  # the input where the model is: a CUDA supernet traces on its device
     try:
         supernet.eval()
         with torch.no_grad(), supernet.masks_off():
-            supernet(torch.zeros(1, supernet.yaml.get("channels", 3), *imgsz))
+            supernet(torch.zeros(1, supernet.yaml.get("channels", 3), *imgsz, device=p.device, dtype=p.dtype))
     finally:
         supernet.train(training)
         for hook in hooks:
@@ -174,17 +175,19 @@ class LatencyModel:
         self.resources, self.table, self.backend = resources, table, backend
         self.coefficients = torch.tensor(table.coefficients, dtype=torch.float64)
 
-    def site_lines(self) -> torch.Tensor:
-        """Every convolution site's line at the current structure, before calibration."""
-        features = self.resources.conv_features()
-        return (features * self.coefficients.to(features.device)).sum(1)
+    def site_lines(self, ratios: torch.Tensor | None = None) -> torch.Tensor:
+        """Every convolution site's line at the current structure, before calibration (`[candidates, sites]` for
+        a batch of keep ratios `ratios`, see `ResourceModel.conv_features`)."""
+        features = self.resources.conv_features() if ratios is None else self.resources.conv_features(ratios)
+        return (features * self.coefficients.to(features.device)).sum(-1)
 
-    def raw(self) -> torch.Tensor:
+    def raw(self, ratios: torch.Tensor | None = None) -> torch.Tensor:
         """The sum of the sites' lines, before calibration."""
-        return self.site_lines().sum()
+        return self.site_lines(ratios).sum(-1)
 
-    def ms(self) -> torch.Tensor:
-        return self.table.alpha + self.table.beta * self.raw()
+    def ms(self, ratios: torch.Tensor | None = None) -> torch.Tensor:
+        """Predicted milliseconds of the current structure, or of each of a batch of keep ratios `ratios`."""
+        return self.table.alpha + self.table.beta * self.raw(ratios)
 
     def per_site(self) -> torch.Tensor:
         """Every convolution site's share of `ms()`, in proportion to its line (the calibration's offset, which

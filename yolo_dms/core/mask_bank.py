@@ -147,18 +147,27 @@ class MaskBank:
         return self._on[what, device]
 
     # ------------------------------------------------------------------------------------------- one pass
-    def counts(self, masks: nn.ModuleDict) -> torch.Tensor:
+    def owner_ratios(self, masks: nn.ModuleDict) -> torch.Tensor:
+        """The keep ratio of every keep-ratio mask, in `order` (the first entries of the count vector), stacked."""
+        return torch.stack([masks[n].keep_ratio for n in self.order[: len(self.owner_size)]])
+
+    def counts(self, masks: nn.ModuleDict, ratios: torch.Tensor | None = None) -> torch.Tensor:
         """Straight-through count of every mask in `order` (float64): value the hard count, gradient that of the
-        continuous counts, as `KeepRatioMask.count` and `DerivedWidthMask.derive_count` give them."""
-        ratios = torch.stack([masks[n].keep_ratio for n in self.order[: len(self.owner_size)]])
+        continuous counts, as `KeepRatioMask.count` and `DerivedWidthMask.derive_count` give them.
+
+        `ratios` (default: the masks' own, `owner_ratios`) may be a `[candidates, owners]` batch of keep ratios
+        (in the keep ratios' dtype): the counts are then `[candidates, masks]`, row by row what the masks would
+        count at those ratios, in one pass (the batched projection evaluates many structures so)."""
+        ratios = self.owner_ratios(masks) if ratios is None else ratios
         device = ratios.device
         size, divisor = self._on_device("owners", device, lambda d: (self.owner_size.to(d), self.owner_divisor.to(d)))
         counts = keep_ratio_counts(ratios, size, divisor)
         levels = self._on_device("levels", device, lambda d: [{k: v.to(d) for k, v in x.items()} for x in self.levels])
         for level in levels:
-            summed = counts.index_select(0, level["source"])
-            sources = torch.zeros_like(level["div"]).index_add(0, level["target"], summed)
-            counts = torch.cat([counts, derived_counts(sources, level["div"], level["floor"], level["size"])])
+            summed = counts.index_select(-1, level["source"])
+            zeros = level["div"].new_zeros(counts.shape[:-1] + level["div"].shape)
+            sources = zeros.index_add(-1, level["target"], summed)
+            counts = torch.cat([counts, derived_counts(sources, level["div"], level["floor"], level["size"])], -1)
         return counts
 
     def gates(
@@ -180,7 +189,8 @@ class MaskBank:
 
     def masks_of(self, masks: nn.ModuleDict, names: tuple[str, ...], counts: torch.Tensor) -> torch.Tensor:
         """Every element of the masks `names`, concatenated, straight-through and untracked (the resource model
-        reads block gates so, so the resource gradient never counts as importance)."""
+        reads block gates so, so the resource gradient never counts as importance); `[candidates, elements]` for a
+        batch of count vectors (`counts` of a batch of keep ratios)."""
         if names not in self._elements_of:
             self._elements_of[names] = self._elements(masks, list(names), [], [])
         elements = self._on_device(names, counts.device, self._elements_of[names].to)
@@ -192,13 +202,13 @@ class MaskBank:
         """The elements `elements.read` of the straight-through masks (flat), with the importance hook."""
         importance = torch.cat([masks[n].importance.view(-1) for n in elements.names])
         rank = segment_ranks(importance, elements.start, elements.row).double()
-        removed = elements.size - counts.index_select(0, elements.count)
+        removed = elements.size - counts.index_select(-1, elements.count)  # [..., elements] for batched counts
         st, relaxation = straight_through_mask(rank, removed, elements.lam)
         if track and torch.is_grad_enabled():
             if not st.requires_grad:
                 st.requires_grad_()
             st.register_hook(self._accumulate_taylor(masks, elements, relaxation.detach(), grad_scale))
-        return st.index_select(0, elements.read)
+        return st.index_select(-1, elements.read)
 
     @staticmethod
     def _accumulate_taylor(masks: nn.ModuleDict, elements: _Elements, relaxation: torch.Tensor, grad_scale):

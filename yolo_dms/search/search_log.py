@@ -14,6 +14,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from yolo_dms.core.handlers.registry import stock_type
 from yolo_dms.core.masks import DepthMask, WidthMask
 from yolo_dms.core.supernet import Supernet
@@ -41,31 +43,65 @@ UNITS = {
 }
 
 
+FLUSH_ROWS = 64  # device rows copied to the host in one transfer this often (and at every epoch end)
+
+
 class SearchLog:
     """Collects (iteration, epoch, resource, target, resource loss) rows and writes them out once per epoch.
 
     The resource column is named after the budget (`gflops`, `params`, `latency`); it and the target are in the
     resource's `UNITS` unit: GFLOPs, parameters (not millions), ms.
+
+    A structure step's figures are device tensors: `record` keeps them on the device (no read, which on a GPU would
+    wait for the queue to drain every batch) and every `FLUSH_ROWS` steps, and before an epoch's rows are written,
+    copies all kept ones to the host in one transfer. A step recorded as not `valid` (an overflow: skipped) leaves
+    no row, as a skipped step never did.
     """
 
-    def __init__(self, save_dir: str | Path, resource: str = "gflops", every: int = 1) -> None:
+    def __init__(self, save_dir: str | Path, resource: str = "gflops", every: int = 1,
+                 flush_rows: int = FLUSH_ROWS) -> None:
         self.path = Path(save_dir) / "search.csv"
         self.columns = ("iteration", "epoch", resource, "target", "resource_loss")
         self.unit = UNITS[resource]
         self.every = max(1, every)
+        self.flush_rows = max(1, flush_rows)
         self.pending: list[tuple] = []
         self.epoch_losses: list[float] = []
+        self._queued: list[tuple] = []  # (iteration, epoch, target, figures): floats, or a device tensor to read
 
-    def record(self, iteration: int, epoch: int, value: float, target: float, resource_loss: float) -> None:
+    def record(self, iteration: int, epoch: int, value, target: float, resource_loss, valid=True) -> None:
         """Keep every `every`-th step for the trace, and every step for the epoch mean; `value` and `target` in the
-        budget's unit."""
-        self.epoch_losses.append(resource_loss)
-        if iteration % self.every == 0:
-            value, target = self.unit.absolute(value), self.unit.absolute(target)
-            self.pending.append((iteration, epoch + 1, round(value, 6), round(target, 6), round(resource_loss, 6)))
+        budget's unit. `value`, `resource_loss` and `valid` may be (0-d) device tensors, read later in a batch."""
+        if all(not isinstance(x, torch.Tensor) for x in (value, resource_loss, valid)):
+            figures = (float(value), float(resource_loss), float(bool(valid)))
+        else:
+            parts = [x if isinstance(x, torch.Tensor) else None for x in (value, resource_loss, valid)]
+            device = next(p for p in parts if p is not None).device
+            figures = torch.stack([
+                (x if isinstance(x, torch.Tensor) else torch.tensor(float(x), device=device)).detach().double()
+                for x in (value, resource_loss, valid)
+            ])
+        self._queued.append((iteration, epoch, target, figures))
+        if len(self._queued) >= self.flush_rows:
+            self.flush()
+
+    def flush(self) -> None:
+        """Copy the queued rows to the host (one transfer for all of their device figures) and keep them."""
+        queued, self._queued = self._queued, []
+        tensors = [f for *_, f in queued if isinstance(f, torch.Tensor)]
+        read = iter(torch.stack([t.to(tensors[0].device) for t in tensors]).tolist()) if tensors else iter(())
+        for iteration, epoch, target, figures in queued:
+            value, resource_loss, valid = next(read) if isinstance(figures, torch.Tensor) else figures
+            if not valid:
+                continue
+            self.epoch_losses.append(resource_loss)
+            if iteration % self.every == 0:
+                value, target = self.unit.absolute(value), self.unit.absolute(target)
+                self.pending.append((iteration, epoch + 1, round(value, 6), round(target, 6), round(resource_loss, 6)))
 
     def end_epoch(self) -> float:
         """Append this epoch's rows to `search.csv`; returns the epoch's mean resource loss."""
+        self.flush()
         new = not self.path.exists()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a", newline="") as f:
