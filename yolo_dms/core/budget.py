@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
@@ -47,14 +48,17 @@ def structure_as(supernet: Supernet, ratios: dict[str, float]):
         set_keep_ratios(supernet, saved)
 
 
-def figure(resources: ResourceModel, resource: str) -> torch.Tensor:
+def figure(resources: ResourceModel, resource: str, ratios: torch.Tensor | None = None) -> torch.Tensor:
     """The searched resource of the current structure, differentiable in the keep ratios: GFLOPs or millions of
-    parameters (exact at hard masks), or predicted milliseconds (`resources.latency`, see `core.latency`)."""
+    parameters (exact at hard masks), or predicted milliseconds (`resources.latency`, see `core.latency`).
+
+    With `ratios`, a `[candidates, owners]` batch of keep ratios (`MaskBank.owner_ratios` order), the figure of
+    every candidate structure, `[candidates]`, in one vectorized pass through the same formulas."""
     if resource == "latency":
         if resources.latency is None:
             raise DMSError("a latency budget needs the latency model: core.latency.attach_latency(resources)")
-        return resources.latency.ms()
-    return resources.params() / 1e6 if resource == "params" else resources.gflops()
+        return resources.latency.ms(ratios)
+    return resources.params(ratios) / 1e6 if resource == "params" else resources.gflops(ratios)
 
 
 def hard_figure(resources: ResourceModel, resource: str = "gflops") -> float:
@@ -85,6 +89,11 @@ def describe(value: float, resource: str) -> str:
 
 
 def step_cost(supernet: Supernet, resources: ResourceModel, resource: str = "gflops") -> float:
+    """`step_costs` read to the host."""
+    return step_costs(supernet, resources, resource).item()
+
+
+def step_costs(supernet: Supernet, resources: ResourceModel, resource: str = "gflops") -> torch.Tensor:
     """The finest move of the resource the structure allows here: what one divisor step (one block, for a depth
     mask) of the mask where it costs most changes, from the figure's gradient in the keep ratios. A search that
     ends this close to its budget could not have come closer."""
@@ -99,8 +108,9 @@ def step_cost(supernet: Supernet, resources: ResourceModel, resource: str = "gfl
     finally:
         for r, flag in zip(ratios, trainable):
             r.requires_grad_(flag)
-    steps = [abs(g.item()) * m.divisor / m.size for g, m in zip(grads, masks.values()) if g is not None]
-    return max(steps, default=0.0)
+    steps = [g.detach().abs().double() * (m.divisor / m.size) for g, m in zip(grads, masks.values())
+             if g is not None]
+    return torch.stack(steps).amax() if steps else torch.zeros((), dtype=torch.float64)  # on the device, no read
 
 
 def resolve_budget(
@@ -126,6 +136,97 @@ def resolve_budget(
     return smallest, full, budget
 
 
+GRID = 256  # candidate factors per pass of the batched fit: one pass decides what 8 bisection steps did
+GRID_BITS = 8
+
+
+def _owners(supernet: Supernet) -> tuple[list, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(keep ratio parameters, their stacked values, their floors, whether each is a depth mask), in the order
+    `MaskBank.owner_ratios` stacks them, all on the keep ratios' device (cached there per supernet and device)."""
+    bank, masks = supernet.mask_bank(), supernet.masks
+    params = [masks[n].keep_ratio for n in bank.order[: len(bank.owner_size)]]
+    with torch.no_grad():
+        ratios = torch.stack(params)  # one operation, not a detach per mask
+
+    def constants(device):
+        names = bank.order[: len(bank.owner_size)]
+        floors = torch.tensor([masks[n].min_ratio for n in names], dtype=torch.float64, device=device)
+        depth = torch.tensor([isinstance(masks[n], DepthMask) for n in names], dtype=torch.bool, device=device)
+        return floors, depth
+
+    floors, depth = bank._on_device("fit constants", ratios.device, constants)
+    return params, ratios, floors, depth
+
+
+def fit_factors(
+    resources: ResourceModel,
+    resource: str,
+    budget: float | torch.Tensor,
+    learned: torch.Tensor,
+    scaled: torch.Tensor,
+    floors: torch.Tensor,
+    steps: int = 40,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The batched fit, on the device and without a host read: for each of `P` problems (rows of `learned`, keep
+    ratios `[P, owners]`, and of `scaled`, which of them the common factor scales), the largest factor for which
+    the hard structure `clamp(learned * factor)` (unscaled ratios kept) fits `budget`.
+
+    Every pass evaluates the hard figure at `GRID` candidate factors of every problem in one vectorized pass
+    (`figure` of a `[P * GRID, owners]` batch) and keeps the largest candidate under the budget, then the next
+    pass refines between it and the next candidate: `ceil(steps / 8)` passes decide exactly what `steps` bisection
+    steps would (the figure grows with the factor). The first pass holds the bisection's brackets: `[0, 1]`
+    and `[1, saturated]`, `saturated` being where every scaled ratio reaches 1.
+
+    Returns (factor `[P]` float64, fitted keep ratios `[P, owners]` in `learned`'s dtype, their hard figure `[P]`,
+    whether it fits `[P]`, the hard figure at factor 1 `[P]`: `learned` itself, clamped); where nothing fits, factor 0 (the narrowest widths), as the bisection ended.
+    """
+    dtype, base = learned.dtype, learned.double()
+    owners, problems = base.shape[-1], base.shape[0]
+    positive = scaled & (base > 0)
+    floor = torch.where(positive, base, torch.full_like(base, torch.inf)).amin(-1)
+    floor = torch.where(torch.isinf(floor), torch.ones_like(floor), floor)
+    saturated = 1.0 / floor.clamp(min=1e-6)  # [P]
+    k = torch.arange(GRID + 1, dtype=torch.float64, device=base.device) / GRID  # 0, 1/G, ..., 1
+
+    def structures(factors: torch.Tensor) -> torch.Tensor:  # [P, C] -> [P, C, owners] keep ratios
+        ratios = torch.where(scaled[:, None, :], base[:, None, :] * factors[..., None], base[:, None, :])
+        return torch.minimum(torch.maximum(ratios, floors), torch.ones_like(ratios)).to(dtype)
+
+    def evaluate(factors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        candidates = structures(factors)
+        with torch.no_grad():
+            values = figure(resources, resource, candidates.reshape(-1, owners)).reshape(factors.shape)
+        return candidates, values
+
+    def largest(factors: torch.Tensor, values: torch.Tensor, above: torch.Tensor):
+        """The largest candidate under the budget of every problem (the first where none is), and the next one."""
+        fits = values <= budget
+        index = torch.arange(factors.shape[1], device=base.device).expand_as(factors)
+        best = torch.where(fits, index, torch.zeros_like(index)).amax(-1, keepdim=True)  # [P, 1]
+        following = torch.cat([factors, above[:, None]], 1).gather(1, best + 1)
+        return best, factors.gather(1, best)[:, 0], following[:, 0]
+
+    factors = torch.cat([k[None, :] * torch.ones_like(saturated)[:, None],
+                         1 + (saturated[:, None] - 1) * k[None, 1:]], 1)  # [P, 2G + 1], ascending
+    candidates, values = evaluate(factors)
+    at_one = values[:, GRID]
+    best, low, high = largest(factors, values, saturated)
+    for _ in range(max(1, math.ceil(steps / GRID_BITS)) - 1):
+        factors = low[:, None] + (high - low)[:, None] * k[None, :-1]  # low, then G - 1 points below high
+        candidates, values = evaluate(factors)
+        best, low, high = largest(factors, values, high)
+    pick = best[:, :, None].expand(problems, 1, owners)
+    fitted = candidates.gather(1, pick)[:, 0]
+    value = values.gather(1, best)[:, 0]
+    return low, fitted, value, value <= budget, at_one
+
+
+def write_keep_ratios(params: list[torch.Tensor], ratios: torch.Tensor) -> None:
+    """Write stacked keep ratios into their parameters in one operation (not one fill_ per mask)."""
+    with torch.no_grad():
+        torch._foreach_copy_(params, list(ratios.unbind()))
+
+
 def fit_to_budget(
     supernet: Supernet,
     resources: ResourceModel,
@@ -140,28 +241,21 @@ def fit_to_budget(
     keeps the learned proportions (a C2f stage that lost all its blocks stays removed). With `depth=False` only
     the widths scale and every stage keeps its blocks: a block is a step of several percent of the cost, so a
     factor that also moves depths can find no structure between "one block too many" and "one too few".
-    Returns the factor.
+    Returns the factor. The rule is `fit_factors`, which the search's per-step projection runs too.
     """
-    learned = keep_ratios(supernet)
-    scaled = {name for name, mask in supernet.keep_ratio_masks().items() if depth or not isinstance(mask, DepthMask)}
+    return fit_factor(supernet, resources, budget, resource, steps, depth).item()
 
-    def fits(factor: float) -> bool:
-        set_keep_ratios(supernet, {k: v * factor if k in scaled else v for k, v in learned.items()})
-        return hard_figure(resources, resource) <= budget
 
-    floor = min((v for k, v in learned.items() if k in scaled and v > 0), default=1.0)
-    saturated = 1.0 / max(floor, 1e-6)  # every scaled ratio reaches 1
-    if fits(saturated):
-        return saturated
-    low, high = (1.0, saturated) if fits(1.0) else (0.0, 1.0)  # the structure fits at `low`, not at `high`
-    for _ in range(steps):
-        mid = (low + high) / 2
-        if fits(mid):
-            low = mid
-        else:
-            high = mid
-    set_keep_ratios(supernet, {k: v * low if k in scaled else v for k, v in learned.items()})
-    return low
+def fit_factor(
+    supernet: Supernet, resources: ResourceModel, budget: float, resource: str = "gflops", steps: int = 40,
+    depth: bool = True,
+) -> torch.Tensor:
+    """`fit_to_budget`, the factor left on the device (0-d float64)."""
+    params, learned, floors, depth_mask = _owners(supernet)
+    scaled = torch.ones_like(depth_mask) if depth else ~depth_mask
+    factor, fitted, *_ = fit_factors(resources, resource, budget, learned[None], scaled[None], floors, steps)
+    write_keep_ratios(params, fitted[0])
+    return factor[0]
 
 
 def fit_to_measured_budget(
@@ -255,10 +349,15 @@ def fit_structure(supernet: Supernet, resources: ResourceModel, budget: float, r
     """Fit `supernet`'s structure under `budget` by the one rule every fit follows (the refine phase, an export
     of a search stopped before it, `yolo-dms export`): one common factor on the learned keep ratios, the largest
     under the budget; a latency budget is held to the deployed model's measured milliseconds."""
-    before = hard_figure(resources, resource)
-    step = step_cost(supernet, resources, resource)
     if resource == "latency":
+        before, step = hard_figure(resources, resource), step_cost(supernet, resources, resource)
         factor, measured = fit_to_measured_budget(supernet, resources, budget)
-    else:
-        factor, measured = fit_to_budget(supernet, resources, budget, resource), None
-    return Fit(resource, budget, before, factor, hard_figure(resources, resource), step, measured)
+        return Fit(resource, budget, before, factor, hard_figure(resources, resource), step, measured)
+    with torch.no_grad():
+        before = figure(resources, resource)
+    step = step_costs(supernet, resources, resource)
+    factor = fit_factor(supernet, resources, budget, resource)
+    with torch.no_grad():
+        after = figure(resources, resource)
+    before, factor, after, step = torch.stack([before, factor, after, step.to(before.device)]).tolist()  # one read
+    return Fit(resource, budget, before, factor, after, step, None)

@@ -219,14 +219,18 @@ class ResourceModel:
         macs = thop.profile(module, inputs=inputs, verbose=False)[0] if inputs is not None else 0.0
         return WholeCost(path, macs, sum(p.numel() for p in module.parameters()), inputs is not None)
 
-    def _counts(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(Straight-through width of every channel entry, gate of every block then a constant 1), float64."""
+    def _counts(self, ratios: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(Straight-through width of every channel entry, gate of every block then a constant 1), float64; of the
+        masks' own keep ratios, or `[candidates, ...]` of a `[candidates, owners]` batch `ratios`
+        (`MaskBank.counts`)."""
         bank, masks = self.supernet.mask_bank(), self.supernet.masks  # every mask in one pass, no host read
-        counts = bank.counts(masks)
-        widths = counts.index_select(0, self.width_count.to(counts.device))
-        width = torch.cat([widths, self.constants.to(counts.device)])
-        blocks = bank.masks_of(masks, tuple(self.depths), counts).double() if self.depths else counts.new_zeros(0)
-        gate = torch.cat([blocks, counts.new_ones(1)])
+        counts = bank.counts(masks, ratios)
+        batch = counts.shape[:-1]
+        widths = counts.index_select(-1, self.width_count.to(counts.device))
+        width = torch.cat([widths, self.constants.to(counts.device).expand(*batch, -1)], -1)
+        blocks = (bank.masks_of(masks, tuple(self.depths), counts).double() if self.depths
+                  else counts.new_zeros(*batch, 0))
+        gate = torch.cat([blocks, counts.new_ones(*batch, 1)], -1)
         return width, gate
 
     def _conv_terms(self, width: torch.Tensor, gate: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -242,14 +246,18 @@ class ResourceModel:
         """
         names = ("in_site", "in_channel", "in_scale", "in_gate", "out_site", "out_channel", "out_scale", "block")
         idx = {k: getattr(self, k).to(width.device) for k in names}
-        c_in = torch.zeros(len(self.kernel), dtype=torch.float64, device=width.device).index_add(
-            0, idx["in_site"], width[idx["in_channel"]] * idx["in_scale"] * gate[idx["in_gate"]]
+        # vectors, or [candidates, ...] rows of a batch: every index reads and adds along the last dimension
+        c_in = width.new_zeros(*width.shape[:-1], len(self.kernel)).index_add(
+            -1, idx["in_site"],
+            width.index_select(-1, idx["in_channel"]) * idx["in_scale"] * gate.index_select(-1, idx["in_gate"]),
         )
-        c_out = torch.zeros_like(c_in).index_add(0, idx["out_site"], width[idx["out_channel"]] * idx["out_scale"])
+        c_out = torch.zeros_like(c_in).index_add(
+            -1, idx["out_site"], width.index_select(-1, idx["out_channel"]) * idx["out_scale"]
+        )
         positions, kernel, bias, bn, depthwise, counted = (
             getattr(self, k).to(width.device) for k in ("positions", "kernel", "bias", "bn", "depthwise", "counted")
         )
-        keep = gate[idx["block"]]
+        keep = gate.index_select(-1, idx["block"])
         weights = kernel * torch.where(depthwise, torch.ones_like(c_in), c_in) * c_out
         conv_macs = keep * positions * weights  # zero for a site that does not run in an eval forward
         saved_macs = conv_macs + keep * 4 * positions * c_out * bn
@@ -263,36 +271,41 @@ class ResourceModel:
             "fused_params": counted * keep * (weights + c_out * torch.maximum(bias, bn)),
         }
 
-    def _site_costs(self, graph: str = "deployed") -> tuple[torch.Tensor, torch.Tensor]:
+    def _site_costs(self, graph: str = "deployed", ratios: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(MACs, parameters) of every convolution site, then of every attention's products, then of every module
         kept whole: of the deployed model (`deployed_model`: the fused one where `fused`, else pruned.pt as
-        saved), or with `graph="saved"` of pruned.pt as saved (`training_graph`)."""
-        width, gate = self._counts()
+        saved), or with `graph="saved"` of pruned.pt as saved (`training_graph`). Rows `[candidates, ...]` for a
+        batch of keep ratios `ratios`."""
+        width, gate = self._counts(ratios)
+        batch = width.shape[:-1]
         conv = self._conv_terms(width, gate)
-        heads = width[self.attention_heads.to(width.device)]
-        attention = self.attention_macs.to(width.device) * heads * gate[self.attention_block.to(width.device)]
-        whole_macs, whole_params = self.whole_macs.to(width.device), self.whole_params.to(width.device)
+        heads = width.index_select(-1, self.attention_heads.to(width.device))
+        blocks = gate.index_select(-1, self.attention_block.to(width.device))
+        attention = self.attention_macs.to(width.device) * heads * blocks
+        whole_macs = self.whole_macs.to(width.device).expand(*batch, -1)
+        whole_params = self.whole_params.to(width.device).expand(*batch, -1)
         if self.fused and graph == "deployed":  # training-only sites and modules (those not run in eval) dropped
             conv_macs, conv_params = conv["fused_macs"], conv["fused_params"]
             whole_params = whole_params * self.whole_ran.to(width.device)
         else:  # pruned.pt as saved (where nothing is fused, every site is `counted`: the deployed model too)
             conv_macs, conv_params = conv["saved_macs"], conv["saved_params"]
-        macs = torch.cat([conv_macs, attention, whole_macs])
-        return macs, torch.cat([conv_params, torch.zeros_like(attention), whole_params])
+        macs = torch.cat([conv_macs, attention, whole_macs], -1)
+        return macs, torch.cat([conv_params, torch.zeros_like(attention), whole_params], -1)
 
-    def conv_features(self) -> torch.Tensor:
-        """Per convolution site, what a latency model weighs: (kept, MACs, output elements), differentiable."""
-        conv = self._conv_terms(*self._counts())
-        return torch.stack([conv["kept"], conv["macs"], conv["outputs"]], 1)
+    def conv_features(self, ratios: torch.Tensor | None = None) -> torch.Tensor:
+        """Per convolution site, what a latency model weighs: (kept, MACs, output elements), differentiable;
+        `[sites, 3]`, or `[candidates, sites, 3]` for a batch of keep ratios `ratios`."""
+        conv = self._conv_terms(*self._counts(ratios))
+        return torch.stack([conv["kept"], conv["macs"], conv["outputs"]], -1)
 
-    def gflops(self) -> torch.Tensor:
+    def gflops(self, ratios: torch.Tensor | None = None) -> torch.Tensor:
         """GFLOPs in Ultralytics' units, as deployed (`counted_as`); exact at hard masks, differentiable in the keep
         ratios."""
-        return 2 * self._site_costs()[0].sum() / 1e9
+        return 2 * self._site_costs(ratios=ratios)[0].sum(-1) / 1e9
 
-    def params(self) -> torch.Tensor:
+    def params(self, ratios: torch.Tensor | None = None) -> torch.Tensor:
         """Parameter count as deployed (`counted_as`); exact at hard masks, differentiable in the keep ratios."""
-        return self._site_costs()[1].sum()
+        return self._site_costs(ratios=ratios)[1].sum(-1)
 
     def training_graph(self) -> tuple[float, int]:
         """Hard (GFLOPs, parameters) of pruned.pt as saved: stock `get_flops` of the unfused pruned model and its

@@ -332,9 +332,11 @@ class SearchTrainer:
             return
         target = self.current_target()
         self.structure.set_lr(self.structure_lr * self.schedule.lr_factor(self.search_iteration))
-        result = self.structure.step(target, self.loss_scale, two_sided=self.schedule.holding(self.search_iteration))
-        if result and self.search_log:
-            self.search_log.record(self.search_iteration, self.epoch, result[0], target, result[1])
+        value, loss, finite = self.structure.step(
+            target, self.loss_scale, two_sided=self.schedule.holding(self.search_iteration)
+        )
+        if self.search_log:  # device tensors, read in a batch by the log (a skipped step leaves no row)
+            self.search_log.record(self.search_iteration, self.epoch, value, target, loss, valid=finite)
 
     def freeze_structure(self) -> None:
         """Fit the structure under the budget and fix it: from here on the weights train the exported structure."""
