@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from ultralytics.utils import LOGGER
 
@@ -209,18 +208,6 @@ def test_a_table_cached_before_its_timings_were_kept_is_still_read(cache, supern
     backend = StagedBackend()
     table = latency.attach_latency(ResourceModel(supernet, IMGSZ), backend).table
     assert backend.model_calls == 0 and table.calibration == [] and table.coefficients == good.table.coefficients
-
-
-@pytest.fixture
-def figures(monkeypatch) -> list[Figure]:
-    saved, savefig = [], Figure.savefig
-
-    def keep(fig, *args, **kwargs):
-        saved.append(fig)
-        return savefig(fig, *args, **kwargs)
-
-    monkeypatch.setattr(Figure, "savefig", keep)
-    return saved
 
 
 def test_a_final_measurement_over_the_budget_warns_and_is_recorded_and_plotted(cache, supernet, warnings, tmp_path,

@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 import torch
 from helpers import randomize_structure, yolo_dms
-from matplotlib.figure import Figure
 from ultralytics.nn.tasks import DetectionModel
 
 from yolo_dms.core.expand import expanded_yaml
@@ -23,19 +22,6 @@ from yolo_dms.search.search_log import SearchLog, plot_search, plot_structure
 from yolo_dms.tools.demo_data import make_dataset
 
 IMGSZ = 64
-
-
-@pytest.fixture
-def figures(monkeypatch) -> list[Figure]:
-    """Every matplotlib figure saved during the test, as it was when saved."""
-    saved, savefig = [], Figure.savefig
-
-    def keep(fig, *args, **kwargs):
-        saved.append(fig)
-        return savefig(fig, *args, **kwargs)
-
-    monkeypatch.setattr(Figure, "savefig", keep)
-    return saved
 
 
 @pytest.fixture(params=[0o022, 0o027])
