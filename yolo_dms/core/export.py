@@ -7,7 +7,7 @@ from pathlib import Path
 
 from yolo_dms.core.model_io import write_checkpoint, write_model_yaml
 from yolo_dms.core.prune import prune, searched_yaml
-from yolo_dms.core.resources import deployed_gflops
+from yolo_dms.core.resources import deployed_gflops, deployed_params
 from yolo_dms.core.supernet import Supernet
 
 YAML_HEADER = """Searched by yolo-dms (Differentiable Model Scaling). A standard Ultralytics model YAML:
@@ -16,7 +16,7 @@ YAML_HEADER = """Searched by yolo-dms (Differentiable Model Scaling). A standard
 
 @dataclass(frozen=True)
 class ExportResult:
-    """Where the searched model went, and what it costs."""
+    """Where the searched model went, and what it costs as deployed (`resources.deployed_model`)."""
 
     yaml_path: Path
     weights_path: Path
@@ -30,6 +30,4 @@ def export_searched(supernet: Supernet, directory: str | Path, imgsz: int = 640)
     pruned = prune(supernet).eval()
     yaml_path = write_model_yaml(searched_yaml(supernet), directory / "searched.yaml", YAML_HEADER)
     weights_path = write_checkpoint(pruned, directory / "pruned.pt", {"imgsz": imgsz})
-    return ExportResult(
-        yaml_path, weights_path, deployed_gflops(pruned, imgsz), sum(p.numel() for p in pruned.parameters())
-    )
+    return ExportResult(yaml_path, weights_path, deployed_gflops(pruned, imgsz), deployed_params(pruned))

@@ -22,13 +22,14 @@ from yolo_dms.search.settings import SearchSettings
 
 
 def final_figures(resources: ResourceModel, result: ExportResult) -> dict:
-    """The exported structure's GFLOPs (pruned.pt's, counted by THOP) and parameters as deployed (`counted_as` says which figure: the fused model
-    where `fuse()` drops training-only layers, as for YOLO26, else pruned.pt as stock `get_flops` counts it), and
-    pruned.pt's own figures as saved (`*_training_graph`, equal where nothing is fused)."""
+    """The exported structure's GFLOPs and parameters as deployed, counted on pruned.pt (`counted_as` says which
+    figure: the fused model where `fuse()` drops training-only layers, as for YOLO26, else pruned.pt as stock
+    `get_flops` counts it), and pruned.pt's own figures as saved (`*_training_graph`, equal where nothing is
+    fused)."""
     saved_gflops, saved_params = resources.training_graph()
     return {
         "gflops": result.gflops,
-        "params": round(hard_figure(resources, "params") * 1e6),
+        "params": result.params,
         "counted_as": resources.counted_as,
         "gflops_training_graph": saved_gflops,
         "params_training_graph": saved_params,
