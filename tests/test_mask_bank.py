@@ -44,7 +44,9 @@ def reference_set_gates(supernet: Supernet) -> None:
 class ReferenceResources(ResourceModel):
     """Counts read to the host, then straight-through per mask; block gates mask by mask."""
 
-    def _counts(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def _counts(self, ratios: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        if ratios is not None:  # the projection's candidate structures, values only (`budget.fit_factors`)
+            return super()._counts(ratios)
         supernet = self.supernet
         hard = supernet.hard_counts()
         soft = {n: m.count() for n, m in supernet.masks.items() if isinstance(m, KeepRatioMask)}
@@ -73,6 +75,7 @@ def search(supernet: Supernet, reference: bool, steps: int) -> None:
     structure = StructureStep(supernet, resources, lr=0.02, weight=1.0)
     if reference:
         structure.optimizer = torch.optim.Adam(supernet.structure_parameters(), lr=0.02, foreach=False)
+        structure.fused = False  # the plain Adam takes no found_inf
         supernet.clamp_keep_ratios = lambda: [m.clamp_() for m in supernet.keep_ratio_masks().values()]
         supernet._set_gates = lambda hard: reference_set_gates(supernet)
     else:
