@@ -5,10 +5,11 @@ a half-made run directory behind) into one `DMSError` line."""
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 from ultralytics.cfg import get_cfg, get_save_dir
 from ultralytics.data import build_yolo_dataset
-from ultralytics.utils import DEFAULT_CFG_DICT
+from ultralytics.utils import DEFAULT_CFG_DICT, files
 from ultralytics.utils.torch_utils import select_device
 
 from yolo_dms.core.budget import resolve_budget
@@ -34,9 +35,20 @@ def check_device(device) -> None:
         raise DMSError(first_line(e)) from None
 
 
+def planned_save_dir(train: dict) -> Path:
+    """The run directory the trainer will make for `train`, as Ultralytics resolves it, without making it (8.4.0's
+    `get_save_dir` creates the directory it names, and the trainer would then take the next name)."""
+    make = files.increment_path
+    try:
+        files.increment_path = lambda path, *args, **kwargs: make(path, *args, **{**kwargs, "mkdir": False})
+        return get_save_dir(get_cfg(DEFAULT_CFG_DICT, train))
+    finally:
+        files.increment_path = make
+
+
 def check_run_directory(train: dict) -> None:
     """The run directory Ultralytics will make (`project`/`name`) must be writable."""
-    check_writable(get_save_dir(get_cfg(DEFAULT_CFG_DICT, train)))
+    check_writable(planned_save_dir(train))
 
 
 def check_labels(train: dict, data: dict, name: str, stride: int) -> None:

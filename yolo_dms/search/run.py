@@ -7,14 +7,20 @@ import difflib
 from pathlib import Path
 
 import yaml
-from ultralytics.cfg import get_cfg, get_save_dir
+from ultralytics.cfg import get_cfg
 from ultralytics.utils import DEFAULT_CFG_DICT
 
 from yolo_dms.core.data import resolve_data
 from yolo_dms.core.errors import DMSError, SearchInterrupted, first_line
 from yolo_dms.core.imgsz import checked_imgsz, model_stride
 from yolo_dms.core.model_io import load_model, load_search_checkpoint, model_task, resolve_model
-from yolo_dms.search.preflight import check_budget, check_device, check_labels, check_run_directory
+from yolo_dms.search.preflight import (
+    check_budget,
+    check_device,
+    check_labels,
+    check_run_directory,
+    planned_save_dir,
+)
 from yolo_dms.search.settings import RECIPES_DIR, RESOURCES, SearchSettings, load_defaults
 from yolo_dms.search.trainer import TRAINERS, SearchTrainer, trainer_for
 
@@ -88,8 +94,7 @@ def search_projects(arguments: dict) -> list[Path]:
     """The directories that hold the searches of every task, resolved as Ultralytics resolves `project` (8.4 puts
     a relative one under `runs_dir/<task>`)."""
     train = {**load_defaults()["train"], **{k: v for k, v in arguments.items() if k == "project"}}
-    return sorted({get_save_dir(get_cfg(DEFAULT_CFG_DICT, {**train, "task": task, "mode": "train"})).parent
-                   for task in TRAINERS})
+    return sorted({planned_save_dir({**train, "task": task, "mode": "train"}).parent for task in TRAINERS})
 
 
 def resume_checkpoint(resume: bool | str | Path, projects: list[Path]) -> tuple[Path, str]:
