@@ -4,12 +4,11 @@ a half-made run directory behind) into one `DMSError` line."""
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 from ultralytics.cfg import get_cfg, get_save_dir
 from ultralytics.data import build_yolo_dataset
-from ultralytics.utils import DEFAULT_CFG_DICT, files
+from ultralytics.utils import DEFAULT_CFG_DICT, files, remove_colorstr
 from ultralytics.utils.torch_utils import select_device
 
 from yolo_dms.core.budget import resolve_budget
@@ -21,9 +20,6 @@ from yolo_dms.core.model_io import check_writable, load_model
 from yolo_dms.core.supernet import Supernet
 from yolo_dms.search.settings import SearchSettings
 from yolo_dms.search.trainer import SearchTrainer
-
-ANSI = re.compile(r"\x1b\[[0-9;]*m")
-
 
 def check_device(device) -> None:
     """The device as Ultralytics selects it (`device=0` on a machine without that GPU is refused here)."""
@@ -70,7 +66,7 @@ def check_labels(train: dict, data: dict, name: str, stride: int) -> None:
 
 def label_problem(error: BaseException) -> str:
     """Ultralytics' reason in one line: its first line, and the first of the per-file problems it lists."""
-    lines = [ANSI.sub("", line).strip() for line in str(error).splitlines()]
+    lines = [remove_colorstr(line).strip() for line in str(error).splitlines()]
     lines = [line for line in lines if line and not line.startswith("See https://")]
     if not lines:
         return type(error).__name__

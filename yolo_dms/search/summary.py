@@ -10,8 +10,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
-
 from yolo_dms.core.budget import hard_figure, hard_gflops, structure_as
 from yolo_dms.core.export import ExportResult
 from yolo_dms.core.latency import final_latency
