@@ -61,9 +61,9 @@ runpy.run_path(sys.argv[1], run_name="__main__")
 def record_batch(trainer: DMSTrainer) -> None:
     """Callback: this rank's search clock and structure after each batch, one JSON line per batch."""
     state = {
-        "iteration": trainer.search_iteration,
-        "target": trainer.current_target(),
-        "frozen": trainer.frozen,
+        "iteration": trainer.session.iteration,
+        "target": trainer.session.current_target(),
+        "frozen": trainer.session.frozen,
         "masks": {k: v.flatten().tolist() for k, v in trainer.supernet.masks.state_dict().items()},
     }
     with open(trainer.save_dir.parent / f"{trainer.save_dir.name}-rank{RANK}.jsonl", "a") as f:

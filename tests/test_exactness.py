@@ -27,7 +27,8 @@ from yolo_dms import ResourceModel, Supernet, prune, searched_yaml
 from yolo_dms.core.handlers import HANDLERS
 from yolo_dms.core.handlers.blocks import BLOCKS
 from yolo_dms.core.model_io import write_model_yaml
-from yolo_dms.core.budget import fit_to_budget, hard_gflops
+from yolo_dms.core.budget import hard_gflops
+from yolo_dms.core.fit import fit_to_budget
 from yolo_dms.core.model_io import build_task_model, write_checkpoint
 from yolo_dms.core.resources import AS_SAVED, FUSED, deployed_gflops, deployed_params
 
@@ -149,7 +150,7 @@ def test_resource_gradient_reaches_every_keep_ratio(cfg):
 @pytest.mark.parametrize("fraction", [0.3, 0.55, 0.8])
 def test_budget_fit_lands_just_under_the_budget(fraction):
     """From a structure above or below the budget, the fit ends within 3% under it, proportions kept."""
-    from yolo_dms.core.budget import figure_range, fit_to_budget, hard_gflops
+    from yolo_dms.core.budget import figure_range, hard_gflops
 
     supernet = Supernet.from_source("yolov8s.yaml", nc=80)
     randomize_structure(supernet, seed=5)

@@ -16,16 +16,8 @@ from ultralytics.utils import LOGGER
 
 import yolo_dms.core.latency as latency
 from yolo_dms import Supernet
-from yolo_dms.core.budget import (
-    Fit,
-    figure_range,
-    fit_structure,
-    hard_figure,
-    hard_gflops,
-    resolve_budget,
-    step_cost,
-    structure_as,
-)
+from yolo_dms.core.budget import figure_range, hard_figure, hard_gflops, resolve_budget, step_cost, structure_as
+from yolo_dms.core.fit import Fit, fit_structure
 from yolo_dms.core.errors import DMSError
 from yolo_dms.core.latency_backends import LatencyBackend
 from yolo_dms.core.resources import ResourceModel, deployed_gflops
@@ -160,7 +152,7 @@ def test_target_is_a_fraction_of_the_measured_supernet(cache):
     model = latency.attach_latency(resources, CountedBackend())
     model.table.alpha += 0.1 * model.table.measured_full_ms  # a prediction 10% off what was measured
     settings = SearchSettings.from_arguments({"resource": "latency", "target": 0.7})
-    budget = resolve_budget(supernet, resources, settings)[2]
+    budget = resolve_budget(supernet, resources, settings.resource, settings.budget)[2]
     assert budget == pytest.approx(0.7 * model.table.measured_full_ms)
     assert budget != pytest.approx(0.7 * figure_range(supernet, resources, "latency")[1])
 
@@ -217,13 +209,12 @@ def test_the_rescale_warning_allows_one_divisor_step_of_the_costliest_layer():
 
 def _search(tmp_path: Path, name: str, epochs: int, settings: dict, monkeypatch, stop_after: int | None = None):
     """A latency search in this process on `CountedBackend`, stopped after `stop_after` epochs if given."""
-    import yolo_dms.search.export as export
+    import yolo_dms.search.session as session_module
     import yolo_dms.search.trainer as trainer_module
     from yolo_dms.tools.demo_data import make_dataset
 
     backend = CountedBackend()
-    monkeypatch.setattr(trainer_module, "latency_backend", lambda *_: backend)
-    monkeypatch.setattr(export, "latency_backend", lambda *_: backend)
+    monkeypatch.setattr(session_module, "latency_backend", lambda *_: backend)  # every search session's backend
     data = make_dataset(tmp_path / "data", n_train=16, n_val=8, imgsz=IMGSZ, seed=7)
     overrides = {"model": "yolov8n.yaml", "data": str(data), "epochs": epochs, "imgsz": IMGSZ, "batch": 8,
                  "workers": 0, "device": "cpu", "plots": False, "seed": 0, "project": str(tmp_path / "runs"),
@@ -258,9 +249,9 @@ def test_a_search_stopped_early_is_fitted_by_the_one_rule_and_says_so(tmp_path, 
     trainer, run = _search(tmp_path, "stopped", 2, {"target": 0.4}, monkeypatch, stop_after=1)
     summary = json.loads((run / "search.json").read_text())
     batches = len(trainer.train_loader)
-    assert summary["fit_iteration"] == trainer.search_iteration == batches  # fitted at export, after epoch 1
-    assert summary["fit_factor"] == trainer.fit["factor"] < 1 and summary["before_fit"] is not None, summary
-    assert summary["latency"]["predicted_ms"] == pytest.approx(trainer.fit["after"])  # of pruned.pt, as fitted
+    assert summary["fit_iteration"] == trainer.session.iteration == batches  # fitted at export, after epoch 1
+    assert summary["fit_factor"] == trainer.session.fit["factor"] < 1 and summary["before_fit"] is not None, summary
+    assert summary["latency"]["predicted_ms"] == pytest.approx(trainer.session.fit["after"])  # of pruned.pt, as fitted
     assert any("uniform rescale" in w for w in warnings), warnings
     searched = yaml.safe_load((run / "searched.yaml").read_text())
 
@@ -269,7 +260,7 @@ def test_a_search_stopped_early_is_fitted_by_the_one_rule_and_says_so(tmp_path, 
     _same_pruned_model(run / "pruned.pt", tmp_path / "exported" / "pruned.pt")
 
     supernet = load_checkpoint_model(run / "weights" / "last.pt")  # the refine phase's fit of the same structure
-    trainer.fit_structure(supernet, same_resources(trainer.resources, supernet))
+    trainer.session.fit_structure(supernet, same_resources(trainer.session.resources, supernet))
     export_searched(supernet, tmp_path / "refit", IMGSZ)
     _same_pruned_model(run / "pruned.pt", tmp_path / "refit" / "pruned.pt")
 
@@ -280,6 +271,7 @@ def test_export_of_a_fitted_search_reproduces_its_pruned_model(tmp_path, cache, 
     from yolo_dms.search.export import export_checkpoint
 
     trainer, run = _search(tmp_path, "frozen", 2, {"target": 0.4, "refine": 0.4}, monkeypatch)
-    assert trainer.fit and trainer.fit["iteration"] < trainer.search_iteration  # fitted in the refine phase
+    fit = trainer.session.fit
+    assert fit and fit["iteration"] < trainer.session.iteration  # fitted in the refine phase
     export_checkpoint(run / "weights" / "last.pt", out=tmp_path / "exported")
     _same_pruned_model(run / "pruned.pt", tmp_path / "exported" / "pruned.pt")

@@ -70,7 +70,7 @@ def resume(last: Path, seen: dict) -> DMSTrainer:
 
 def test_sigkill_mid_epoch_then_resume_finishes_with_saved_structure(tiny_data, tmp_path):
     run_killed(search_args(tiny_data, tmp_path, "run", epochs=3), {"target": 0.4},
-               "trainer.epoch == 1 and trainer.search_iteration % 4 == 2")
+               "trainer.epoch == 1 and trainer.session.iteration % 4 == 2")
     weights = tmp_path / "run" / "weights"
     assert not list(weights.glob(".*.tmp")), "a checkpoint was being written when nothing should have been"
     last = weights / "last.pt"
@@ -100,7 +100,7 @@ def summary(run: Path) -> dict:
 def test_kill_inside_refine_then_resume_keeps_the_fitted_structure_and_stale_temp_files_replace_nothing(
     tiny_data, tmp_path
 ):
-    run_killed(refined_search(tiny_data, tmp_path, "run"), REFINE, "trainer.search_iteration == 10")
+    run_killed(refined_search(tiny_data, tmp_path, "run"), REFINE, "trainer.session.iteration == 10")
     weights = tmp_path / "run" / "weights"
     last = weights / "last.pt"
     saved = load_checkpoint_model(last)
@@ -153,7 +153,7 @@ def test_time_limited_search_follows_the_run_length_and_ends_after_a_refine_phas
     trainer.train()
     result = summary(tmp_path / "timed")
     assert result["total_iterations"] == planned[-1] != 3 * 4
-    assert result["fit_iteration"] is not None and result["fit_iteration"] < trainer.search_iteration
+    assert result["fit_iteration"] is not None and result["fit_iteration"] < trainer.session.iteration
     assert result["final"]["gflops"] <= result["budget"]["value"]
     with open(tmp_path / "timed" / "search.csv") as f:
         rows = list(csv.reader(f))[1:]  # iteration, epoch, figure, target, resource loss
@@ -192,7 +192,7 @@ def test_batch_halved_after_out_of_memory_resizes_the_schedule(tiny_data, tmp_pa
     failed, preprocess = [], trainer.preprocess_batch
 
     def out_of_memory_once(batch):
-        if not failed and trainer.search_iteration == 2:
+        if not failed and trainer.session.iteration == 2:
             failed.append(trainer.batch_size)
             raise RuntimeError("CUDA out of memory (simulated)")
         return preprocess(batch)
@@ -201,7 +201,7 @@ def test_batch_halved_after_out_of_memory_resizes_the_schedule(tiny_data, tmp_pa
     trainer.train()
     assert failed == [8] and trainer.batch_size == 4
     result = summary(tmp_path / "oom")
-    assert result["total_iterations"] == 2 * 8 and trainer.search_iteration == 16
+    assert result["total_iterations"] == 2 * 8 and trainer.session.iteration == 16
     assert result["final"]["gflops"] <= result["budget"]["value"]
 
 

@@ -41,6 +41,7 @@ from ultralytics.utils import LOGGER, TQDM, USER_CONFIG_DIR, colorstr
 from yolo_dms.core.budget import structure_as
 from yolo_dms.core.errors import DMSError
 from yolo_dms.core.latency_backends import LatencyBackend, OnnxRuntimeCPU
+from yolo_dms.core.resource_registry import RESOURCES
 from yolo_dms.core.resources import ResourceModel
 from yolo_dms.core.supernet import Supernet
 
@@ -417,7 +418,7 @@ def resource_model(
     """The resource model of `supernet`, with its latency model attached when the budget is in milliseconds
     (on `backend`, by default ONNX Runtime on the CPU; `refresh` measures its table again)."""
     resources = ResourceModel(supernet, imgsz)
-    if resource == "latency":
+    if RESOURCES[resource].measured:
         attach_latency(resources, backend or OnnxRuntimeCPU(), refresh=refresh)
     return resources
 

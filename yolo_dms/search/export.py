@@ -5,12 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from yolo_dms.core.budget import fit_structure, resolve_budget
 from yolo_dms.core.export import ExportResult, export_searched
+from yolo_dms.core.fit import fit_structure
 from yolo_dms.core.imgsz import checked_imgsz, model_stride
-from yolo_dms.core.latency import resource_model
-from yolo_dms.core.latency_backends import latency_backend
 from yolo_dms.core.model_io import check_writable, load_search_checkpoint
+from yolo_dms.search.session import SearchSession
 from yolo_dms.search.summary import write_search_outputs
 
 
@@ -18,7 +17,7 @@ def export_checkpoint(path: str | Path, out: str | Path | None = None, imgsz: in
     """Export from any search checkpoint, fitted under the budget it was searching for.
 
     A structure the search already fitted is exported as it is (the same pruned.pt the search wrote); one stopped
-    before its fit is fitted by the search's own rule (`budget.fit_structure`), and the fit is reported. Output
+    before its fit is fitted by the search's own rule (`fit.fit_structure`), and the fit is reported. Output
     goes to `out`, by default the checkpoint's run directory (`runs/detect/dms/<name>/`), whose `search.csv`
     (if the search got that far) gives `search.png`.
     """
@@ -30,10 +29,10 @@ def export_checkpoint(path: str | Path, out: str | Path | None = None, imgsz: in
     saved_imgsz = args.get("imgsz") if isinstance(args, dict) else getattr(args, "imgsz", None)
     imgsz = checked_imgsz(imgsz or saved_imgsz or 640, model_stride(supernet))  # one side, as the search trained
     supernet.eval()
-    settings, state = supernet.dms_settings, getattr(supernet, "search_state", None) or {}
-    backend = latency_backend(settings.latency_backend, None)  # the search's backend, on this machine's device
-    resources = resource_model(supernet, imgsz, settings.resource, backend)
-    budget = resolve_budget(supernet, resources, settings)[2]
+    state = getattr(supernet, "search_state", None) or {}
+    session = SearchSession()  # the search's resource model and budget (its backend, on this machine's device)
+    session.prepare(supernet, imgsz, None)
+    settings, resources, budget = session.settings, session.resources, session.budget
     fit = state.get("fit")
     if not fit:
         stopped = fit_structure(supernet, resources, budget, settings.resource)

@@ -11,15 +11,12 @@ from ultralytics.data import build_yolo_dataset
 from ultralytics.utils import DEFAULT_CFG_DICT, files, remove_colorstr
 from ultralytics.utils.torch_utils import select_device
 
-from yolo_dms.core.budget import resolve_budget
 from yolo_dms.core.data import DataError
 from yolo_dms.core.errors import DMSError, first_line
-from yolo_dms.core.latency import resource_model
-from yolo_dms.core.latency_backends import latency_backend
 from yolo_dms.core.model_io import check_writable, load_model
 from yolo_dms.core.supernet import Supernet
+from yolo_dms.search.session import SearchSession, wrap_supernet
 from yolo_dms.search.settings import SearchSettings
-from yolo_dms.search.trainer import SearchTrainer
 
 def check_device(device) -> None:
     """The device as Ultralytics selects it (`device=0` on a machine without that GPU is refused here)."""
@@ -74,14 +71,14 @@ def label_problem(error: BaseException) -> str:
     return lines[0] + (f" (e.g. {reasons[0]})" if reasons else "")
 
 
-def check_budget(model: str, nc: int, imgsz: int, settings: SearchSettings, device) -> tuple[float, float, float]:
-    """The model must be searchable and the budget reachable; returns (smallest, full, budget) in its unit."""
+def prepared_session(model: str, nc: int, imgsz: int, settings: SearchSettings, device) -> SearchSession:
+    """The search session of `model`, its resource model built and its budget checked (`BudgetError` when the
+    supernet cannot reach it), ready for the trainer to start on the model it trains."""
     source = load_model(model, nc=nc)
     if isinstance(source, Supernet):
         raise DMSError(
             f"'{model}' is a search checkpoint; continue it with resume=True or export it with 'yolo-dms export'"
         )
-    supernet = SearchTrainer.wrap(source, settings)
-    backend = latency_backend(settings.latency_backend, device)
-    resources = resource_model(supernet, imgsz, settings.resource, backend, refresh=settings.latency_refresh)
-    return resolve_budget(supernet, resources, settings)
+    session = SearchSession()
+    session.prepare(wrap_supernet(source, settings), imgsz, device, refresh=settings.latency_refresh)
+    return session

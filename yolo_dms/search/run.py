@@ -14,14 +14,15 @@ from yolo_dms.core.data import resolve_data
 from yolo_dms.core.errors import DMSError, SearchInterrupted, first_line
 from yolo_dms.core.imgsz import checked_imgsz, model_stride
 from yolo_dms.core.model_io import load_model, load_search_checkpoint, model_task, resolve_model
+from yolo_dms.core.resource_registry import RESOURCES
 from yolo_dms.search.preflight import (
-    check_budget,
     check_device,
     check_labels,
     check_run_directory,
     planned_save_dir,
+    prepared_session,
 )
-from yolo_dms.search.settings import RECIPES_DIR, RESOURCES, SearchSettings, load_defaults
+from yolo_dms.search.settings import RECIPES_DIR, SearchSettings, load_defaults
 from yolo_dms.search.trainer import TRAINERS, SearchTrainer, trainer_for
 
 
@@ -165,8 +166,9 @@ def run_search(arguments: dict, callbacks: dict | None = None) -> SearchTrainer:
         check_run_directory(train)
         data = resolve_data(train.get("data"), train["task"])
         check_labels(train, data, str(train["data"]), stride)
-        check_budget(train["model"], data["nc"], train["imgsz"], settings, train.get("device"))
-        trainer = trainer_for(train["task"])(overrides=train, _callbacks=callbacks, settings=settings)
+        session = prepared_session(train["model"], data["nc"], train["imgsz"], settings, train.get("device"))
+        trainer = trainer_for(train["task"])(overrides=train, _callbacks=callbacks, settings=settings,
+                                             session=session)
     try:
         trainer.train()
     except KeyboardInterrupt:

@@ -11,36 +11,14 @@ from __future__ import annotations
 import csv
 import json
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from yolo_dms.core.handlers.registry import stock_type
 from yolo_dms.core.masks import DepthMask, WidthMask
+from yolo_dms.core.resource_registry import RESOURCES
 from yolo_dms.core.supernet import Supernet
-
-
-@dataclass(frozen=True)
-class ResourceUnit:
-    """How a resource's figures are written: budgets, the log and plots count in the budget's unit (what the user
-    typed: GFLOPs, millions of parameters, ms), the search's files in `unit` (parameters one by one, as Ultralytics
-    counts them), `scale` of which make one budget unit."""
-
-    unit: str
-    axis: str  # plot label, in the budget's unit
-    scale: float = 1.0
-
-    def absolute(self, budget_figure: float) -> float:
-        """A figure in the budget's unit, in `unit`."""
-        return budget_figure * self.scale
-
-
-UNITS = {
-    "gflops": ResourceUnit("GFLOPs", "GFLOPs"),
-    "params": ResourceUnit("parameters", "parameters (M)", 1e6),
-    "latency": ResourceUnit("ms", "latency (ms)"),
-}
 
 
 FLUSH_ROWS = 64  # device rows copied to the host in one transfer this often (and at every epoch end)
@@ -50,7 +28,7 @@ class SearchLog:
     """Collects (iteration, epoch, resource, target, resource loss) rows and writes them out once per epoch.
 
     The resource column is named after the budget (`gflops`, `params`, `latency`); it and the target are in the
-    resource's `UNITS` unit: GFLOPs, parameters (not millions), ms.
+    resource's file unit (`Resource.unit`): GFLOPs, parameters (not millions), ms.
 
     A structure step's figures are device tensors: `record` keeps them on the device (no read, which on a GPU would
     wait for the queue to drain every batch) and every `FLUSH_ROWS` steps, and before an epoch's rows are written,
@@ -62,7 +40,7 @@ class SearchLog:
                  flush_rows: int = FLUSH_ROWS) -> None:
         self.path = Path(save_dir) / "search.csv"
         self.columns = ("iteration", "epoch", resource, "target", "resource_loss")
-        self.unit = UNITS[resource]
+        self.unit = RESOURCES[resource]
         self.every = max(1, every)
         self.flush_rows = max(1, flush_rows)
         self.pending: list[tuple] = []
@@ -154,14 +132,14 @@ def plot_search(
         reader = csv.DictReader(f)
         resource = reader.fieldnames[2]
         rows = list(reader)
-    unit = UNITS[resource]
+    unit = RESOURCES[resource]
     steps = [int(r["iteration"]) for r in rows]
     if measured is None:
         summary = csv_path.with_name("search.json")
-        found = resource == "latency" and summary.is_file()
+        found = unit.measured and summary.is_file()
         measured = measured_points(json.loads(summary.read_text()), max(steps, default=0)) if found else []
     fig, ax = plt.subplots(figsize=(8, 4.5), tight_layout=True)
-    predicted = ", predicted" if resource == "latency" else ""
+    predicted = ", predicted" if unit.measured else ""
     ax.plot(steps, [float(r[resource]) / unit.scale for r in rows], label=f"searched structure (hard masks{predicted})")
     ax.plot(steps, [float(r["target"]) / unit.scale for r in rows], "--", label="scheduled target")
     ax.axhline(budget, color="gray", linewidth=0.8, label=f"budget {budget:.3g}")

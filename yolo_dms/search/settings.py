@@ -12,12 +12,12 @@ import yaml
 from yolo_dms.core.errors import DMSError
 from yolo_dms.core.handlers.base import default_hidden_divisor
 from yolo_dms.core.latency_backends import BACKENDS
+from yolo_dms.core.resource_registry import RESOURCES
 
 DEFAULTS_FILE = Path(__file__).parents[1] / "cfg" / "default.yaml"
 RECIPES_DIR = DEFAULTS_FILE.parent / "search"  # packaged recipes, taken by name: cfg=pretrained-short
 
 
-RESOURCES = ("gflops", "params", "latency")  # budgets: GFLOPs, a count of parameters, milliseconds
 ACCEPTED = {float: (int, float), int: (int,), str: (str,), bool: (bool,)}  # a type: the values it takes
 A_TYPE = {float: "a number", int: "an integer", str: "a word", bool: "True or False"}
 
@@ -87,7 +87,8 @@ class SearchSettings:
             raise SettingsError(f"resource must be one of {', '.join(RESOURCES)}, got {self.resource}")
         if self.target is None and getattr(self, self.resource) is None:
             raise SettingsError(
-                "give a budget: target= (a fraction of the supernet's figure), gflops=, params= or latency="
+                "give a budget: target= (a fraction of the supernet's figure) or one of "
+                + ", ".join(f"{name}=" for name in RESOURCES)
             )
         if self.target is not None and not (0 < self.target <= 1) or _nan(self.target):
             raise SettingsError(
@@ -136,14 +137,14 @@ class SearchSettings:
         """The multiple CSP hidden widths keep: the divisor under a latency budget or a divisor above 8 (runtimes
         lay channels out in blocks, and an unaligned width measures slower than its FLOPs say), else 1 (a
         GFLOPs or parameter search settles on its budget in finer steps)."""
-        return self.divisor if self.resource == "latency" else default_hidden_divisor(self.divisor)
+        return self.divisor if RESOURCES[self.resource].measured else default_hidden_divisor(self.divisor)
 
     def budget(self, supernet_figure: float) -> float:
         """The budget in the unit of `budget.figure` (GFLOPs, millions of parameters, ms): the absolute budget, or
-        `target` times the supernet's figure. Settings pickled before `params` existed read the class defaults."""
+        `target` times the supernet's figure."""
         if self.target is not None:
             return self.target * supernet_figure
-        return self.params / 1e6 if self.resource == "params" else getattr(self, self.resource)
+        return RESOURCES[self.resource].from_setting(getattr(self, self.resource))
 
 
 def _nan(value: float | None) -> bool:

@@ -9,7 +9,7 @@ Kept apart from the trainer so that it can be timed and tested on its own. The b
   reference balances them). This decides which layers give way: a keep ratio falls where its task gradient is
   weaker than its share of the cost. The resource term is off while the structure is under a falling target
   (being ahead is no violation), as in the DMS loss.
-- **Projection.** As in the final fit (`budget.fit_to_budget`), one common factor scales the widths' keep
+- **Projection.** As in the final fit (`fit.fit_to_budget`), one common factor scales the widths' keep
   ratios to bring the hard figure to the largest value under the target (`project`). While the target falls this
   happens only when the step left the structure over it; at the budget, either way.
 
@@ -21,14 +21,15 @@ proportions the trade-off learned.
 Nothing in a step reads the device back (on a GPU each read would drain the queue): the finiteness check, the
 task-norm average, the one-/two-sided choice and whether and how to project are decided on the device
 (`torch.where`), the skipped step of an overflow by the fused optimizer's `found_inf`, and the projection is the
-batched fit (`budget.fit_factors`: the widths-only fit and its fallback with depths, both in the same passes).
+batched fit (`fit.fit_factors`: the widths-only fit and its fallback with depths, both in the same passes).
 """
 
 from __future__ import annotations
 
 import torch
 
-from yolo_dms.core.budget import _owners, figure, fit_factors, write_keep_ratios
+from yolo_dms.core.budget import figure
+from yolo_dms.core.fit import _owners, fit_factors, write_keep_ratios
 from yolo_dms.core.resources import ResourceModel
 from yolo_dms.core.supernet import Supernet
 from yolo_dms.search.distributed import average_importance, broadcast_keep_ratios

@@ -15,7 +15,8 @@ from yolo_dms.core.export import ExportResult
 from yolo_dms.core.latency import final_latency
 from yolo_dms.core.resources import ResourceModel
 from yolo_dms.core.supernet import Supernet
-from yolo_dms.search.search_log import UNITS, plot_search, plot_structure
+from yolo_dms.core.resource_registry import RESOURCES
+from yolo_dms.search.search_log import plot_search, plot_structure
 from yolo_dms.search.settings import SearchSettings
 
 
@@ -51,12 +52,12 @@ def write_search_outputs(
     and the figure before it; empty when the search reached the budget without one). `search.png` needs the
     search's `search.csv` in `save_dir`."""
     save_dir = Path(save_dir)
-    unit = UNITS[settings.resource]
+    unit = RESOURCES[settings.resource]
     with structure_as(supernet, dict.fromkeys(supernet.keep_ratio_masks(), 1.0)):
         full = {"gflops": hard_gflops(resources), "params": round(hard_figure(resources, "params") * 1e6)}
     before = fit.get("before")
     summary = {
-        "units": {"gflops": "GFLOPs", "params": "parameters", "*_ms": "milliseconds"},
+        "units": {"gflops": "GFLOPs", "params": "parameters", "*_ms": "milliseconds"},  # the figures' keys
         "budget": {"resource": settings.resource, "value": unit.absolute(budget), "unit": unit.unit,
                    "imgsz": resources.imgsz[0]},
         "supernet": full,

@@ -119,7 +119,7 @@ def search(model: str, data: Path, budget: float, seed: int, out: Path, name: st
         "device": options["device"], "cache": options["cache"], "plots": False, "project": str(out), "name": name,
         "exist_ok": True, **dms,
     })
-    return trainer.export_result.weights_path
+    return trainer.session.export_result.weights_path
 
 
 def uniform_yaml(cfg: dict, budget: float, imgsz: int) -> dict:

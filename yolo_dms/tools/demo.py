@@ -52,7 +52,7 @@ def run_demo(
         "model": str(baseline), "data": str(data), "target": 0.5, "epochs": search_epochs, "imgsz": imgsz,
         "project": str(out), "name": "search", "warmup_epochs": 0, "close_mosaic": 0, **COMMON,
     })
-    pruned = trainer.export_result.weights_path
+    pruned = trainer.session.export_result.weights_path
 
     YOLO(str(pruned)).train(
         data=str(data), epochs=finetune_epochs, imgsz=imgsz, project=str(out), name="finetune",
