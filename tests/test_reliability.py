@@ -15,9 +15,10 @@ import torch
 from helpers import run_without_yolo_dms
 from ultralytics.nn.tasks import DetectionModel
 
+import yolo_dms.search.session as session_module
 from yolo_dms import ResourceModel, Supernet
-from yolo_dms.search.export import export_checkpoint
 from yolo_dms.core.model_io import load_checkpoint_model
+from yolo_dms.search.export import export_checkpoint
 from yolo_dms.search.settings import SearchSettings
 from yolo_dms.search.structure_step import StructureStep
 from yolo_dms.search.trainer import DMSTrainer
@@ -63,7 +64,7 @@ def resume(last: Path, seen: dict) -> DMSTrainer:
     trainer = DMSTrainer(overrides={"resume": str(last), "model": str(last)})
     trainer.add_callback("on_train_start", lambda t: seen.update(
         masks={k: v.detach().clone() for k, v in t.supernet.masks.state_dict().items()}, start=t.start_epoch,
-        frozen=t.frozen, fit=dict(t.fit)))
+        frozen=t.session.frozen, fit=dict(t.session.fit)))
     trainer.train()
     return trainer
 
@@ -129,12 +130,12 @@ def test_nan_loss_in_the_epoch_that_fixed_the_structure_is_recovered_with_the_se
     injected = []
 
     def poison(t):
-        if t.epoch == 1 and t.search_iteration == 8 and not injected:
-            injected.append(t.fit["iteration"])
+        if t.epoch == 1 and t.session.iteration == 8 and not injected:
+            injected.append(t.session.fit["iteration"])
             t.loss = torch.tensor(float("nan"))
 
     trainer.add_callback("on_train_batch_end", poison)
-    trainer.add_callback("on_train_epoch_start", lambda t: fits.append((t.epoch, t.frozen)))
+    trainer.add_callback("on_train_epoch_start", lambda t: fits.append((t.epoch, t.session.frozen)))
     trainer.train()
     assert injected == [6]
     assert fits[:3] == [(0, False), (1, False), (1, False)]  # epoch 1 reran from last.pt's unfrozen structure
@@ -184,11 +185,17 @@ def test_same_seed_gives_the_same_structure(tiny_data, tmp_path):
     assert yamls[0] == yamls[1]
 
 
-def test_batch_halved_after_out_of_memory_resizes_the_schedule(tiny_data, tmp_path):
+def test_batch_halved_after_out_of_memory_resizes_the_schedule(tiny_data, tmp_path, monkeypatch):
     """Ultralytics halves the batch after an out-of-memory error in the first epoch and reruns it: twice the
-    batches, so the schedule and the search clock follow."""
+    batches, so the schedule and the search clock follow; the structure optimizer and its state survive (every
+    step counted) and no second resource model is built."""
+    built, steps, seen = [], [], {}
+    resource_model, step = session_module.resource_model, session_module.StructureStep.step
+    monkeypatch.setattr(session_module, "resource_model", lambda *a, **k: built.append(1) or resource_model(*a, **k))
+    monkeypatch.setattr(session_module.StructureStep, "step", lambda self, *a, **k: steps.append(1) or step(self, *a, **k))
     trainer = DMSTrainer(overrides=search_args(tiny_data, tmp_path, "oom"),
                          settings=SearchSettings.from_arguments({"target": 0.5}))
+    trainer.add_callback("on_train_batch_end", lambda t: seen.setdefault("first", t.session.structure.optimizer))
     failed, preprocess = [], trainer.preprocess_batch
 
     def out_of_memory_once(batch):
@@ -203,6 +210,9 @@ def test_batch_halved_after_out_of_memory_resizes_the_schedule(tiny_data, tmp_pa
     result = summary(tmp_path / "oom")
     assert result["total_iterations"] == 2 * 8 and trainer.session.iteration == 16
     assert result["final"]["gflops"] <= result["budget"]["value"]
+    optimizer = trainer.session.structure.optimizer
+    assert optimizer is seen["first"] and len(built) == 1  # one resource model, built before the retry
+    assert {float(s["step"]) for s in optimizer.state.values()} == {float(len(steps))}  # steps before it count too
 
 
 def with_classes(data: Path, nc: int, root: Path) -> Path:
