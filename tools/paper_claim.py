@@ -1,0 +1,111 @@
+"""The DMS paper's YOLO claim in miniature: a supernet larger than YOLOv8n, searched from random initialization
+to a stock model's GFLOPs, its `searched.yaml` retrained from scratch, against that stock model from scratch.
+
+    python tools/paper_claim.py data=/work/fashion128/data.yaml imgsz=128 epochs=30 search_epochs=15 seeds=0,1
+
+Arms, per seed and per stock model (`stocks`, default yolov8n and yolo11n):
+- `searched`: `yolo-dms expand` of `supernet` (width x`width`, depth x`depth`), `yolo-dms search` from scratch
+  under `gflops=` the stock model's GFLOPs at `imgsz` for `search_epochs`, then `searched.yaml` trained from
+  scratch for `epochs` (the paper's protocol: the same retraining epochs as the stock model);
+- `stock`: the stock YAML from scratch for `epochs`;
+- `stock_long`: the stock YAML from scratch for `epochs + search_epochs` (equal total training epochs).
+
+Every model is scored by stock Ultralytics validation of its final weights on the data's val split. Writes
+`paper_claim.csv` (one row per arm, stock model and seed) and `paper_claim.md` (mean and std over seeds) in `out`.
+"""
+
+from __future__ import annotations
+
+import csv
+import statistics
+import sys
+from pathlib import Path
+
+from ultralytics import YOLO
+
+from yolo_dms import DMS
+from yolo_dms.core.expand import expanded_yaml
+from yolo_dms.core.data import resolve_data
+from yolo_dms.core.model_io import build_task_model, write_model_yaml
+from yolo_dms.core.resources import deployed_gflops
+
+DEFAULTS = {"data": "", "imgsz": 128, "epochs": 30, "search_epochs": 15, "seeds": "0,1", "batch": 32,
+            "supernet": "yolov8n.yaml", "width": 1.5, "depth": 2.0, "stocks": "yolov8n,yolo11n", "workers": 1,
+            "device": "cpu", "out": "runs/dms/paper_claim"}
+
+
+def train(model: str, epochs: int, seed: int, args: dict, name: str) -> dict:
+    """Train `model` from scratch as `yolo train` does and score its last weights: GFLOPs and mAP50-95."""
+    yolo = YOLO(model)
+    yolo.train(data=args["data"], epochs=epochs, imgsz=args["imgsz"], batch=args["batch"], seed=seed,
+               workers=args["workers"], device=args["device"], project=args["out"], name=name, exist_ok=True,
+               plots=False, pretrained=False)
+    last = YOLO(str(Path(args["out"]) / name / "weights" / "last.pt"))
+    metrics = last.val(data=args["data"], imgsz=args["imgsz"], batch=args["batch"], device=args["device"],
+                       plots=False, project=args["out"], name=f"{name}_val", exist_ok=True)
+    return {"gflops": deployed_gflops(last.model, args["imgsz"]), "map50_95": metrics.box.map,
+            "map50": metrics.box.map50}
+
+
+def run_seed(seed: int, args: dict) -> list[dict]:
+    """Every arm of one seed, for every stock model."""
+    out = Path(args["out"])
+    supernet = write_model_yaml(expanded_yaml(args["supernet"], args["width"], args["depth"]),
+                                out / "supernet.yaml", f"{args['supernet']} x{args['width']} wide, x{args['depth']} deep")
+    rows, nc = [], resolve_data(args["data"], "detect")["nc"]
+    for stock in args["stocks"].split(","):
+        budget = deployed_gflops(build_task_model(f"{stock}.yaml", nc), args["imgsz"])  # at the data's classes
+        search = DMS(str(supernet)).search(
+            data=args["data"], gflops=budget, epochs=args["search_epochs"], imgsz=args["imgsz"], batch=args["batch"],
+            seed=seed, workers=args["workers"], device=args["device"], project=str(out), name=f"search_{stock}_s{seed}",
+            exist_ok=True, plots=False)
+        arms = {
+            "searched": (str(search.searched_yaml), args["epochs"]),
+            "stock": (f"{stock}.yaml", args["epochs"]),
+            "stock_long": (f"{stock}.yaml", args["epochs"] + args["search_epochs"]),
+        }
+        for arm, (model, epochs) in arms.items():
+            scores = train(model, epochs, seed, args, f"{arm}_{stock}_s{seed}")
+            rows.append({"arm": arm, "stock": stock, "seed": seed, "epochs": epochs, **scores})
+            write_rows(rows, out / f"paper_claim_s{seed}.csv")
+    return rows
+
+
+def write_rows(rows: list[dict], path: Path) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def summarize(rows: list[dict]) -> str:
+    """Mean and population std of mAP50-95 over seeds, per stock model and arm."""
+    lines = ["| stock model | arm | GFLOPs | mAP50-95 (mean ± std) | seeds |", "|---|---|---|---|---|"]
+    for stock in dict.fromkeys(r["stock"] for r in rows):
+        for arm in dict.fromkeys(r["arm"] for r in rows):
+            group = [r for r in rows if r["stock"] == stock and r["arm"] == arm]
+            if group:
+                maps = [r["map50_95"] for r in group]
+                lines.append(f"| {stock} | {arm} | {statistics.mean(r['gflops'] for r in group):.4g} | "
+                             f"{statistics.mean(maps):.4f} ± {statistics.pstdev(maps):.4f} | {len(group)} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str]) -> None:
+    args = dict(DEFAULTS)
+    for item in argv:
+        key, _, value = item.partition("=")
+        if key not in DEFAULTS:
+            sys.exit(f"unknown argument {key}; valid: {', '.join(DEFAULTS)}")
+        args[key] = type(DEFAULTS[key])(value)
+    if not args["data"]:
+        sys.exit("give data=<data.yaml>")
+    Path(args["out"]).mkdir(parents=True, exist_ok=True)
+    rows = [row for seed in args["seeds"].split(",") for row in run_seed(int(seed), args)]
+    write_rows(rows, Path(args["out"]) / "paper_claim.csv")
+    (Path(args["out"]) / "paper_claim.md").write_text(summarize(rows))
+    print(summarize(rows))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
