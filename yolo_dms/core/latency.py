@@ -35,14 +35,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 from ultralytics.utils import LOGGER, TQDM, USER_CONFIG_DIR, colorstr
 
 from yolo_dms.core.budget import structure_as
 from yolo_dms.core.errors import DMSError
 from yolo_dms.core.latency_backends import LatencyBackend, OnnxRuntimeCPU
 from yolo_dms.core.resource_registry import RESOURCES
-from yolo_dms.core.resources import ResourceModel
+from yolo_dms.core.resources import ResourceModel, traced_pass
 from yolo_dms.core.supernet import Supernet
 
 CACHE_DIR = USER_CONFIG_DIR / "yolo_dms" / "latency"
@@ -88,28 +87,19 @@ class ConvGeometry:
 
 
 def conv_geometries(supernet: Supernet, imgsz: tuple[int, int]) -> list[ConvGeometry | None]:
-    """The full-width geometry of every convolution site, in `supernet.sites` order, from one traced pass; None
-    for a training-only site (not `counted`: Segment26's semantic branch, Pose26's keypoint spreads), which
-    never runs in an eval pass nor in the deployed model."""
-    found: dict[str, ConvGeometry] = {}
-    hooks = []
+    """The full-width geometry of every convolution site, in `supernet.sites` order, from one traced pass
+    (`traced_pass`); None for a training-only site (not `counted`: Segment26's semantic branch, Pose26's keypoint
+    spreads), which never runs in an eval pass nor in the deployed model."""
+    conv_shapes = traced_pass(supernet, imgsz).conv_shapes
+    geometries: list[ConvGeometry | None] = []
     for site in supernet.sites:
-        def record(conv: nn.Conv2d, inputs, _, path: str = site.path) -> None:
-            found[path] = ConvGeometry(conv.in_channels, conv.out_channels, tuple(conv.kernel_size),
-                                       tuple(conv.stride), tuple(conv.padding), conv.groups, *inputs[0].shape[2:])
-
-        hooks.append(supernet.get_submodule(site.path).register_forward_hook(record))
-    training = supernet.training
-    p = next(supernet.parameters())  # the input where the model is: a CUDA supernet traces on its device
-    try:
-        supernet.eval()
-        with torch.no_grad(), supernet.masks_off():
-            supernet(torch.zeros(1, supernet.yaml.get("channels", 3), *imgsz, device=p.device, dtype=p.dtype))
-    finally:
-        supernet.train(training)
-        for hook in hooks:
-            hook.remove()
-    return [found.get(site.path) for site in supernet.sites]
+        conv = supernet.get_submodule(site.path)
+        shapes = conv_shapes.get(site.path)
+        geometries.append(None if shapes is None else ConvGeometry(
+            conv.in_channels, conv.out_channels, tuple(conv.kernel_size), tuple(conv.stride), tuple(conv.padding),
+            conv.groups, *shapes[0][2:],
+        ))
+    return geometries
 
 
 def time_structure(supernet: Supernet, imgsz: tuple[int, int], backend: LatencyBackend) -> float:

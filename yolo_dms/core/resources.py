@@ -81,6 +81,49 @@ def counted_as(model: nn.Module) -> str:
 
 
 @dataclass(frozen=True)
+class TracedPass:
+    """What one full-width eval pass of a supernet saw: the input and output shapes of every convolution site that
+    ran, and the inputs of every module kept whole (`LayerHandler.kept_whole`) that ran, by module path."""
+
+    conv_shapes: dict[str, tuple[torch.Size, torch.Size]]
+    whole_inputs: dict[str, tuple]
+
+
+def traced_pass(supernet: Supernet, imgsz: tuple[int, int]) -> TracedPass:
+    """Run `supernet` once at batch 1 and `imgsz`, unmasked (full width) in eval mode without gradients, recording
+    what the resource model and the latency table read from it. The input is made on the device and in the dtype
+    of the supernet's parameters, so a supernet on a GPU or in float64 traces as it is."""
+    conv_shapes: dict[str, tuple[torch.Size, torch.Size]] = {}
+    whole_inputs: dict[str, tuple] = {}
+
+    def record_conv(path: str):
+        def hook(module: nn.Module, inputs: tuple, y: torch.Tensor) -> None:
+            conv_shapes[path] = (inputs[0].shape, y.shape)
+        return hook
+
+    def record_inputs(path: str):
+        def hook(module: nn.Module, inputs: tuple, y) -> None:
+            whole_inputs[path] = inputs
+        return hook
+
+    whole = [path for handler in supernet.handlers for path in handler.kept_whole]
+    hooks = [supernet.get_submodule(s.path).register_forward_hook(record_conv(s.path)) for s in supernet.sites]
+    hooks += [supernet.get_submodule(path).register_forward_hook(record_inputs(path)) for path in whole]
+    training = supernet.training
+    p = next(supernet.parameters())
+    image = torch.zeros(1, supernet.yaml.get("channels", 3), *imgsz, device=p.device, dtype=p.dtype)
+    try:
+        supernet.eval()
+        with torch.no_grad(), supernet.masks_off():
+            supernet(image)
+    finally:
+        supernet.train(training)
+        for hook in hooks:
+            hook.remove()
+    return TracedPass(conv_shapes, whole_inputs)
+
+
+@dataclass(frozen=True)
 class SiteShape:
     """What a convolution costs per input-output channel pair: output positions and kernel area."""
 
@@ -175,43 +218,23 @@ class ResourceModel:
         self.layer = [int(s.path.split(".")[1]) for s in (*sites, *attention, *self.whole)]
 
     def _trace(self) -> tuple[dict[str, SiteShape], list[WholeCost]]:
-        """Run the supernet once at `imgsz` to record each convolution's positions (its output's; a transposed
-        one's input, as THOP walks it) and the cost of every module kept whole. A site that does not run in
-        an eval forward must be a training-only branch (not `counted`): it has parameters and no positions."""
+        """Each convolution's positions at `imgsz` (its output's; a transposed one's input, as THOP walks it) and
+        the cost of every module kept whole, from one traced pass. A site that does not run in an eval forward
+        must be a training-only branch (not `counted`): it has parameters and no positions."""
+        traced = traced_pass(self.supernet, self.imgsz)
         shapes: dict[str, SiteShape] = {}
-        whole_inputs: dict[str, tuple] = {}
-        hooks = []
         for site in self.supernet.sites:
             conv = self.supernet.get_submodule(site.path)
-
-            def record(module: nn.Conv2d, inputs: tuple, y: torch.Tensor, path: str = site.path) -> None:
-                walked = inputs[0] if isinstance(module, nn.ConvTranspose2d) else y
-                shapes[path] = site_shape(module, walked[0, 0].numel())
-
-            hooks.append(conv.register_forward_hook(record))
+            if site.path in traced.conv_shapes:
+                input_shape, output_shape = traced.conv_shapes[site.path]
+                walked = input_shape if isinstance(conv, nn.ConvTranspose2d) else output_shape
+                shapes[site.path] = site_shape(conv, walked[2:].numel())
+            elif site.counted:
+                raise RuntimeError(f"{site.path} does not run in an eval forward, yet its cost is counted")
+            else:
+                shapes[site.path] = site_shape(conv, 0)
         whole = [path for handler in self.supernet.handlers for path in handler.kept_whole]
-        for path in whole:
-
-            def keep_inputs(module: nn.Module, inputs: tuple, y, path: str = path) -> None:
-                whole_inputs[path] = inputs
-
-            hooks.append(self.supernet.get_submodule(path).register_forward_hook(keep_inputs))
-        training = self.supernet.training
-        p = next(self.supernet.parameters())
-        try:
-            self.supernet.eval()
-            with torch.no_grad(), self.supernet.masks_off():
-                self.supernet(torch.zeros(1, self.supernet.yaml.get("channels", 3), *self.imgsz, device=p.device))
-        finally:
-            self.supernet.train(training)
-            for hook in hooks:
-                hook.remove()
-        for site in self.supernet.sites:
-            if site.path not in shapes:
-                if site.counted:
-                    raise RuntimeError(f"{site.path} does not run in an eval forward, yet its cost is counted")
-                shapes[site.path] = site_shape(self.supernet.get_submodule(site.path), 0)
-        return shapes, [self._whole_cost(path, whole_inputs.get(path)) for path in whole]
+        return shapes, [self._whole_cost(path, traced.whole_inputs.get(path)) for path in whole]
 
     def _whole_cost(self, path: str, inputs: tuple | None) -> WholeCost:
         """A module kept whole: its parameters, and THOP's count (as `get_flops` makes it) where it ran."""
