@@ -14,8 +14,8 @@ from ultralytics.nn.tasks import yaml_model_load
 from yolo_dms.core.errors import DMSError
 from yolo_dms.core.model_io import build_task_model, write_checkpoint
 from yolo_dms.core.resources import deployed_gflops
+from yolo_dms.core.tasks import TASKS
 from yolo_dms.tools.benchmark import magnitude_prune, merge_results, run_benchmark
-from yolo_dms.tools.evaluation import TASK_METRICS
 
 
 def tiny_model(name: str) -> torch.nn.Module:
@@ -55,14 +55,14 @@ def test_every_arm_reports_the_tasks_scores_at_the_budget(task, arms, tmp_path):
     with open(out / "benchmark.csv") as f:
         rows = list(csv.DictReader(f))
     assert [r["arm"] for r in rows] == arms.split(",")
-    (first, first_label, _), (second, second_label, _) = TASK_METRICS[task]
+    first, second = TASKS[task].metrics
     for row in rows:
         assert row["task"] == task and "coco_map50_95" not in row
-        assert all(math.isfinite(float(row[key])) for key in (first, second, "gflops", "train_min")), row
+        assert all(math.isfinite(float(row[key])) for key in (first.key, second.key, "gflops", "train_min")), row
         if row["arm"] != "uniform":  # as in test_benchmark.py; a tiny uniform model moves in steps of 8 channels, and
             # Classify's 1280-channel conv does not scale with the width
             assert abs(float(row["gflops"]) - float(row["budget"])) <= 0.03 * float(row["budget"]), row
-    assert f"| {first_label} | {second_label} |" in summary and (out / "map_vs_gflops.png").exists()
+    assert f"| {first.label} | {second.label} |" in summary and (out / "map_vs_gflops.png").exists()
 
 
 @pytest.mark.parametrize("model, arms, message", [

@@ -16,32 +16,20 @@ from contextlib import contextmanager
 from copy import deepcopy
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 import yaml
 from ultralytics import __version__ as ultralytics_version
 from ultralytics.nn.modules import Detect
-from ultralytics.nn.tasks import (
-    BaseModel,
-    ClassificationModel,
-    DetectionModel,
-    OBBModel,
-    PoseModel,
-    SegmentationModel,
-    guess_model_task,
-    torch_safe_load,
-    yaml_model_load,
-)
+from ultralytics.nn.tasks import BaseModel, DetectionModel, guess_model_task, torch_safe_load, yaml_model_load
 from ultralytics.utils import LOGGER, SETTINGS, is_online
 from ultralytics.utils.checks import check_model_file_from_stem
 from ultralytics.utils.downloads import GITHUB_ASSETS_NAMES, attempt_download_asset
 from ultralytics.utils.torch_utils import intersect_dicts
 
 from yolo_dms.core.errors import DMSError, ModelSourceError, UnsupportedModelError, first_line
-
-if TYPE_CHECKING:
-    from yolo_dms.core.supernet import Supernet
+from yolo_dms.core.supernet import Supernet
+from yolo_dms.core.tasks import TASKS, model_task
 
 
 def resolve_model(source: str | Path) -> str:
@@ -150,17 +138,15 @@ def load_checkpoint_model(source: str | Path, nc: int | None = None) -> Detectio
     its pickled supernet, whose masks and settings are the search's state. `nc` other than the checkpoint's
     builds a new head and transfers every weight that fits, as `yolo train` does.
     """
-    from yolo_dms.core.supernet import Supernet  # supernet.py builds on this module
-
     model = stored_model(read_checkpoint(source))
     if model is None:
         raise ModelSourceError(f"'{source}' holds no Ultralytics model")
     if isinstance(model, Supernet):
         return model.float()
-    if type(model) not in TASK_MODELS.values():
+    if type(model) not in {kind.model for kind in TASKS.values()}:
         raise UnsupportedModelError(
             f"'{source}' is not a YOLO model of a task DMS searches ({type(model).__name__}); DMS searches "
-            f"{', '.join(TASK_MODELS)} models"
+            f"{', '.join(TASKS)} models"
         )
     return rebuild(model.float(), source, nc)
 
@@ -168,8 +154,6 @@ def load_checkpoint_model(source: str | Path, nc: int | None = None) -> Detectio
 def load_search_checkpoint(source: str | Path, hint: str) -> tuple[Supernet, dict]:
     """The supernet of a yolo-dms search checkpoint and the checkpoint itself; anything else is refused with
     `hint` saying what the mode needs."""
-    from yolo_dms.core.supernet import Supernet  # supernet.py builds on this module
-
     ckpt = read_checkpoint(source)
     model = stored_model(ckpt)
     if not isinstance(model, Supernet) or not hasattr(model, "dms_settings"):
@@ -230,15 +214,6 @@ def with_stock_class_branch(loaded: DetectionModel, fresh: DetectionModel) -> De
     return fresh
 
 
-TASK_MODELS: dict[str, type[BaseModel]] = {  # as `yolo train` builds a model for each task
-    "detect": DetectionModel,
-    "segment": SegmentationModel,
-    "pose": PoseModel,
-    "obb": OBBModel,
-    "classify": ClassificationModel,
-}
-
-
 def build_task_model(cfg: str | Path | dict, nc: int | None = None) -> BaseModel:
     """The stock model a model YAML (path, packaged name or dict) builds for its task, as `yolo train` builds it.
 
@@ -246,9 +221,10 @@ def build_task_model(cfg: str | Path | dict, nc: int | None = None) -> BaseModel
     name = cfg.get("yaml_file", "the model") if isinstance(cfg, dict) else cfg
     cfg = cfg if isinstance(cfg, dict) else load_model_yaml(cfg)
     task = guess_model_task(cfg)
-    if task is not None and task not in TASK_MODELS:
-        raise UnsupportedModelError(f"'{name}' is a {task} model; DMS searches the tasks {', '.join(TASK_MODELS)}")
-    return TASK_MODELS.get(task, DetectionModel)(deepcopy(cfg), nc=nc, verbose=False)
+    if task is not None and task not in TASKS:
+        raise UnsupportedModelError(f"'{name}' is a {task} model; DMS searches the tasks {', '.join(TASKS)}")
+    model_class = TASKS[task].model if task is not None else DetectionModel
+    return model_class(deepcopy(cfg), nc=nc, verbose=False)
 
 
 def load_model(source: str | Path, nc: int | None = None) -> BaseModel:
@@ -263,12 +239,6 @@ def load_model(source: str | Path, nc: int | None = None) -> BaseModel:
         raise
     except Exception as e:  # parse_model reports a bad row with whatever error the layer raises
         raise ModelSourceError(f"cannot build a model from '{source}': {e}") from None
-
-
-def model_task(model: BaseModel) -> str:
-    """The task of a stock model or a supernet, as `yolo train` picks its trainer (segmentation, pose and
-    oriented-box models are detection models too, so they are asked first)."""
-    return next(task for task, cls in reversed(TASK_MODELS.items()) if isinstance(model, cls))
 
 
 def check_writable(directory: str | Path) -> None:
@@ -358,7 +328,7 @@ def write_checkpoint(model: DetectionModel, path: str | Path, train_args: dict |
         "version": ultralytics_version,
         "model": model.half(),
         "ema": None,
-        "train_args": {"task": guess_model_task(model.yaml), **(train_args or {})},  # how stock YOLO() loads it
+        "train_args": {"task": model_task(model), **(train_args or {})},  # how stock YOLO() loads it
     }
     with atomic_path(path) as tmp:
         torch.save(ckpt, tmp)

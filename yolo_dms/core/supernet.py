@@ -21,7 +21,6 @@ from yolo_dms.core.handlers.base import OUTPUT_DIVISOR, default_hidden_divisor
 from yolo_dms.core.handlers.gates import set_channel_gates
 from yolo_dms.core.mask_bank import MaskBank
 from yolo_dms.core.masks import DepthMask, DerivedWidthMask, KeepRatioMask
-from yolo_dms.core.model_io import load_model
 
 
 class Supernet(DetectionModel):
@@ -75,6 +74,8 @@ class Supernet(DetectionModel):
     @classmethod
     def from_source(cls, source: str | DetectionModel, nc: int | None = None, **mask_args) -> Supernet:
         """Supernet from a model YAML, a `.pt` checkpoint or a `DetectionModel`."""
+        from yolo_dms.core.model_io import load_model  # model_io.py builds on this module
+
         if isinstance(source, DetectionModel):
             return source if isinstance(source, Supernet) else cls(source, **mask_args)
         model = load_model(source, nc=nc)

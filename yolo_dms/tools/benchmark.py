@@ -24,7 +24,7 @@ arm but the from-scratch ones starts from its weights.
 - `uniform`: the model's YAML with one `width_multiple` chosen to meet the budget, trained from scratch for E;
 - `reference`: the unpruned model trained for E (fine-tuned from a `.pt`), the accuracy pruning gives away.
 
-Every model is scored by its task's stock Ultralytics validator on the two scores `TASK_METRICS` names (box, mask,
+Every model is scored by its task's stock Ultralytics validator on the two scores the task table names (box, mask,
 pose or OBB mAP50-95 and mAP50; top-1 and top-5 accuracy) and, for detection, independently by pycocotools on the
 COCO-format files that validator writes (`evaluation.validate`); its ONNX export is timed under ONNX Runtime on
 the CPU (batch 1, median). Training and validation run on `device=`, as in Ultralytics. With no `data=`, the demo
@@ -65,9 +65,10 @@ from yolo_dms.core.model_io import (
     write_model_yaml,
 )
 from yolo_dms.core.resources import deployed_gflops
+from yolo_dms.core.tasks import TASKS
 from yolo_dms.search.run import run_search
 from yolo_dms.tools.demo_data import make_dataset
-from yolo_dms.tools.evaluation import TASK_METRICS, onnx_report, validate
+from yolo_dms.tools.evaluation import onnx_report, validate
 from yolo_dms.tools.overhead import measure_overhead
 
 # `reference` first: it is dms_kd's teacher when the model's classes are not the data's
@@ -340,14 +341,14 @@ def row_task(row: dict) -> str:
 
 
 def columns(task: str) -> tuple[str, ...]:
-    """The measured columns for `task`: its two `TASK_METRICS` scores, pycocotools' check for detection only."""
-    scores = tuple(key for key, _, _ in TASK_METRICS[task])
+    """The measured columns for `task`: its two scores (`TaskKind.metrics`), pycocotools' check for detection only."""
+    scores = tuple(metric.key for metric in TASKS[task].metrics)
     return ("gflops", "params", *scores, *(("coco_map50_95",) if task == "detect" else ()), "onnx_ms", *PHASES)
 
 
 def labels(task: str) -> dict[str, str]:
     """Column headers for `task`: the task's own score names (mask mAP50-95, top-1 accuracy, ...)."""
-    return {**LABELS, **{key: label for key, label, _ in TASK_METRICS[task]}}
+    return {**LABELS, **{metric.key: metric.label for metric in TASKS[task].metrics}}
 
 
 def one_task(rows: list[dict]) -> str:
@@ -399,12 +400,12 @@ def plot(rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    key, label, _ = TASK_METRICS[one_task(rows)][0]
+    score = TASKS[one_task(rows)].metrics[0]
     fig, ax = plt.subplots(figsize=(7, 4.5), tight_layout=True)
     for arm in dict.fromkeys(r["arm"] for r in rows):
-        points = [(float(r["gflops"]), float(r[key])) for r in rows if r["arm"] == arm]
+        points = [(float(r["gflops"]), float(r[score.key])) for r in rows if r["arm"] == arm]
         ax.scatter(*zip(*points), label=arm, s=40)
-    ax.set(xlabel="GFLOPs", ylabel=label, title="Equal-budget comparison")
+    ax.set(xlabel="GFLOPs", ylabel=score.label, title="Equal-budget comparison")
     ax.legend()
     fig.savefig(path, dpi=150)
     plt.close(fig)

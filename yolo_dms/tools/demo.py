@@ -11,18 +11,12 @@ from ultralytics import YOLO
 from ultralytics.utils import LOGGER
 
 from yolo_dms.core.errors import DMSError
+from yolo_dms.core.tasks import TASKS
 from yolo_dms.search.run import run_search
 from yolo_dms.tools.demo_data import make_dataset
-from yolo_dms.tools.evaluation import TASK_METRICS, onnx_report, validate
+from yolo_dms.tools.evaluation import onnx_report, validate
 
 COMMON = {"batch": 16, "nbs": 16, "workers": 0, "device": "cpu", "plots": False, "exist_ok": True, "seed": 0}
-DEMO_MODELS = {  # task -> the model trained from scratch and searched
-    "detect": "yolov8n.yaml",
-    "segment": "yolov8n-seg.yaml",
-    "pose": "yolov8n-pose.yaml",
-    "obb": "yolov8n-obb.yaml",
-    "classify": "yolov8n-cls.yaml",
-}
 
 
 def run_demo(
@@ -36,15 +30,15 @@ def run_demo(
     n_val: int = 128,
 ) -> str:
     """Run the whole pipeline for `task` and return the before/after table (also written to `out/summary.md`)."""
-    if task not in DEMO_MODELS:
-        raise DMSError(f"demo task must be one of {', '.join(DEMO_MODELS)}, got '{task}'")
+    if task not in TASKS:
+        raise DMSError(f"demo task must be one of {', '.join(TASKS)}, got '{task}'")
     out = Path(out).resolve()
     started = time.time()
     data = make_dataset(out / "data", n_train=n_train, n_val=n_val, imgsz=imgsz, seed=0, task=task)
     LOGGER.info(f"Demo data: {data}")
 
-    model_name = Path(DEMO_MODELS[task]).stem
-    YOLO(DEMO_MODELS[task]).train(data=str(data), epochs=epochs, imgsz=imgsz, project=str(out), name="baseline",
+    model_name = Path(TASKS[task].demo_model).stem
+    YOLO(TASKS[task].demo_model).train(data=str(data), epochs=epochs, imgsz=imgsz, project=str(out), name="baseline",
                                   **COMMON)
     baseline = out / "baseline" / "weights" / "best.pt"
 
@@ -67,9 +61,9 @@ def run_demo(
         if onnx.max_abs_difference > 1e-3:
             raise DMSError(f"ONNX export of {rows[name]} differs from PyTorch by {onnx.max_abs_difference:.2e}")
         table[name].update({"ONNX ms": onnx.latency_ms, "ONNX vs PyTorch": onnx.max_abs_difference})
-    (first, first_label, _), (second, second_label, _) = TASK_METRICS[task]
+    first, second = TASKS[task].metrics
     lines = [
-        f"| model | GFLOPs@{imgsz} | params | {first_label} | {second_label} | ONNX Runtime CPU ms (batch 1) "
+        f"| model | GFLOPs@{imgsz} | params | {first.label} | {second.label} | ONNX Runtime CPU ms (batch 1) "
         "| max abs ONNX-PyTorch |",
         "|---|---|---|---|---|---|---|",
     ]
@@ -77,7 +71,7 @@ def run_demo(
         latency = f"{r['ONNX ms']:.2f}" if "ONNX ms" in r else "-"
         diff = f"{r['ONNX vs PyTorch']:.1e}" if "ONNX vs PyTorch" in r else "-"
         lines.append(
-            f"| {name} | {r['gflops']:.4f} | {r['params']:,} | {r[first]:.4f} | {r[second]:.4f} "
+            f"| {name} | {r['gflops']:.4f} | {r['params']:,} | {r[first.key]:.4f} | {r[second.key]:.4f} "
             f"| {latency} | {diff} |"
         )
     minutes = (time.time() - started) / 60

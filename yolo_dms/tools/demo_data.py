@@ -28,8 +28,9 @@ import numpy as np
 import torch
 import yaml
 
+from yolo_dms.core.tasks import TASKS
+
 CLASS_NAMES: tuple[str, ...] = ("circle", "square", "triangle", "cross", "ring")
-TASKS: tuple[str, ...] = ("detect", "segment", "pose", "obb", "classify")
 KPT_SHAPE, FLIP_IDX = (4, 3), (0, 3, 2, 1)  # pose: topmost, rightmost, bottommost, leftmost; flip swaps 1 and 3
 CROP_MARGIN = 0.25  # classify: context around the object's box, as a fraction of its longer side on each side
 

@@ -20,6 +20,7 @@ from ultralytics.models.yolo.detect import DetectionValidator
 
 from yolo_dms.core.latency_backends import time_calls
 from yolo_dms.core.resources import deployed_gflops
+from yolo_dms.core.tasks import TASKS
 
 
 class CocoCheckValidator(DetectionValidator):
@@ -53,19 +54,8 @@ class CocoCheckValidator(DetectionValidator):
         return stats
 
 
-# task -> its two scores: (key in validate's scores, label, Ultralytics' results_dict key); the first ranks models
-TASK_METRICS: dict[str, tuple[tuple[str, str, str], tuple[str, str, str]]] = {
-    "detect": (("map50_95", "mAP50-95", "metrics/mAP50-95(B)"), ("map50", "mAP50", "metrics/mAP50(B)")),
-    "segment": (("map50_95", "mask mAP50-95", "metrics/mAP50-95(M)"), ("map50", "mask mAP50", "metrics/mAP50(M)")),
-    "pose": (("map50_95", "pose mAP50-95", "metrics/mAP50-95(P)"), ("map50", "pose mAP50", "metrics/mAP50(P)")),
-    "obb": (("map50_95", "OBB mAP50-95", "metrics/mAP50-95(B)"), ("map50", "OBB mAP50", "metrics/mAP50(B)")),
-    "classify": (("top1", "top-1 accuracy", "metrics/accuracy_top1"), ("top5", "top-5 accuracy",
-                                                                      "metrics/accuracy_top5")),
-}
-
-
 def validate(weights: Path, data: Path, imgsz: int, device=None, **val_args) -> tuple[dict, Path]:
-    """(GFLOPs, params and the two scores `TASK_METRICS` names for the checkpoint's task: mask, pose or OBB
+    """(GFLOPs, params and the two scores the task table names for the checkpoint's task: mask, pose or OBB
     mAP50-95 and mAP50, or top-1 and top-5 accuracy; for detection with `save_json=True` also the pycocotools
     mAP50-95; the validator's output folder). Each task is scored by its stock Ultralytics validator.
     `device` as in Ultralytics (None: a GPU if there is one)."""
@@ -80,7 +70,7 @@ def validate(weights: Path, data: Path, imgsz: int, device=None, **val_args) -> 
     scores = {
         "gflops": deployed_gflops(model.model, imgsz),
         "params": sum(p.numel() for p in model.model.parameters()),
-        **{key: float(results[result_key]) for key, _, result_key in TASK_METRICS[model.task]},
+        **{metric.key: float(results[metric.result_key]) for metric in TASKS[model.task].metrics},
     }
     if isinstance(validator, CocoCheckValidator) and validator.args.save_json:
         scores["coco_map50_95"] = validator.coco_map50_95
