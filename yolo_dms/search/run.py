@@ -13,8 +13,9 @@ from ultralytics.utils import DEFAULT_CFG_DICT
 from yolo_dms.core.data import resolve_data
 from yolo_dms.core.errors import DMSError, SearchInterrupted, first_line
 from yolo_dms.core.imgsz import checked_imgsz, model_stride
-from yolo_dms.core.model_io import load_model, load_search_checkpoint, model_task, resolve_model
+from yolo_dms.core.model_io import load_model, load_search_checkpoint, resolve_model
 from yolo_dms.core.resource_registry import RESOURCES
+from yolo_dms.core.tasks import TASKS, model_task
 from yolo_dms.search.preflight import (
     check_device,
     check_labels,
@@ -23,7 +24,7 @@ from yolo_dms.search.preflight import (
     prepared_session,
 )
 from yolo_dms.search.settings import RECIPES_DIR, SearchSettings, load_defaults
-from yolo_dms.search.trainer import TRAINERS, SearchTrainer, trainer_for
+from yolo_dms.search.trainer import SearchTrainer, trainer_for
 
 
 def check_train_arguments(train: dict) -> None:
@@ -95,7 +96,7 @@ def search_projects(arguments: dict) -> list[Path]:
     """The directories that hold the searches of every task, resolved as Ultralytics resolves `project` (8.4 puts
     a relative one under `runs_dir/<task>`)."""
     train = {**load_defaults()["train"], **{k: v for k, v in arguments.items() if k == "project"}}
-    return sorted({planned_save_dir({**train, "task": task, "mode": "train"}).parent for task in TRAINERS})
+    return sorted({planned_save_dir({**train, "task": task, "mode": "train"}).parent for task in TASKS})
 
 
 def resume_checkpoint(resume: bool | str | Path, projects: list[Path]) -> tuple[Path, str]:

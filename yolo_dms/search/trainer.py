@@ -55,6 +55,7 @@ from yolo_dms.core.prune import prune
 from yolo_dms.core.resource_registry import RESOURCES
 from yolo_dms.core.resources import FUSED
 from yolo_dms.core.supernet import Supernet
+from yolo_dms.core.tasks import TASKS
 from yolo_dms.search.session import SearchSession, as_stored, sync_structure, wrap_supernet
 from yolo_dms.search.settings import SearchSettings, load_defaults
 
@@ -382,15 +383,6 @@ class DMSClassificationTrainer(SearchTrainer, ClassificationTrainer):
     """DMS search of a classification model."""
 
 
-TRAINERS: dict[str, type[SearchTrainer]] = {
-    "detect": DMSTrainer,
-    "segment": DMSSegmentationTrainer,
-    "pose": DMSPoseTrainer,
-    "obb": DMSOBBTrainer,
-    "classify": DMSClassificationTrainer,
-}
-
-
 def trainer_for(task: str) -> type[SearchTrainer]:
-    """The search trainer of a model's task, as `yolo train` picks its trainer."""
-    return TRAINERS[task]
+    """The search trainer over the stock trainer the task table names for `task`, as `yolo train` picks it."""
+    return next(t for t in SearchTrainer.__subclasses__() if TASKS[task].trainer in t.__bases__)

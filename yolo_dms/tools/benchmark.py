@@ -59,13 +59,12 @@ from yolo_dms.core.model_io import (
     is_checkpoint,
     load_checkpoint_model,
     load_model,
-    model_task,
     resolve_model,
     trained_on,
     write_model_yaml,
 )
 from yolo_dms.core.resources import deployed_gflops
-from yolo_dms.core.tasks import TASKS
+from yolo_dms.core.tasks import TASKS, model_task
 from yolo_dms.search.run import run_search
 from yolo_dms.tools.demo_data import make_dataset
 from yolo_dms.tools.evaluation import onnx_report, validate
