@@ -13,8 +13,8 @@ import yaml
 from ultralytics.nn.tasks import DetectionModel, yaml_model_load
 
 from yolo_dms.cli import main
-from yolo_dms.core.model_io import trained_on, write_checkpoint
-from yolo_dms.tools.benchmark import ARMS, columns, merge_results, run_benchmark, summarize
+from yolo_dms.core.model_io import trained_on, write_checkpoint, write_model_yaml
+from yolo_dms.tools.benchmark import ARMS, arm_points, columns, merge_results, plot, run_benchmark, summarize
 from yolo_dms.tools.demo_data import make_dataset
 
 
@@ -36,10 +36,14 @@ def roboflow_dataset(root: Path) -> Path:
     return data
 
 
+def tiny_cfg(nc: int) -> dict:
+    """A YOLOv8 of a tiny width (8 to 128 channels)."""
+    return {**yaml_model_load("yolov8n.yaml"), "scales": {"t": [0.33, 0.125, 1024]}, "scale": "t", "nc": nc}
+
+
 def tiny_checkpoint(path: Path, nc: int) -> Path:
-    """A YOLOv8 checkpoint of a tiny width (8 to 128 channels), as a user's `.pt`."""
-    cfg = {**yaml_model_load("yolov8n.yaml"), "scales": {"t": [0.33, 0.125, 1024]}, "scale": "t", "nc": nc}
-    return write_checkpoint(DetectionModel(cfg, verbose=False), path)
+    """A tiny YOLOv8 checkpoint, as a user's `.pt`."""
+    return write_checkpoint(DetectionModel(tiny_cfg(nc), verbose=False), path)
 
 
 @pytest.fixture(scope="module")
@@ -47,24 +51,26 @@ def benchmark_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("benchmark")
     data = roboflow_dataset(root / "data")
     model = tiny_checkpoint(root / "tiny.pt", nc=5)
+    stock = write_model_yaml(tiny_cfg(nc=5), root / "tinystock.yaml")  # the stock arm, from scratch
     out = root / "run" / "t0.5"
     summary = run_benchmark(model=str(model), data=str(data), epochs=2, search_epochs=1, imgsz=64, batch=8,
-                            seeds="0", latency_runs=3, workers=0, overhead=False, out=str(out))
+                            seeds="0", latency_runs=3, workers=0, overhead=False, out=str(out),
+                            stock_models=str(stock))
     with open(out / "benchmark.csv") as f:
         return summary, list(csv.DictReader(f)), out
 
 
 def test_every_arm_fills_every_column_and_the_pruned_ones_meet_the_budget(benchmark_run):
     summary, rows, out = benchmark_run
-    assert [r["arm"] for r in rows] == list(ARMS)
+    assert [r["arm"] for r in rows] == [*ARMS[:-1], "stock_tinystock"]  # the stock arm: a row per stock model
     budget = float(rows[0]["budget"])
     for row in rows:
         assert all(value != "" for value in row.values()), row
         for key in ("gflops", "params", "map50_95", "map50", "coco_map50_95", "onnx_ms", "train_min", "eval_min"):
             assert math.isfinite(float(row[key])), (row["arm"], key)
         assert float(row["onnx_ms"]) > 0 and float(row["train_min"]) > 0
-        assert (float(row["structure_min"]) > 0) == (row["arm"] not in {"uniform", "reference"})
-        if row["arm"] == "reference":  # the unpruned model
+        assert (float(row["structure_min"]) > 0) == (row["arm"] not in {"uniform", "reference", "stock_tinystock"})
+        if row["arm"] in {"reference", "stock_tinystock"}:  # unpruned models (the stock one is the same tiny YOLOv8)
             assert float(row["gflops"]) > 1.5 * budget, row
         else:
             assert abs(float(row["gflops"]) - budget) <= 0.03 * budget, row
@@ -102,6 +108,20 @@ def test_merge_joins_parallel_runs(benchmark_run):
     assert "Target 0.5:" in table and table.count("| magnitude_global |") == 1
     with open(out.parent / "benchmark.csv") as f:
         assert len(list(csv.DictReader(f))) == len(rows)
+
+
+def test_the_plot_shows_each_arms_mean_and_spread_and_the_stock_curve(tmp_path):
+    row = {"arm": "dms", "target": 0.5, "budget": 1.0, "seed": 0, **dict.fromkeys(columns("detect"), 0.5)}
+    rows = [row, {**row, "seed": 1, "map50_95": 0.7, "gflops": 0.52}, {**row, "arm": "taylor_uniform"},
+            {**row, "arm": "stock_yolov8n", "gflops": 0.9, "map50_95": 0.8},
+            {**row, "arm": "stock_yolov8s", "gflops": 2.0, "map50_95": 0.9}]
+    points = dict(arm_points(rows, "gflops", "map50_95"))
+    assert points["dms"] == pytest.approx((0.51, 0.6, 0.1))  # mean x, mean y, population std of y
+    assert set(points) == {"dms", "taylor_uniform", "stock_yolov8n", "stock_yolov8s"}
+    two_targets = dict(arm_points(rows + [{**row, "target": 0.3}], "gflops", "map50_95"))
+    assert "dms (0.5)" in two_targets and "dms (0.3)" in two_targets
+    plot(rows, tmp_path / "map_vs_gflops.png")
+    assert (tmp_path / "map_vs_gflops.png").stat().st_size > 10_000
 
 
 def test_skipped_onnx_timing_reads_as_a_dash():

@@ -87,7 +87,7 @@ BENCHMARK = {
     "batch": "batch size of every training run",
     "seeds": "comma-separated seeds; every arm runs once per seed",
     "arms": "comma-separated arms (dms, dms_kd, dms_scratch, dms_sgd, taylor_uniform, magnitude_uniform, "
-            "magnitude_global, uniform, reference); empty runs every arm the model allows",
+            "magnitude_global, uniform, reference, stock); empty runs every arm the model allows",
     "out": "run directory of every arm, benchmark.csv, benchmark.md and map_vs_gflops.png",
     "n_train": "training images generated when data is empty",
     "n_val": "validation images generated when data is empty",
@@ -97,6 +97,8 @@ BENCHMARK = {
     "cache": "cache images, as Ultralytics' cache=",
     "overhead": "also time one search iteration against one training iteration",
     "teacher": "distillation teacher of dms_kd ({seed} becomes the seed); empty: the starting .pt or the reference arm",
+    "stock_models": "the stock arm's models, comma-separated (yolov8n.pt,yolo11n.pt: fine-tuned; a YAML: from "
+                    "scratch), each trained E epochs at its own GFLOPs, drawn as the stock curve",
 }
 SEARCH_TRAIN_SECTIONS = ("Train settings", "Val/Test settings", "Hyperparameters")  # Ultralytics' default.yaml
 NOT_SEARCH_ARGUMENTS = {"task", "mode", "cfg", "resume"}  # fixed by the mode, or listed as the search's own

@@ -72,12 +72,12 @@ from yolo_dms.tools.overhead import measure_overhead
 
 # `reference` first: it is dms_kd's teacher when the model's classes are not the data's
 ARMS = ("reference", "dms", "dms_kd", "dms_scratch", "dms_sgd", "taylor_uniform", "magnitude_uniform",
-        "magnitude_global", "uniform")
+        "magnitude_global", "uniform", "stock")
 DEFAULTS = {
     "data": "", "model": "yolov8s.yaml", "target": 0.5, "epochs": 20, "search_epochs": 10, "imgsz": 128,
     "batch": 16, "seeds": "0,1", "arms": "", "out": "runs/dms/benchmark", "n_train": 512,
     "n_val": 128, "latency_runs": 100, "device": None, "workers": 2, "cache": False, "overhead": True,
-    "teacher": "",
+    "teacher": "", "stock_models": "",
 }
 # arm -> the search it starts from (also its run name), and that search's own settings: `search_taylor` has its
 # structure frozen (0: the keep ratios never move), `search_sgd` steps the keep ratios with normalized SGD
@@ -242,6 +242,12 @@ def magnitude_prune(weights: Path, budget: float, imgsz: int, global_pruning: bo
 
 
 # ------------------------------------------------------------------------------------------------- the run
+def stock_arms(options: dict) -> dict[str, str]:
+    """The `stock` arm's rows, `stock_<name>` -> each of `stock_models` (a `.pt` is fine-tuned, a YAML trained from
+    scratch), trained for E epochs at its own GFLOPs: the stock family's curve a pruned model must beat."""
+    return {f"stock_{Path(name).stem}": name for name in str(options["stock_models"]).split(",") if name}
+
+
 def timed(fn: Callable[[], object]) -> tuple[object, float]:
     """`fn()` and its wall time in minutes."""
     start = time.time()
@@ -285,6 +291,8 @@ def run_seed(
         """(The arm's final training, still to run; the minutes spent fixing its structure)."""
         if arm == "reference":
             return lambda: reference()[0], 0.0
+        if arm in stock_arms(options):
+            return lambda: train(stock_arms(options)[arm], data, epochs, seed, out, arm, options), 0.0
         if arm == "uniform":
             path = write_model_yaml(uniform_yaml(cfg, budget, imgsz), out / "uniform.yaml",
                                     "Uniformly scaled baseline written by the yolo-dms benchmark")
@@ -315,7 +323,7 @@ def run_seed(
         return {**scores, "onnx_ms": onnx_report(weights, imgsz, runs).latency_ms if runs else math.nan}
 
     rows = []
-    for arm in arms:
+    for arm in (row for arm in arms for row in (stock_arms(options) if arm == "stock" else [arm])):
         final_training, structure_min = structure(arm)
         weights, train_min = timed(final_training)
         scores, eval_min = timed(lambda: score(weights, arm))
@@ -393,21 +401,47 @@ def summarize(rows: list[dict], overhead: str = "") -> str:
 
 
 def plot(rows: list[dict], path: Path) -> None:
-    """The task's first score (mAP50-95, top-1 accuracy) against GFLOPs, one colour per arm."""
+    """The task's first score against GFLOPs and, where it was timed, ONNX Runtime milliseconds: each arm's mean
+    over its seeds with their spread (arms offset a little on x so none hides another), per target, and the
+    stock models (`stock_*` rows) as one curve."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     score = TASKS[one_task(rows)].metrics[0]
-    fig, ax = plt.subplots(figsize=(7, 4.5), tight_layout=True)
-    for arm in dict.fromkeys(r["arm"] for r in rows):
-        points = [(float(r["gflops"]), float(r[score.key])) for r in rows if r["arm"] == arm]
-        ax.scatter(*zip(*points), label=arm, s=40)
-    ax.set(xlabel="GFLOPs", ylabel=score.label, title="Equal-budget comparison")
-    ax.legend()
+    axes = [("gflops", "GFLOPs")] + ([("onnx_ms", "ONNX Runtime CPU ms, batch 1")]
+                                     if any(not math.isnan(float(r["onnx_ms"])) for r in rows) else [])
+    fig, panels = plt.subplots(1, len(axes), figsize=(7 * len(axes), 4.5), tight_layout=True, squeeze=False)
+    for ax, (key, label) in zip(panels[0], axes):
+        points = arm_points(rows, key, score.key)
+        stock = sorted(point for arm, point in points if arm.startswith("stock_"))
+        if stock:
+            ax.plot([x for x, *_ in stock], [y for _, y, _ in stock], "k-o", label="stock models", zorder=1)
+        others = [(arm, point) for arm, point in points if not arm.startswith("stock_")]
+        span = max((x for _, (x, _, _) in points), default=1.0) - min((x for _, (x, _, _) in points), default=0.0)
+        for i, (arm, (x, y, spread)) in enumerate(others):
+            offset = (i - (len(others) - 1) / 2) * 0.01 * (span or x)
+            ax.errorbar(x + offset, y, yerr=spread, fmt="o", capsize=3, label=arm)
+        ax.set(xlabel=label, ylabel=score.label, title=f"Mean ± std over seeds, against {label.split(',')[0]}")
+        ax.legend(fontsize=8)
     fig.savefig(path, dpi=150)
     plt.close(fig)
+
+
+def arm_points(rows: list[dict], x_key: str, y_key: str) -> list[tuple[str, tuple[float, float, float]]]:
+    """(label, (mean x, mean y, std y)) of every arm and target over its seeds; labels name the target when
+    several are plotted."""
+    targets = list(dict.fromkeys(float(r["target"]) for r in rows))
+    points = []
+    for target in targets:
+        for arm in dict.fromkeys(r["arm"] for r in rows if float(r["target"]) == target):
+            group = [r for r in rows if r["arm"] == arm and float(r["target"]) == target]
+            xs, ys = [float(r[x_key]) for r in group], [float(r[y_key]) for r in group]
+            label = arm if len(targets) == 1 or arm.startswith("stock_") else f"{arm} ({target:g})"
+            if label not in (p[0] for p in points) and not any(math.isnan(x) for x in xs):
+                points.append((label, (statistics.mean(xs), statistics.mean(ys), statistics.pstdev(ys))))
+    return points
 
 
 def write_results(rows: list[dict], out: Path, overhead: str = "") -> str:
@@ -447,7 +481,10 @@ def run_benchmark(**overrides) -> str:
     network = load_model(model)
     task, cannot = model_task(network), unavailable_arms(network, model)
     arms = [a for a in str(options["arms"]).split(",") if a] or [  # default: every arm the model allows
-        a for a in ARMS if a not in cannot and (a != "dms_kd" or model.endswith(".pt"))]
+        a for a in ARMS if a not in cannot and (a != "dms_kd" or model.endswith(".pt"))
+        and (a != "stock" or stock_arms(options))]
+    if "stock" in arms and not stock_arms(options):
+        raise DMSError("the stock arm needs stock_models=, e.g. stock_models=yolov8n.pt,yolo11n.pt")
     if bad := [a for a in arms if a not in ARMS]:
         raise DMSError(f"unknown arm(s) {bad}; valid: {', '.join(ARMS)}")
     if refused := [a for a in arms if a in cannot]:
