@@ -1,21 +1,23 @@
 """The batched search step (`core.mask_bank`, one pass over every mask) computes what the mask-by-mask one does.
 
-The reference here is the straightforward step: each mask's own count, masks and importance hook, a gate
-concatenated per layer, a resource model fed from host-side hard counts, keep ratios clamped and Adam-stepped
-one by one. Over a few hundred search steps (forward, backward, structure step, with an AMP-like loss scale)
-both must end with the same structure, keep ratios and importance (up to float32 rounding: the two sum the
-same gradients in a different order).
+The reference here is the straightforward step: each mask's own count, masks and importance hook
+(tests/mask_reference.py), a gate concatenated per layer, a resource model fed from host-side hard counts, keep
+ratios clamped and Adam-stepped one by one. Over a few hundred search steps (forward, backward, structure step,
+with an AMP-like loss scale) both must end with the same structure, keep ratios and importance (up to float32
+rounding: the two sum the same gradients in a different order).
 """
 
 from __future__ import annotations
 
 import copy
 
+import mask_reference
 import torch
 
 from yolo_dms import DepthMask, Supernet
-from yolo_dms.core.masks import DerivedWidthMask, KeepRatioMask, straight_through
+from yolo_dms.core.masks import straight_through
 from yolo_dms.core.resources import ResourceModel
+from yolo_dms.core.topk import hard_topk
 from yolo_dms.search.structure_step import StructureStep
 
 SCALE = 1024.0  # the loss is multiplied by it, as AMP does, and both paths divide it out
@@ -24,14 +26,8 @@ SCALE = 1024.0  # the loss is multiplied by it, as AMP does, and both paths divi
 def reference_set_gates(supernet: Supernet) -> None:
     """Mask by mask: counts, straight-through masks with their own importance hooks, one gate (and gated
     BatchNorm weight and bias) per layer."""
-    counts = {n: m.count() for n, m in supernet.masks.items() if isinstance(m, KeepRatioMask)}
-    for name, mask in supernet.masks.items():
-        if isinstance(mask, DerivedWidthMask):
-            counts[name] = mask.derive_count(sum(counts[s] for s in mask.sources))
-    values = {}
-    for name, mask in supernet.masks.items():
-        mask.grad_scale = SCALE
-        values[name] = mask.soft_masks(counts[name])
+    counts = mask_reference.counts(supernet.masks)
+    values = {n: mask_reference.soft_masks(m, counts[n], grad_scale=SCALE) for n, m in supernet.masks.items()}
     for path, spaces in supernet.gated_convs.items():
         module = supernet.get_submodule(path)
         module.gate = torch.cat([values[s.mask][s.row] for s in spaces])
@@ -49,13 +45,12 @@ class ReferenceResources(ResourceModel):
             return super()._counts(ratios)
         supernet = self.supernet
         hard = supernet.hard_counts()
-        soft = {n: m.count() for n, m in supernet.masks.items() if isinstance(m, KeepRatioMask)}
-        for name, mask in supernet.masks.items():
-            if isinstance(mask, DerivedWidthMask):
-                soft[name] = mask.derive_count(sum(soft[s] for s in mask.sources))
+        soft = mask_reference.counts(supernet.masks)
         width = torch.stack([straight_through(hard[n], soft[n]) for n in self.widths]).double()
         gates = [
-            straight_through(mask.hard_masks(hard[n])[0], mask.soft_masks(soft[n], track=False)[0]).double()
+            straight_through(
+                hard_topk(mask.importance, hard[n])[0], mask_reference.soft_masks(mask, soft[n], track=False)[0]
+            ).double()
             for n, mask in supernet.masks.items()
             if isinstance(mask, DepthMask)
         ]
@@ -76,7 +71,7 @@ def search(supernet: Supernet, reference: bool, steps: int) -> None:
     if reference:
         structure.optimizer = torch.optim.Adam(supernet.structure_parameters(), lr=0.02, foreach=False)
         structure.fused = False  # the plain Adam takes no found_inf
-        supernet.clamp_keep_ratios = lambda: [m.clamp_() for m in supernet.keep_ratio_masks().values()]
+        supernet.clamp_keep_ratios = lambda: [mask_reference.clamp_(m) for m in supernet.keep_ratio_masks().values()]
         supernet._set_gates = lambda hard: reference_set_gates(supernet)
     else:
         supernet.grad_scale = torch.tensor(SCALE)

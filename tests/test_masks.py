@@ -1,18 +1,23 @@
-"""Width and depth masks: Taylor importance from the backward pass, hard counts, clamping, derived counts."""
+"""Width and depth masks: Taylor importance from the backward pass, hard counts, clamping, derived counts.
+
+Training values and importance updates are the mask bank's (`core.mask_bank`), here over stand-alone masks
+(tests/mask_reference.py).
+"""
 
 import pytest
 import torch
+from mask_reference import stand_alone_bank, training_masks
 
-from yolo_dms import DepthMask, DerivedWidthMask, WidthMask
-from yolo_dms.core.masks import straight_through
+from yolo_dms import DepthMask, DerivedWidthMask, Supernet, WidthMask
 from yolo_dms.core.topk import straight_through_topk
 
 
 def test_importance_is_moving_average_of_taylor_score():
     mask = WidthMask(size=8, spaces=2, decay=0.9)
     x = torch.arange(1.0, 9.0)
-    relaxation = straight_through_topk(mask.importance.clone(), mask.count())[1]  # the sigmoid, m in the score
-    soft = mask.soft_masks(mask.count())  # registers the importance hook
+    count = torch.tensor(8.0, dtype=torch.float64)  # keep ratio 1
+    relaxation = straight_through_topk(mask.importance.clone(), count)[1]  # the sigmoid, m in the score
+    soft = torch.stack(training_masks(w=mask)["w"])  # registers the importance hook
     assert torch.equal(soft, torch.ones(2, 8))  # keep ratio 1: the forward is untouched
     loss = (soft[0] * x).sum() + (soft[1] * x.flip(0)).sum()
     loss.backward()
@@ -23,7 +28,7 @@ def test_importance_is_moving_average_of_taylor_score():
 
 def test_non_finite_gradients_do_not_reach_importance():
     mask = WidthMask(size=4)
-    soft = mask.soft_masks(mask.count())
+    (soft,) = training_masks(w=mask)["w"]
     (soft * torch.tensor([1.0, float("inf"), 1.0, 1.0])).sum().backward()
     assert torch.isfinite(mask.importance).all() and mask.importance.sum() == 0
 
@@ -32,10 +37,11 @@ def test_shared_keep_ratio_gives_equal_counts_by_each_space_importance():
     mask = WidthMask(size=10, spaces=3)
     mask.importance.copy_(torch.rand(3, 10))
     mask.set_keep_ratio(0.35)
-    hard = mask.hard_masks(mask.hard_count())
-    assert hard.sum(1).tolist() == [4, 4, 4]
-    for row, imp in zip(hard, mask.importance):
-        assert imp[row.bool()].min() > imp[~row.bool()].max()
+    kept = mask.kept(mask.hard_count())
+    assert [len(k) for k in kept] == [4, 4, 4]
+    for k, imp in zip(kept, mask.importance):
+        removed = torch.ones(10, dtype=torch.bool).index_fill_(0, k, False)
+        assert imp[k].min() > imp[removed].max()
 
 
 def test_output_width_rounds_to_multiple_of_eight_and_never_vanishes():
@@ -43,15 +49,26 @@ def test_output_width_rounds_to_multiple_of_eight_and_never_vanishes():
     for k, expected in [(1.0, 64), (0.5, 32), (0.3, 16), (0.33, 24), (0.01, 8)]:
         mask.set_keep_ratio(k)
         assert mask.hard_count() == expected
-    mask.keep_ratio.data.fill_(-3.0)
-    mask.clamp_()
-    assert mask.keep_ratio.item() == pytest.approx(1 / 128) and mask.hard_count() == 8
+
+
+def test_clamping_keeps_every_keep_ratio_in_its_range():
+    supernet = Supernet.from_source("yolov8n.yaml", nc=3)
+    width, depth, full = supernet.masks["l3"], supernet.masks["l2_depth"], supernet.masks["l4"]
+    assert (width.size, width.divisor) == (64, 8)
+    with torch.no_grad():
+        width.keep_ratio.fill_(-3.0)
+        depth.keep_ratio.fill_(-0.5)
+        full.keep_ratio.fill_(1.7)
+    supernet.clamp_keep_ratios()
+    assert width.keep_ratio.item() == pytest.approx(1 / 128) and width.hard_count() == 8  # never vanishes
+    assert depth.keep_ratio.item() == 0.0 and full.keep_ratio.item() == 1.0
 
 
 def test_straight_through_count_is_hard_forward_and_soft_backward():
     mask = WidthMask(size=64, divisor=8)
     mask.set_keep_ratio(0.33)
-    count = straight_through(mask.hard_count(), mask.soft_count())
+    bank, masks = stand_alone_bank(w=mask)
+    (count,) = bank.counts(masks)
     assert count.item() == 24
     count.backward()
     assert mask.keep_ratio.grad.item() == pytest.approx(64)
@@ -60,7 +77,7 @@ def test_straight_through_count_is_hard_forward_and_soft_backward():
 def test_depth_mask_may_remove_every_block():
     depth = DepthMask(3)
     depth.set_keep_ratio(0.0)
-    assert depth.hard_count() == 0 and depth.hard_masks(depth.hard_count()).sum() == 0
+    assert depth.hard_count() == 0 and depth.kept(depth.hard_count())[0].numel() == 0
     depth.set_keep_ratio(0.5)
     assert depth.hard_count() == 2
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from mask_reference import training_masks
 
 from yolo_dms import DepthMask, Supernet, WidthMask
 
@@ -51,23 +52,23 @@ def test_soft_gates_above_half_are_exactly_the_hard_gates(model):
 
 
 def test_width_masks_are_rounded_alike_in_soft_and_hard():
-    """The case that used to differ: 16 channels at k=0.3 trained 5 and kept 8."""
+    """Rounding to the divisor applies to the trained count too: 16 channels at k=0.3 train and keep 8, not 5."""
     mask = WidthMask(16, divisor=8)
     mask.importance.copy_(torch.rand(1, 16))
     for k in [i / 200 for i in range(1, 201)]:
         mask.set_keep_ratio(max(k, mask.min_ratio))
-        soft = mask.soft_masks(mask.count(), track=False)
+        (soft,) = training_masks(w=mask)["w"]
         assert int((soft > 0.5).sum()) == mask.hard_count(), k
-        assert torch.equal((soft > 0.5).float(), mask.hard_masks(mask.hard_count()))
+        assert torch.equal(torch.nonzero(soft > 0.5).flatten(), mask.kept(mask.hard_count())[0])
 
 
 def test_single_block_depth_gate_is_sharp():
     single, double = DepthMask(1), DepthMask(2)
     assert single.lam == 2 * double.lam
     single.set_keep_ratio(1.0)
-    assert single.soft_masks(single.count(), track=False).item() > 0.95
+    assert training_masks(d=single)["d"][0].item() > 0.95
     single.set_keep_ratio(0.0)
-    assert single.soft_masks(single.count(), track=False).item() < 0.05
+    assert training_masks(d=single)["d"][0].item() < 0.05
 
 
 @pytest.mark.parametrize("scale", [1.0, 1024.0, 65536.0])
@@ -75,11 +76,10 @@ def test_importance_does_not_depend_on_the_loss_scale(scale):
     x = torch.linspace(-2.0, 3.0, 24)
     mask = WidthMask(24, decay=0.5)
     for _ in range(3):
-        mask.grad_scale = scale
-        (scale * (mask.soft_masks(mask.count()) * x).square().sum()).backward()
+        (scale * (training_masks(scale, w=mask)["w"][0] * x).square().sum()).backward()
     reference = WidthMask(24, decay=0.5)
     for _ in range(3):
-        (reference.soft_masks(reference.count()) * x).square().sum().backward()
+        (training_masks(w=reference)["w"][0] * x).square().sum().backward()
     assert torch.allclose(mask.importance, reference.importance, rtol=1e-5)
     assert mask.importance.sum() > 0
 
@@ -98,8 +98,9 @@ def _flat(outputs) -> torch.Tensor:
 @pytest.mark.parametrize("train", [True, False])
 def test_trained_supernet_is_unperturbed_at_keep_ratio_one(train):
     """At keep ratio 1 nothing is removed, so the masks leave a trained model's outputs as they were, whatever
-    importance says: the search and its control start from the model the user gave them. (Soft masks that
-    scaled each layer's lowest-ranked channels by 0.62, 0.82, 0.92 moved them by a fifth or more.)"""
+    importance says: the search and its control start from the model the user gave them. (The relaxation as a
+    forward value would scale each layer's lowest-ranked channels by 0.62, 0.82, 0.92 and move them by a fifth
+    or more.)"""
     supernet = Supernet.from_source(str(TRAINED)).float()
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():

@@ -1,13 +1,13 @@
 """Every mask of a supernet in one batched pass: counts, top-k masks, the gates they feed and importance.
 
-Mask by mask, a training step cost hundreds of small tensor operations (a sort, a sigmoid, a count, a hook per
-mask; a concatenation per gated layer), which a GPU runs faster than the host can issue them. Here the
-wiring is compiled once into index tensors, so a step costs a fixed handful of operations whatever the model:
-one vector computation for every count, one sort ranking every importance row (`topk.segment_ranks`), one
-straight-through mask computation over every element, one gather for every gate and one hook updating every
-importance buffer. It computes exactly what the masks' own methods compute (`ImportanceMask.soft_masks`,
-`KeepRatioMask.count`, `DerivedWidthMask.derive_count`, `ImportanceMask._accumulate_taylor`) and reads nothing
-back to the host.
+A training step touches every mask: its count, a sort of its importance, its straight-through mask, the
+gates of the layers it feeds, and an importance update in the backward pass. Issued mask by mask these are
+hundreds of small tensor operations, which a GPU runs faster than the host can issue them. Here the wiring is
+compiled once into index tensors, so a step costs a fixed handful of operations whatever the model: one vector
+computation for every count (`masks.keep_ratio_counts`, `masks.derived_counts`), one sort ranking every
+importance row (`topk.segment_ranks`), one straight-through mask computation over every element
+(`topk.straight_through_mask`), one gather for every gate and one hook updating every importance buffer
+(`masks.taylor_update`). Nothing is read back to the host.
 """
 
 from __future__ import annotations
@@ -18,8 +18,15 @@ import torch
 from torch import nn
 
 from yolo_dms.core.handlers.base import Layout
-from yolo_dms.core.handlers.heads import HeadMask, channels_per_element
-from yolo_dms.core.masks import DerivedWidthMask, KeepRatioMask, derived_counts, keep_ratio_counts, taylor_update
+from yolo_dms.core.masks import (
+    DerivedWidthMask,
+    HeadMask,
+    KeepRatioMask,
+    channels_per_element,
+    derived_counts,
+    keep_ratio_counts,
+    taylor_update,
+)
 from yolo_dms.core.topk import segment_ranks, straight_through_mask
 
 
@@ -152,8 +159,8 @@ class MaskBank:
         return torch.stack([masks[n].keep_ratio for n in self.order[: len(self.owner_size)]])
 
     def counts(self, masks: nn.ModuleDict, ratios: torch.Tensor | None = None) -> torch.Tensor:
-        """Straight-through count of every mask in `order` (float64): value the hard count, gradient that of the
-        continuous counts, as `KeepRatioMask.count` and `DerivedWidthMask.derive_count` give them.
+        """Straight-through count of every mask in `order` (float64): value the hard count
+        (`KeepRatioMask.hard_count`, `DerivedWidthMask.derive_hard`), gradient that of the continuous counts.
 
         `ratios` (default: the masks' own, `owner_ratios`) may be a `[candidates, owners]` batch of keep ratios
         (in the keep ratios' dtype): the counts are then `[candidates, masks]`, row by row what the masks would
@@ -212,8 +219,9 @@ class MaskBank:
 
     @staticmethod
     def _accumulate_taylor(masks: nn.ModuleDict, elements: _Elements, relaxation: torch.Tensor, grad_scale):
-        """Hook folding `(m dL/dm)^2` into every importance buffer at once; a mask with a non-finite score (an AMP
-        overflow) keeps its importance, as `ImportanceMask._accumulate_taylor` decides mask by mask."""
+        """Hook folding `(m dL/dm)^2` into every importance buffer at once (`taylor_update`); a mask with a
+        non-finite score anywhere (an AMP overflow) keeps its whole importance as it was. Decided on the device, so
+        the backward pass never waits for the host."""
 
         def hook(grad: torch.Tensor) -> None:
             buffers = [masks[n].importance.view(-1) for n in elements.names]

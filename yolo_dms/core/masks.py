@@ -1,7 +1,10 @@
-"""Width and depth masks: one learnable keep ratio each, per-element Taylor importance, soft or hard masks.
+"""Width, depth and head masks: one learnable keep ratio each (or a count derived from others), and per-element
+Taylor importance that decides which elements a count keeps.
 
 A mask may serve several spaces that must keep the same count (the halves and bottleneck widths of one C2f);
 each space has its own importance row, and rank normalization gives them equal counts at equal thresholds.
+The masks hold the state; `MaskBank` (`core/mask_bank.py`) computes every mask's training values and
+importance update in one batched pass, from the count and update functions defined here.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import math
 import torch
 from torch import nn
 
-from yolo_dms.core.topk import hard_topk, kept_count, kept_count_tensor, kept_indices, straight_through_topk
+from yolo_dms.core.topk import kept_count, kept_count_tensor, kept_indices
 
 
 def straight_through(hard: float | torch.Tensor, soft: torch.Tensor) -> torch.Tensor:
@@ -35,8 +38,9 @@ def keep_ratio_counts(keep_ratio: torch.Tensor, size, divisor) -> torch.Tensor:
 
 def derived_counts(source_count: torch.Tensor, div, floor, size) -> torch.Tensor:
     """Straight-through counts of derived masks from their sources' summed straight-through count (vectors or
-    scalars): value `min(size, max(floor, source // div))` as `parse_model` computes it, gradient of the
-    continuous `source / div` (zero where the floor or the size holds it)."""
+    scalars): value `min(size, max(floor, source // div))` as `parse_model` computes it, exactly
+    `DerivedWidthMask.derive_hard`; gradient of the continuous `source / div` (zero where the floor or the size
+    holds it)."""
     low, high = (torch.as_tensor(v, dtype=torch.float64, device=source_count.device) for v in (floor, size))
     exact = torch.div(source_count.detach(), div, rounding_mode="floor").clamp(low, high)
     return straight_through(exact, torch.clamp(source_count / div, low, high).double())
@@ -56,14 +60,12 @@ def taylor_update(
 
 
 class ImportanceMask(nn.Module):
-    """Importance scores of `spaces` x `size` elements and the masks they induce for a given count.
+    """Importance scores of `spaces` x `size` elements, and which elements they keep for a given count.
 
-    Importance is a moving average of the Taylor score `(m * dL/dm)^2` of the soft mask `m`, updated by a
-    gradient hook in the backward pass. It is a buffer, never trained. `grad_scale` is the factor the loss was
-    multiplied by before backward (AMP's loss scale), divided out so importance does not depend on it.
+    Importance is a moving average of the Taylor score `(m * dL/dm)^2` of the training mask `m` (`taylor_update`),
+    folded in by the mask bank's gradient hook in the backward pass. It is a buffer, never trained. `lam` is the
+    sharpness of the mask's sigmoid relaxation, `decay` the moving average's.
     """
-
-    grad_scale: float = 1.0
 
     def __init__(self, size: int, spaces: int = 1, lam: float = 1.0, decay: float = 0.99) -> None:
         super().__init__()
@@ -81,40 +83,9 @@ class ImportanceMask(nn.Module):
             tensor.data = value.to(tensor.device)
         return self
 
-    def soft_masks(self, count: torch.Tensor, track: bool = True) -> torch.Tensor:
-        """Training masks (spaces x size) for a straight-through element `count` (its value the hard count).
-
-        Straight-through (`topk.straight_through_topk`): the value is the hard mask, exactly the elements
-        pruning keeps (all ones when nothing is removed), the gradient that of the sigmoid relaxation. With
-        `track`, in a grad-enabled pass, the task gradient reaching these masks updates importance; the
-        resource model reads masks untracked so the FLOPs gradient never counts as importance.
-        """
-        masks, relaxation = straight_through_topk(self.importance, count, self.lam)
-        if track and torch.is_grad_enabled():
-            if not masks.requires_grad:
-                masks.requires_grad_()
-            masks.register_hook(self._accumulate_taylor(relaxation.detach()))
-        return masks
-
-    def hard_masks(self, count: int) -> torch.Tensor:
-        """0/1 masks (spaces x size) keeping the `count` most important elements of every space."""
-        return hard_topk(self.importance, count).to(self.importance.dtype)
-
     def kept(self, count: int) -> list[torch.Tensor]:
-        """Per space, the sorted indices of the elements that pruning keeps."""
+        """Per space, the sorted indices of the `count` most important elements, the ones pruning keeps."""
         return [kept_indices(row, count) for row in self.importance]
-
-    def _accumulate_taylor(self, relaxation: torch.Tensor):
-        """Gradient hook folding `(m * dL/dm)^2` into the moving average (`taylor_update`); a non-finite step (an
-        AMP overflow) leaves importance as it was. Decided on the device, so the backward pass never waits."""
-
-        def hook(grad: torch.Tensor) -> None:
-            updated, finite = taylor_update(
-                self.importance, relaxation, grad, self.grad_scale, self.decay, 1.0 - self.decay
-            )
-            self.importance.copy_(torch.where(finite.all(), updated, self.importance))
-
-        return hook
 
 
 class KeepRatioMask(ImportanceMask):
@@ -140,11 +111,6 @@ class KeepRatioMask(ImportanceMask):
         with torch.no_grad():
             self.keep_ratio.fill_(value)
 
-    def clamp_(self) -> None:
-        """Project the keep ratio back into its legal range after an optimizer step."""
-        with torch.no_grad():
-            self.keep_ratio.clamp_(self.min_ratio, 1.0)
-
     def hard_count(self, keep_ratio: float | None = None) -> int:
         """Elements kept at hard masks: ceil(k N), rounded to the nearest multiple of `divisor` (at least one).
 
@@ -155,17 +121,6 @@ class KeepRatioMask(ImportanceMask):
             count = max(self.divisor, round(count / self.divisor) * self.divisor)
         return min(self.size, count)
 
-    def count(self) -> torch.Tensor:
-        """Straight-through count on the device: value exactly `hard_count()`, gradient that of `k N`.
-
-        Soft masks take it as their threshold, so training sees the rounded width that pruning will keep.
-        """
-        return keep_ratio_counts(self.keep_ratio, self.size, self.divisor)
-
-    def soft_count(self) -> torch.Tensor:
-        """Continuous count `k N`, the quantity the resource loss differentiates."""
-        return self.keep_ratio * self.size
-
 
 class WidthMask(KeepRatioMask):
     """Channel mask of one or more channel spaces sharing a keep ratio."""
@@ -174,8 +129,8 @@ class WidthMask(KeepRatioMask):
 class DepthMask(KeepRatioMask):
     """Block mask over the bottlenecks of one C2f; a C2f may lose all its blocks, so the ratio floor is 0.
 
-    A single-block stage gets twice the sharpness (8 for the default 4, as DESIGN.md and the DMS reference
-    say), so its one gate is near 0 or 1 rather than hovering around 0.5.
+    A single-block stage gets twice the sharpness (8 for the default 4, as in the DMS reference), so its one
+    gate is near 0 or 1 rather than hovering around 0.5.
     """
 
     def __init__(self, size: int, lam: float = 4.0, decay: float = 0.99) -> None:
@@ -190,14 +145,55 @@ class DerivedWidthMask(ImportanceMask):
     still decided by this mask's own importance.
     """
 
-    def __init__(self, size: int, sources: tuple[str, ...], div: int, floor: int, spaces: int = 1) -> None:
-        super().__init__(size, spaces)
+    def __init__(
+        self,
+        size: int,
+        sources: tuple[str, ...],
+        div: int,
+        floor: int,
+        spaces: int = 1,
+        lam: float = 1.0,
+        decay: float = 0.99,
+    ) -> None:
+        super().__init__(size, spaces, lam, decay)
         self.sources, self.div, self.floor = tuple(sources), div, floor
 
     def derive_hard(self, source_count: int) -> int:
         """Hard count from the sources' summed hard count, exactly as `parse_model` and `Detect` compute it."""
         return min(self.size, max(self.floor, source_count // self.div))
 
-    def derive_count(self, source_count: torch.Tensor) -> torch.Tensor:
-        """Straight-through count from the sources' straight-through count: value `derive_hard`, soft gradient."""
-        return derived_counts(source_count, self.div, self.floor, self.size)
+
+class HeadMask(DerivedWidthMask):
+    """The heads of one `Attention`, counted as `width // head_dim` of its block's width, ranked by importance.
+
+    Heads are kept or dropped whole, the only exact way to narrow an Ultralytics `Attention`: it recomputes
+    `num_heads = max(c // 64, 1)` from its width when the YAML is rebuilt, splits `qkv` per head into `key_dim`,
+    `key_dim`, `head_dim` channels and scales by `key_dim ** -0.5`, so a block of `nh >= 2` heads narrowed to
+    `k * head_dim` channels rebuilds with exactly `k` heads of the same split and scale.
+
+    One importance row ranks the heads; the mask's channel spaces are views of them, `units[row]` consecutive
+    channels per head: `qkv`'s output (`2 key_dim + head_dim` per head) and the values that `pe` and `proj` read
+    (`head_dim` per head).
+    """
+
+    def __init__(
+        self,
+        heads: int,
+        sources: tuple[str, ...],
+        head_dim: int,
+        units: tuple[int, ...],
+        lam: float = 1.0,
+        decay: float = 0.99,
+    ) -> None:
+        super().__init__(heads, sources, div=head_dim, floor=1, spaces=1, lam=lam, decay=decay)
+        self.units = tuple(units)
+
+    def kept(self, count: int) -> list[torch.Tensor]:
+        """Per channel space, the sorted channel indices of the `count` most important heads."""
+        heads = super().kept(count)[0]
+        return [(heads[:, None] * unit + torch.arange(unit, device=heads.device)).flatten() for unit in self.units]
+
+
+def channels_per_element(mask: ImportanceMask, row: int) -> int:
+    """Channels one counted element of `mask` stands for in space `row` (a head's width, or one channel)."""
+    return mask.units[row] if isinstance(mask, HeadMask) else 1

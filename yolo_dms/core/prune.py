@@ -15,7 +15,7 @@ from torch import nn
 from ultralytics.nn.tasks import BaseModel
 
 from yolo_dms.core.handlers import Channels, Space, Transfer
-from yolo_dms.core.handlers.heads import channels_per_element
+from yolo_dms.core.masks import channels_per_element
 from yolo_dms.core.supernet import Supernet
 from yolo_dms.core.tasks import stock_model_class
 

@@ -1,10 +1,11 @@
-"""A YOLO DetectionModel whose every width and CSP depth is searchable (DESIGN.md sections 3 and 3b).
+"""A YOLO DetectionModel whose every width and CSP depth is searchable.
 
 `Supernet` keeps the stock layers and weights of the model it wraps. It walks the layers like `parse_model`,
 and the handler registered for each layer type (`yolo_dms.core.handlers`) declares that layer's masks, gives it a
 gated forward and records which channel spaces each convolution reads and writes (`ConvSite`), the one
-record shared by the resource model and by pruning. In train mode masks are soft; in eval mode they are
-hard, so the supernet then computes exactly what the pruned model computes.
+record shared by the resource model and by pruning. In train mode masks are straight-through (hard values, the
+relaxation's gradient); in eval mode they are hard, so the supernet then computes exactly what the pruned model
+computes.
 """
 
 from __future__ import annotations
@@ -61,10 +62,10 @@ class Supernet(DetectionModel):
         self.__dict__.update(model.__dict__)  # same layers, yaml, stride, names, save list, args
         self.masks = nn.ModuleDict()
         self.divisor = divisor
-        self.handlers: list[LayerHandler] = handlers_for(self.model)
         hidden_divisor = default_hidden_divisor(divisor) if hidden_divisor is None else hidden_divisor
         wiring = Wiring(self.masks, lam, depth_lam, decay, divisor, hidden_divisor)
-        self._wire(wiring, model.yaml.get("channels", 3))
+        self.handlers: list[LayerHandler] = handlers_for(self.model, wiring, model.yaml.get("channels", 3))
+        self.layouts: list[Layout] = [h.outputs for h in self.handlers]  # each layer's output spaces, for reports
         self.sites: list[ConvSite] = wiring.sites
         self.attention_sites: list[AttentionSite] = wiring.attention_sites
         self.gated_convs: dict[str, Layout] = wiring.gated_convs  # Conv module path -> spaces of its output
@@ -81,15 +82,6 @@ class Supernet(DetectionModel):
         model = load_model(source, nc=nc)
         return model if isinstance(model, Supernet) else cls(model, copy=False, **mask_args)
 
-    def _wire(self, wiring: Wiring, image_channels: int) -> None:
-        """Walk the layers like `parse_model`, each handler wiring its layer from its sources' layouts."""
-        layouts: list[Layout] = []
-        for i, (handler, layer) in enumerate(zip(self.handlers, self.model)):
-            froms = [layer.f] if isinstance(layer.f, int) else list(layer.f)
-            sources = [(image_channels,)] if i == 0 else [layouts[i - 1 if f == -1 else f] for f in froms]
-            layouts.append(handler.wire(wiring, layer, sources))
-        self.layouts: list[Layout] = layouts  # each layer's output channel spaces, for reports
-
     def layer_sites(self, index: int) -> list[ConvSite]:
         """The convolution sites of layer `index`."""
         return [s for s in self.sites if s.path.startswith(f"model.{index}.")]
@@ -104,8 +96,8 @@ class Supernet(DetectionModel):
         return [m.keep_ratio for m in self.keep_ratio_masks().values()]
 
     def clamp_keep_ratios(self) -> None:
-        """Project every keep ratio into its legal range (call after each structure optimizer step), in one
-        batched operation per bound, as `KeepRatioMask.clamp_` does mask by mask."""
+        """Project every keep ratio into `[min_ratio, 1]` (call after each structure optimizer step), in one
+        batched operation per bound."""
         masks = list(self.keep_ratio_masks().values())
         with torch.no_grad():
             ratios = [m.keep_ratio for m in masks]
@@ -146,7 +138,7 @@ class Supernet(DetectionModel):
         """Indices of the blocks each CSP layer keeps at hard masks."""
         counts = self.hard_counts()
         return {
-            name: torch.nonzero(mask.hard_masks(counts[name])[0]).flatten().tolist()
+            name: mask.kept(counts[name])[0].tolist()
             for name, mask in self.masks.items()
             if isinstance(mask, DepthMask)
         }

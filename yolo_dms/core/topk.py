@@ -1,14 +1,14 @@
-"""The DMS operator: a differentiable top-k over importance scores (DESIGN.md section 2).
+"""The DMS operator: a differentiable top-k over importance scores.
 
 The keep ratio `k` of a dimension is one learnable scalar. Scores are replaced by their rank fraction so
 that moving `k` by 1/N adds or removes exactly one element, which is what makes the soft mask smooth in `k`.
 
 The mask is straight-through: its forward value is the hard top-k mask (exactly 0 or 1, what pruning keeps),
 its gradient that of the DMS sigmoid relaxation. The count that sets the threshold is itself straight-through
-(its value the whole number of kept elements), so the relaxation only ever served the backward pass; used as
-the forward value it scaled the last kept element by sigmoid(1/2) = 0.62 and the next ones by 0.82 and 0.92
-(also at keep ratio 1, where nothing is removed), and let 0.38, 0.18, 0.08 of the first removed ones through,
-which moved a trained model's outputs by a fifth before the search had cut anything.
+(its value the whole number of kept elements), so the relaxation serves the backward pass only. As a forward
+value it would scale the last kept element by sigmoid(1/2) = 0.62 and the next ones by 0.82 and 0.92 (at keep
+ratio 1 too, where nothing is removed) and let 0.38, 0.18, 0.08 of the first removed ones through, moving a
+trained model's outputs by a fifth before the search has cut anything.
 """
 
 from __future__ import annotations
@@ -87,7 +87,7 @@ def straight_through_topk(
 
 
 def differentiable_topk(scores: torch.Tensor, keep_ratio: torch.Tensor, lam: float = 1.0) -> torch.Tensor:
-    """Top-k mask of the `ceil(k N)` highest scores, differentiable in `keep_ratio` (DESIGN.md section 2).
+    """Top-k mask of the `ceil(k N)` highest scores, differentiable in `keep_ratio`.
 
     Straight-through twice: the count reads `kept_count(keep_ratio, N)` with the gradient of `k N`, and the mask
     reads the hard mask of that count with the gradient of the sigmoid relaxation. Its forward value is exactly

@@ -16,8 +16,7 @@ from ultralytics.utils.ops import make_divisible
 
 from yolo_dms.core.errors import UnsupportedModelError
 from yolo_dms.core.handlers.gates import GatedConv, become
-from yolo_dms.core.handlers.heads import HeadMask
-from yolo_dms.core.masks import DepthMask, DerivedWidthMask, WidthMask
+from yolo_dms.core.masks import DepthMask, DerivedWidthMask, HeadMask, WidthMask
 
 
 @dataclass(frozen=True)
@@ -150,9 +149,8 @@ class Wiring:
         """
         if all(isinstance(c, int) for c in sources):
             return [min(size, max(floor, sum(sources) // div))] * spaces
-        mask = DerivedWidthMask(size, tuple(c.mask for c in searchable(sources, name)), div, floor, spaces)
-        mask.lam, mask.decay = self.lam, self.decay
-        self.masks[name] = mask
+        source_masks = tuple(c.mask for c in searchable(sources, name))
+        self.masks[name] = DerivedWidthMask(size, source_masks, div, floor, spaces, self.lam, self.decay)
         return [Space(name, row) for row in range(spaces)]
 
     def depth(self, name: str, blocks: int) -> str:
@@ -193,9 +191,7 @@ class Wiring:
         if isinstance(width, int):
             return attn.qkv.conv.out_channels, width
         units = (2 * attn.key_dim + attn.head_dim, attn.head_dim)
-        mask = HeadMask(attn.num_heads, (width.mask,), attn.head_dim, units)
-        mask.lam, mask.decay = self.lam, self.decay
-        self.masks[name] = mask
+        self.masks[name] = HeadMask(attn.num_heads, (width.mask,), attn.head_dim, units, self.lam, self.decay)
         return Space(name, 0), Space(name, 1)
 
     def attention(self, path: str, attn: nn.Module, heads: Channels, block: BlockRef | None = None) -> None:
@@ -211,8 +207,10 @@ class Wiring:
 class LayerHandler:
     """Everything about one layer type: masks, gated forward, costs (through its sites), pruning, YAML row.
 
-    Subclasses override `wire`, and `yaml_row`, `transfers`, `expand_row` where the defaults do not fit.
-    Handlers hold only names and numbers (never modules), so they pickle and copy with the supernet.
+    A handler is built by wiring its layer, so every method can rely on what wiring found (the spaces the layer
+    reads and writes, its depth mask). Subclasses override `wire`, and `yaml_row`, `transfers`, `expand_row` where
+    the defaults do not fit. Handlers hold only names and numbers (never modules), so they pickle and copy with
+    the supernet.
     """
 
     # Submodules no mask narrows (a head's pooling and linear layer, a loss-only flow model): pruning copies
@@ -220,11 +218,14 @@ class LayerHandler:
     # (one that does not run in an eval forward, like the flow model, is training-only: `fuse()` drops it).
     kept_whole: tuple[str, ...] = ()
 
-    def __init__(self, index: int) -> None:
+    def __init__(self, index: int, w: Wiring, layer: nn.Module, sources: list[Layout]) -> None:
+        """Wire layer `index` into `w`, reading `sources` (one layout per `from` entry)."""
         self.index, self.path = index, f"model.{index}"
+        self.outputs: Layout = self.wire(w, layer, sources)  # the channel spaces of the layer's output
 
     def wire(self, w: Wiring, layer: nn.Module, sources: list[Layout]) -> Layout:
-        """Declare masks and sites for `layer` reading `sources` (one layout per `from` entry); return its output."""
+        """Declare masks and sites for `layer` reading `sources`; return its output layout. Run once, by the
+        constructor: what it records on the handler is the handler's state."""
         raise NotImplementedError
 
     def yaml_row(self, row: list, counts: dict[str, int], blocks: dict[str, list[int]]) -> None:

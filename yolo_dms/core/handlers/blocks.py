@@ -111,7 +111,7 @@ class C3kBlock(BlockHandler):
 def wire_psa_block(w: Wiring, path: str, block: PSABlock, x: Channels, ref: BlockRef, name: str) -> None:
     """PSABlock (attention, then a c -> 2c -> c FFN, both residual) on the chain's channels `x`.
 
-    Heads are kept or dropped whole (see `heads.py`); the FFN's hidden width is `2 x`, its channels by
+    Heads are kept or dropped whole (see `masks.HeadMask`); the FFN's hidden width is `2 x`, its channels by
     importance. At a fixed width (a single head) everything is fixed and only the block is removable.
     """
     if not block.add:

@@ -148,7 +148,7 @@ class C3k2Handler(CSPHandler):
     """C3k2 (YOLO11, YOLO26): a C2f whose blocks are Bottlenecks (`e=0.5`), C3k blocks or attention blocks.
 
     Inner widths are `c // 2`, so the chain width moves in steps of 2 (never a zero-width inner layer). With
-    attention blocks it moves in whole heads, or stays as built for a single head (see `heads.py`).
+    attention blocks it moves in whole heads, or stays as built for a single head (see `masks.HeadMask`).
     """
 
     gated = DepthGatedC3k2

@@ -1,7 +1,8 @@
 """Which handler owns which layer type: one registration per handler, looked up by the layer's exact type.
 
 Exact types on purpose: `Segment`, `Pose` and `OBB` subclass `Detect` (and `WorldDetect`, `YOLOEDetect` too),
-and `DWConv` subclasses `Conv`, yet none of them can be pruned the way their parent is. Gated layers are found through the stock type they name.
+and `DWConv` subclasses `Conv`, yet none of them can be pruned the way their parent is. Gated layers are found
+through the stock type they name.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 from torch import nn
 
 from yolo_dms.core.errors import UnsupportedModelError
-from yolo_dms.core.handlers.base import LayerHandler
+from yolo_dms.core.handlers.base import LayerHandler, Wiring
 
 HANDLERS: dict[type, type[LayerHandler]] = {}
 HEADS: set[type] = set()  # layer types allowed only as the model's last layer
@@ -33,8 +34,9 @@ def stock_type(layer: nn.Module) -> type:
     return getattr(type(layer), "stock", type(layer))
 
 
-def handlers_for(layers: nn.Sequential) -> list[LayerHandler]:
-    """One handler per layer, or one error line naming every layer DMS cannot search and prune exactly."""
+def handlers_for(layers: nn.Sequential, w: Wiring, image_channels: int) -> list[LayerHandler]:
+    """One handler per layer, each wiring its layer into `w` from its sources' layouts as `parse_model` walks the
+    layers; or, before any layer is wired, one error line naming every layer DMS cannot search and prune exactly."""
     last = len(layers) - 1
     bad = [
         f"{i} ({type(layer).__name__})"
@@ -47,4 +49,9 @@ def handlers_for(layers: nn.Sequential) -> list[LayerHandler]:
         raise UnsupportedModelError(
             f"DMS cannot search layer {', '.join(bad)}; supported layers are {names} and a final {heads}"
         )
-    return [HANDLERS[stock_type(layer)](i) for i, layer in enumerate(layers)]
+    handlers: list[LayerHandler] = []
+    for i, layer in enumerate(layers):
+        froms = [layer.f] if isinstance(layer.f, int) else list(layer.f)
+        sources = [(image_channels,)] if i == 0 else [handlers[i - 1 if f == -1 else f].outputs for f in froms]
+        handlers.append(HANDLERS[stock_type(layer)](i, w, layer, sources))
+    return handlers

@@ -16,11 +16,11 @@ class SPPFHandler(LayerHandler):
 
     def wire(self, w: Wiring, layer: SPPF, sources: list[Layout]) -> Layout:
         inputs = searchable(flat(sources), f"layer {self.index}: SPPF")
-        self.outputs = inputs if getattr(layer, "add", False) else (w.output(self.index, layer.cv2.conv.out_channels),)
+        outputs = inputs if getattr(layer, "add", False) else (w.output(self.index, layer.cv2.conv.out_channels),)
         (hidden,) = w.derived(f"l{self.index}_hidden", layer.cv1.conv.out_channels, inputs, div=2)
         w.conv(f"{self.path}.cv1", layer.cv1, inputs, (hidden,))
-        w.conv(f"{self.path}.cv2", layer.cv2, (hidden,) * (getattr(layer, "n", 3) + 1), self.outputs)
-        return self.outputs
+        w.conv(f"{self.path}.cv2", layer.cv2, (hidden,) * (getattr(layer, "n", 3) + 1), outputs)
+        return outputs
 
     def yaml_row(self, row: list, counts: dict[str, int], blocks: dict[str, list[int]]) -> None:
         row[3][0] = sum(counts[s.mask] for s in self.outputs if isinstance(s, Space))
