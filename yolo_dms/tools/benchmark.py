@@ -248,6 +248,11 @@ def stock_arms(options: dict) -> dict[str, str]:
     return {f"stock_{Path(name).stem}": name for name in str(options["stock_models"]).split(",") if name}
 
 
+def arm_order(arm: str) -> tuple[int, str]:
+    """Where a row's arm sorts: in `ARMS` order, every `stock_<name>` row where the `stock` arm is."""
+    return ARMS.index("stock" if arm.startswith("stock_") else arm), arm
+
+
 def timed(fn: Callable[[], object]) -> tuple[object, float]:
     """`fn()` and its wall time in minutes."""
     start = time.time()
@@ -467,7 +472,7 @@ def merge_results(out: str | Path) -> str:
     for path in runs:
         with open(path, newline="") as f:
             rows.extend(csv.DictReader(f))
-    rows.sort(key=lambda r: (-float(r["target"]), ARMS.index(r["arm"]), int(r["seed"])))
+    rows.sort(key=lambda r: (-float(r["target"]), arm_order(r["arm"]), int(r["seed"])))
     return write_results(rows, out)
 
 
