@@ -20,9 +20,10 @@ from helpers import refused, yolo_dms
 from ultralytics.nn.tasks import ClassificationModel, DetectionModel
 from ultralytics.utils import SETTINGS
 
-from yolo_dms import DMS, DMSError, Supernet
+from yolo_dms import DMS, DMSError
 from yolo_dms.search.settings import SearchSettings
 from yolo_dms.tools.demo_data import make_dataset
+from yolo_dms.core.model_io import load_supernet
 
 IMGSZ = 64
 TRAIN = ("epochs=1", f"imgsz={IMGSZ}", "batch=8", "workers=0", "device=cpu", "plots=False")
@@ -106,11 +107,11 @@ def test_every_user_mistake_gets_one_line_status_2_and_writes_nothing(place, env
     classifier = inputs / "classifier.pt"
     torch.save({"model": ClassificationModel("yolov8n-cls.yaml", nc=3, verbose=False)}, classifier)
     supernet = inputs / "supernet.pt"  # as a search saves it: with its settings
-    searched = Supernet.from_source("yolov8n.yaml", nc=3)
+    searched = load_supernet("yolov8n.yaml", nc=3)
     searched.dms_settings = SearchSettings()
     torch.save({"model": searched}, supernet)
     plain = inputs / "plain.pt"
-    torch.save({"model": Supernet.from_source("yolov8n.yaml", nc=3).model}, plain)
+    torch.save({"model": load_supernet("yolov8n.yaml", nc=3).model}, plain)
     a_file = inputs / "a_file.txt"
     a_file.write_text("not a directory")
     empty = inputs / "empty"

@@ -14,10 +14,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from yolo_dms import ResourceModel, Supernet
+from yolo_dms import ResourceModel
 from yolo_dms.core.budget import figure
 from yolo_dms.search.structure_step import StructureStep
 from yolo_dms.tools.demo_data import make_dataset
+from yolo_dms.core.model_io import load_supernet
 
 COUNTER = Path(__file__).resolve().parents[2] / "shared" / "tools" / "count_host_reads.py"
 
@@ -26,7 +27,7 @@ COUNTER = Path(__file__).resolve().parents[2] / "shared" / "tools" / "count_host
                                              ("yolo26n.yaml", "gflops")])
 @pytest.mark.parametrize("two_sided", [False, True])
 def test_a_structure_step_runs_on_the_meta_device(model, resource, two_sided):
-    supernet = Supernet.from_source(model, nc=3)
+    supernet = load_supernet(model, nc=3)
     resources = ResourceModel(supernet, 64)
     full = figure(resources, resource).item()
     supernet.to("meta")

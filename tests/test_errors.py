@@ -4,46 +4,47 @@ import pytest
 import torch
 from ultralytics.nn.tasks import DetectionModel
 
-from yolo_dms import ModelSourceError, Supernet, UnsupportedModelError
+from yolo_dms import ModelSourceError, UnsupportedModelError
+from yolo_dms.core.model_io import load_supernet
 
 
 def test_rtdetr_layers_are_named_as_unsupported():
     with pytest.raises(UnsupportedModelError, match="RTDETRDecoder"):
-        Supernet.from_source("yolov8-rtdetr.yaml")
+        load_supernet("yolov8-rtdetr.yaml")
 
 
 def test_a_task_dms_does_not_search_is_refused_by_name():
     with pytest.raises(UnsupportedModelError, match="is a depth model; DMS searches the tasks detect, segment"):
-        Supernet.from_source("yolo26n-depth.yaml")
+        load_supernet("yolo26n-depth.yaml")
 
 
 def test_other_architectures_name_the_layer():
     with pytest.raises(UnsupportedModelError, match="GhostConv|C3Ghost"):
-        Supernet.from_source("yolov8-ghost.yaml")
+        load_supernet("yolov8-ghost.yaml")
 
 
 def test_missing_yaml_and_weights_are_reported(tmp_path):
     with pytest.raises(ModelSourceError, match="does not exist"):
-        Supernet.from_source(str(tmp_path / "nope.yaml"))
+        load_supernet(str(tmp_path / "nope.yaml"))
     with pytest.raises(ModelSourceError, match="does not exist"):
-        Supernet.from_source(str(tmp_path / "nope.pt"))
+        load_supernet(str(tmp_path / "nope.pt"))
     with pytest.raises(ModelSourceError, match=r"\.yaml or \.pt"):
-        Supernet.from_source(str(tmp_path / "model.onnx"))
+        load_supernet(str(tmp_path / "model.onnx"))
 
 
 def test_corrupt_checkpoint_is_reported(tmp_path):
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint at all")
     with pytest.raises(ModelSourceError, match="not a readable checkpoint"):
-        Supernet.from_source(str(bad))
+        load_supernet(str(bad))
     empty = tmp_path / "empty.pt"
     torch.save({"epoch": 3}, empty)
     with pytest.raises(ModelSourceError, match="holds no Ultralytics model"):
-        Supernet.from_source(str(empty))
+        load_supernet(str(empty))
 
 
 def test_keep_ratio_outside_unit_interval_is_refused():
-    supernet = Supernet.from_source("yolov8n.yaml")
+    supernet = load_supernet("yolov8n.yaml")
     with pytest.raises(ValueError, match=r"keep ratio must lie in \(0, 1\], got 1.5"):
         supernet.masks["l0"].set_keep_ratio(1.5)
     with pytest.raises(ValueError, match=r"keep ratio must lie in \(0, 1\], got 0.0"):
@@ -56,7 +57,7 @@ def test_checkpoint_is_rebuilt_from_its_yaml_and_refused_when_its_weights_do_not
     path = tmp_path / "mismatch.pt"
     torch.save({"model": stock}, path)
     with pytest.raises(ModelSourceError, match="do not fit the model its YAML builds") as refused:
-        Supernet.from_source(str(path))
+        load_supernet(str(path))
     assert "\n" not in str(refused.value)
 
 
@@ -65,4 +66,4 @@ def test_a_missing_checkpoint_that_is_not_a_release_name_is_not_looked_up_online
 
     monkeypatch.setattr(downloads, "get_github_assets", lambda *a, **k: pytest.fail("looked up online"))
     with pytest.raises(ModelSourceError, match="does not exist: looked in"):
-        Supernet.from_source("my-typo.pt")
+        load_supernet("my-typo.pt")

@@ -26,7 +26,7 @@ from ultralytics.nn.tasks import DetectionModel
 from yolo_dms import ResourceModel, Supernet, prune, searched_yaml
 from yolo_dms.core.handlers import HANDLERS
 from yolo_dms.core.handlers.blocks import BLOCKS
-from yolo_dms.core.model_io import write_model_yaml
+from yolo_dms.core.model_io import load_supernet, write_model_yaml
 from yolo_dms.core.budget import hard_gflops
 from yolo_dms.core.fit import fit_to_budget
 from yolo_dms.core.model_io import build_task_model, write_checkpoint
@@ -94,7 +94,7 @@ def assert_resources_match(supernet: Supernet, pruned: DetectionModel, imgsz: in
 
 @pytest.mark.parametrize(("cfg", "seed"), FORWARD_CASES)
 def test_pruned_model_is_exact(cfg, seed, tmp_path):
-    supernet = Supernet.from_source(cfg, nc=3)
+    supernet = load_supernet(cfg, nc=3)
     randomize_structure(supernet, seed, empty_c2f=seed)
     supernet.eval()
     pruned = prune(supernet).eval()
@@ -119,7 +119,7 @@ def test_pruned_model_is_exact(cfg, seed, tmp_path):
 
 @pytest.mark.parametrize("cfg", LARGE_CASES)
 def test_large_scales_rebuild_and_count_exactly(cfg, tmp_path):
-    supernet = Supernet.from_source(cfg, nc=80)
+    supernet = load_supernet(cfg, nc=80)
     randomize_structure(supernet, seed=7, empty_c2f=3)
     pruned = prune(supernet)
     assert_yaml_rebuilds(supernet, pruned, tmp_path)
@@ -137,7 +137,7 @@ def test_full_supernet_counts_match_stock_model(cfg):
 
 @pytest.mark.parametrize("cfg", ["yolov8n.yaml", "yolo11n.yaml", "yolo26n.yaml"])
 def test_resource_gradient_reaches_every_keep_ratio(cfg):
-    supernet = Supernet.from_source(cfg, nc=3)
+    supernet = load_supernet(cfg, nc=3)
     randomize_structure(supernet, seed=1)
     for mask in supernet.keep_ratio_masks().values():  # keep every block alive so every ratio costs something
         if mask.min_ratio == 0:
@@ -152,7 +152,7 @@ def test_budget_fit_lands_just_under_the_budget(fraction):
     """From a structure above or below the budget, the fit ends within 3% under it, proportions kept."""
     from yolo_dms.core.budget import figure_range, hard_gflops
 
-    supernet = Supernet.from_source("yolov8s.yaml", nc=80)
+    supernet = load_supernet("yolov8s.yaml", nc=80)
     randomize_structure(supernet, seed=5)
     resources = ResourceModel(supernet, 320)
     budget = fraction * figure_range(supernet, resources)[1]

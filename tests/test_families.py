@@ -15,7 +15,7 @@ from ultralytics.nn.tasks import DetectionModel
 from ultralytics.utils.torch_utils import get_flops
 
 from yolo_dms import ResourceModel, Supernet, prune
-from yolo_dms.core.model_io import load_checkpoint_model
+from yolo_dms.core.model_io import load_checkpoint_model, load_supernet
 from yolo_dms.core.resources import AS_SAVED, FUSED, deployed_gflops
 from yolo_dms.tools.demo_data import make_dataset
 
@@ -89,7 +89,7 @@ def test_stock_ultralytics_trains_every_weight_and_exports_onnx(search_run, tiny
 
 def test_attention_narrows_in_whole_heads():
     """yolo11s's C2PSA has 4 heads of 64 channels: half its width rebuilds as 2 heads of the same split."""
-    supernet = Supernet.from_source("yolo11s.yaml", nc=3)
+    supernet = load_supernet("yolo11s.yaml", nc=3)
     for mask in supernet.masks.values():
         mask.importance.copy_(torch.rand(mask.importance.shape, generator=torch.Generator().manual_seed(0)))
     supernet.masks["l10_hidden"].set_keep_ratio(0.45)  # 115 of 256 channels, rounded to 2 whole heads

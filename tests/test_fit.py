@@ -22,6 +22,7 @@ from yolo_dms.core.errors import DMSError
 from yolo_dms.core.latency_backends import LatencyBackend
 from yolo_dms.core.resources import ResourceModel, deployed_gflops
 from yolo_dms.search.settings import SearchSettings
+from yolo_dms.core.model_io import load_supernet
 
 IMGSZ = 64
 OVERHEAD_MS = 0.2  # what a whole model costs besides its convolutions (the calibration's offset)
@@ -98,7 +99,7 @@ def cache(tmp_path: Path, monkeypatch) -> Path:
 
 
 def supernet_and_resources(divisor: int = 8) -> tuple[Supernet, ResourceModel]:
-    supernet = Supernet.from_source("yolov8n.yaml", nc=3, divisor=divisor, hidden_divisor=divisor)
+    supernet = load_supernet("yolov8n.yaml", nc=3, divisor=divisor, hidden_divisor=divisor)
     return supernet, ResourceModel(supernet, IMGSZ)
 
 

@@ -10,13 +10,13 @@ import pytest
 import torch
 from helpers import yolo_dms
 
-from yolo_dms import Supernet
 from yolo_dms.core.budget import structure_as
 from yolo_dms.core.errors import DMSError
 from yolo_dms.core.latency import attach_latency, conv_geometries, table_key, time_structure
 from yolo_dms.core.latency_backends import OnnxRuntimeCPU, TorchDevice, latency_backend, torch_device
 from yolo_dms.core.resources import ResourceModel
 from yolo_dms.search.settings import SearchSettings, SettingsError
+from yolo_dms.core.model_io import load_supernet
 
 
 @pytest.mark.parametrize(
@@ -52,7 +52,7 @@ def test_settings_refuse_an_unknown_backend_and_align_hidden_widths_under_latenc
 
 
 def test_aligned_hidden_widths_are_multiples_of_8_at_any_keep_ratio():
-    supernet = Supernet.from_source("yolov8n.yaml", nc=3, hidden_divisor=8)
+    supernet = load_supernet("yolov8n.yaml", nc=3, hidden_divisor=8)
     hidden = [n for n in supernet.keep_ratio_masks() if n.endswith("_hidden")]
     assert hidden
     with structure_as(supernet, dict.fromkeys(supernet.keep_ratio_masks(), 0.37)):
@@ -61,11 +61,11 @@ def test_aligned_hidden_widths_are_multiples_of_8_at_any_keep_ratio():
 
 
 def test_each_backend_keys_its_own_table():
-    supernet = Supernet.from_source("yolov8n.yaml", nc=3)
+    supernet = load_supernet("yolov8n.yaml", nc=3)
     geometries = conv_geometries(supernet, (64, 64))
     keys = {table_key(supernet, geometries, (64, 64), b) for b in (OnnxRuntimeCPU(), latency_backend("torch", "cpu"))}
     keys.add(table_key(supernet, geometries, (96, 96), OnnxRuntimeCPU()))
-    aligned = Supernet.from_source("yolov8n.yaml", nc=3, hidden_divisor=8)
+    aligned = load_supernet("yolov8n.yaml", nc=3, hidden_divisor=8)
     keys.add(table_key(aligned, geometries, (64, 64), OnnxRuntimeCPU()))
     assert len(keys) == 4
 
@@ -73,7 +73,7 @@ def test_each_backend_keys_its_own_table():
 def test_torch_backend_predicts_and_measures_a_pruned_model(tmp_path: Path):
     """The PyTorch backend's table is calibrated on whole fused models (the full width predicted near what it
     measured), predicts less for a narrower structure, and times the pruned structure it predicts."""
-    supernet = Supernet.from_source("yolov8n.yaml", nc=3, hidden_divisor=8)
+    supernet = load_supernet("yolov8n.yaml", nc=3, hidden_divisor=8)
     resources = ResourceModel(supernet, 64)
     backend = latency_backend("torch", "cpu")
     model = attach_latency(resources, backend, cache_dir=tmp_path)
@@ -132,7 +132,7 @@ def test_only_a_latency_budget_needs_onnx_runtime(monkeypatch):
     for name in ("onnx", "onnxruntime"):
         monkeypatch.setitem(sys.modules, name, None)  # as if not installed
     backend = latency_backend("auto", "cpu")
-    supernet = Supernet.from_source("yolov8n.yaml", nc=3)
+    supernet = load_supernet("yolov8n.yaml", nc=3)
     assert resource_model(supernet, 64, "gflops", backend).gflops().item() > 0
     with pytest.raises(DMSError, match=r"needs 'onnx.*pip install 'yolo-dms\[tools\]'"):
         resource_model(supernet, 64, "latency", backend)

@@ -22,6 +22,7 @@ from yolo_dms.core.errors import DMSError
 from yolo_dms.core.latency_backends import LatencyBackend
 from yolo_dms.core.resources import ResourceModel
 from yolo_dms.search.search_log import SearchLog, plot_search
+from yolo_dms.core.model_io import load_supernet
 
 IMGSZ = 64
 CALLS = latency.CALIBRATION_ROUNDS * (2 + latency.CALIBRATION_RANDOM)  # whole-model timings per table
@@ -83,7 +84,7 @@ def warnings():
 
 @pytest.fixture(scope="module")
 def supernet() -> Supernet:
-    return Supernet.from_source("yolov8n.yaml", nc=3, hidden_divisor=8)
+    return load_supernet("yolov8n.yaml", nc=3, hidden_divisor=8)
 
 
 def predictions(model: latency.LatencyModel) -> dict[str, float]:

@@ -19,6 +19,7 @@ from yolo_dms.core.masks import straight_through
 from yolo_dms.core.resources import ResourceModel
 from yolo_dms.core.topk import hard_topk
 from yolo_dms.search.structure_step import StructureStep
+from yolo_dms.core.model_io import load_supernet
 
 SCALE = 1024.0  # the loss is multiplied by it, as AMP does, and both paths divide it out
 
@@ -91,7 +92,7 @@ def search(supernet: Supernet, reference: bool, steps: int) -> None:
 
 
 def test_batched_step_keeps_the_same_keep_ratios_as_the_mask_by_mask_step():
-    supernet = Supernet.from_source("yolov8n.yaml", nc=3).train()
+    supernet = load_supernet("yolov8n.yaml", nc=3).train()
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for mask in supernet.masks.values():

@@ -8,8 +8,9 @@ import pytest
 import torch
 from mask_reference import stand_alone_bank, training_masks
 
-from yolo_dms import DepthMask, DerivedWidthMask, Supernet, WidthMask
+from yolo_dms import DepthMask, DerivedWidthMask, WidthMask
 from yolo_dms.core.topk import straight_through_topk
+from yolo_dms.core.model_io import load_supernet
 
 
 def test_importance_is_moving_average_of_taylor_score():
@@ -52,7 +53,7 @@ def test_output_width_rounds_to_multiple_of_eight_and_never_vanishes():
 
 
 def test_clamping_keeps_every_keep_ratio_in_its_range():
-    supernet = Supernet.from_source("yolov8n.yaml", nc=3)
+    supernet = load_supernet("yolov8n.yaml", nc=3)
     width, depth, full = supernet.masks["l3"], supernet.masks["l2_depth"], supernet.masks["l4"]
     assert (width.size, width.divisor) == (64, 8)
     with torch.no_grad():

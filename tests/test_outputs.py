@@ -16,7 +16,7 @@ from ultralytics.nn.tasks import DetectionModel
 
 from yolo_dms.core.expand import expanded_yaml
 from yolo_dms.core.export import export_searched
-from yolo_dms.core.model_io import write_model_yaml
+from yolo_dms.core.model_io import load_supernet, write_model_yaml
 from yolo_dms.core.supernet import Supernet
 from yolo_dms.search.search_log import SearchLog, plot_search, plot_structure
 from yolo_dms.tools.demo_data import make_dataset
@@ -55,12 +55,12 @@ def test_supernet_leaves_the_model_it_is_given_unchanged(cfg):
     assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
     with torch.no_grad():
         assert torch.equal(model(x)[0], expected)
-    assert Supernet.from_source(model).model is not model.model
+    assert load_supernet(model).model is not model.model
 
 
 def test_written_models_respect_the_umask(tmp_path, umask):
     """`pruned.pt`, `searched.yaml` and an expanded YAML get 0666 less the umask, as Ultralytics' own files do."""
-    supernet = Supernet.from_source("yolov8n.yaml", nc=3)
+    supernet = load_supernet("yolov8n.yaml", nc=3)
     randomize_structure(supernet, seed=1)
     result = export_searched(supernet.eval(), tmp_path, IMGSZ)
     expanded = write_model_yaml(expanded_yaml("yolov8n.yaml", width=1.25, nc=3), tmp_path / "expanded.yaml")
@@ -97,7 +97,7 @@ def test_search_log_and_plot_name_the_resource(tmp_path, figures, resource, budg
     [("yolov8n.yaml", {"C2f"}), ("yolo11n.yaml", {"C3k2", "C2PSA"}), ("yolo26n.yaml", {"C3k2", "C2PSA"})],
 )
 def test_structure_plot_names_real_layer_types_and_whole_blocks(tmp_path, figures, cfg, csp_types):
-    supernet = Supernet.from_source(cfg, nc=3)
+    supernet = load_supernet(cfg, nc=3)
     randomize_structure(supernet, seed=2)
     plot_structure(supernet, tmp_path / "structure.png")
     widths, depths = figures[-1].axes

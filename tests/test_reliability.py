@@ -16,8 +16,8 @@ from helpers import run_without_yolo_dms
 from ultralytics.nn.tasks import DetectionModel
 
 import yolo_dms.search.session as session_module
-from yolo_dms import ResourceModel, Supernet
-from yolo_dms.core.model_io import load_checkpoint_model
+from yolo_dms import ResourceModel
+from yolo_dms.core.model_io import load_checkpoint_model, load_supernet
 from yolo_dms.search.export import export_checkpoint
 from yolo_dms.search.settings import SearchSettings
 from yolo_dms.search.structure_step import StructureStep
@@ -163,7 +163,7 @@ def test_time_limited_search_follows_the_run_length_and_ends_after_a_refine_phas
 
 
 def test_non_finite_gradients_never_reach_the_structure():
-    supernet = Supernet.from_source("yolov8n.yaml", nc=3)
+    supernet = load_supernet("yolov8n.yaml", nc=3)
     step = StructureStep(supernet, ResourceModel(supernet, IMGSZ), lr=0.05, weight=1.0)
     before = {k: v.clone() for k, v in supernet.masks.state_dict().items()}
     supernet.masks["l0"].keep_ratio.grad = torch.tensor(float("nan"))

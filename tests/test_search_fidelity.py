@@ -12,10 +12,9 @@ import pytest
 import torch
 from helpers import yolo_dms
 
-from yolo_dms import Supernet
 from yolo_dms.core.budget import hard_gflops, step_cost
 from yolo_dms.core.masks import DepthMask
-from yolo_dms.core.model_io import load_checkpoint_model
+from yolo_dms.core.model_io import load_checkpoint_model, load_supernet
 from yolo_dms.core.resources import ResourceModel
 from yolo_dms.search.structure_step import StructureStep
 from yolo_dms.tools.demo_data import make_dataset
@@ -64,7 +63,7 @@ def test_search_log_ends_flat_at_the_exported_structure(short_search):
 
 
 def test_channels_that_carry_no_signal_lose_importance_first():
-    supernet = Supernet.from_source("yolov8n.yaml", nc=3)
+    supernet = load_supernet("yolov8n.yaml", nc=3)
     silent = torch.arange(8, 16)
     with torch.no_grad():  # layer 2 (C2f) is the only reader of layer 1's output: zero what it reads of `silent`
         supernet.get_submodule("model.2.cv1.conv").weight[:, silent] = 0
@@ -83,7 +82,7 @@ def test_a_structure_that_resists_every_cut_is_projected_onto_its_target():
     """A task gradient that resists every cut outweighs the balanced resource gradient, yet after one step the
     hard structure sits on its target: just under it, within one divisor step of the costliest layer, by
     narrower widths alone (every stage keeps its blocks)."""
-    supernet = Supernet.from_source("yolov8n.yaml", nc=3)
+    supernet = load_supernet("yolov8n.yaml", nc=3)
     step = StructureStep(supernet, ResourceModel(supernet, IMGSZ), lr=0.01, weight=1.0)
     target = 0.6 * hard_gflops(step.resources)
     for p in supernet.structure_parameters():
@@ -97,7 +96,7 @@ def test_a_structure_that_resists_every_cut_is_projected_onto_its_target():
 def test_a_structure_under_its_budget_grows_back_to_it_while_the_target_holds():
     """A block dropping out leaves the structure well under the budget; at the budget the projection works both
     ways, so the next step gives the capacity back."""
-    supernet = Supernet.from_source("yolov8n.yaml", nc=3)
+    supernet = load_supernet("yolov8n.yaml", nc=3)
     step = StructureStep(supernet, ResourceModel(supernet, IMGSZ), lr=0.01, weight=1.0)
     budget = 0.6 * hard_gflops(step.resources)
     with torch.no_grad():
@@ -113,7 +112,7 @@ def test_a_structure_under_its_budget_grows_back_to_it_while_the_target_holds():
 def test_a_structure_well_ahead_of_its_falling_target_is_not_pushed():
     """Half its falling target: being ahead is no violation, so neither the resource loss nor the projection
     moves a structure that the task gradient leaves alone."""
-    supernet = Supernet.from_source("yolov8n.yaml", nc=3)
+    supernet = load_supernet("yolov8n.yaml", nc=3)
     step = StructureStep(supernet, ResourceModel(supernet, IMGSZ), lr=0.01, weight=1.0)
     before = {n: m.keep_ratio.item() for n, m in supernet.keep_ratio_masks().items()}
     for p in supernet.structure_parameters():

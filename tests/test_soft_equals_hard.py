@@ -11,6 +11,7 @@ import torch
 from mask_reference import training_masks
 
 from yolo_dms import DepthMask, Supernet, WidthMask
+from yolo_dms.core.model_io import load_supernet
 
 MODELS = ["yolov8n.yaml", "yolov8s.yaml", "yolov8n-p6.yaml", "yolo11n.yaml", "yolo11m.yaml", "yolo26n.yaml"]
 
@@ -28,7 +29,7 @@ def gates(supernet: Supernet, hard: bool) -> dict[str, torch.Tensor]:
 
 @pytest.mark.parametrize("model", MODELS)
 def test_soft_gates_above_half_are_exactly_the_hard_gates(model):
-    supernet = Supernet.from_source(model, nc=3)
+    supernet = load_supernet(model, nc=3)
     rng = random.Random(0)
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
@@ -101,7 +102,7 @@ def test_trained_supernet_is_unperturbed_at_keep_ratio_one(train):
     importance says: the search and its control start from the model the user gave them. (The relaxation as a
     forward value would scale each layer's lowest-ranked channels by 0.62, 0.82, 0.92 and move them by a fifth
     or more.)"""
-    supernet = Supernet.from_source(str(TRAINED)).float()
+    supernet = load_supernet(str(TRAINED)).float()
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for mask in supernet.masks.values():

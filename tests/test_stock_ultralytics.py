@@ -8,9 +8,9 @@ import pytest
 import yaml
 from helpers import randomize_structure, run_without_yolo_dms
 
-from yolo_dms import Supernet
 from yolo_dms.core.export import export_searched
 from yolo_dms.tools.demo_data import make_dataset
+from yolo_dms.core.model_io import load_supernet
 
 IMGSZ = 64
 
@@ -23,7 +23,7 @@ def tiny_data(tmp_path_factory):
 @pytest.mark.parametrize("cfg", ["yolov8n.yaml", "yolo26n.yaml"])  # YOLO11 and more YOLO26: test_families.py
 def test_pruned_checkpoint_loads_predicts_validates_trains_and_exports_without_plugin(cfg, tiny_data, tmp_path):
     nc = yaml.safe_load(tiny_data.read_text())["nc"]
-    supernet = Supernet.from_source(cfg, nc=nc)
+    supernet = load_supernet(cfg, nc=nc)
     randomize_structure(supernet, seed=3, empty_c2f=1)
     supernet.eval()
     result = export_searched(supernet, tmp_path / "search", imgsz=IMGSZ)

@@ -9,6 +9,7 @@ import torch
 
 from yolo_dms import ResourceModel, Supernet
 from yolo_dms.core.latency import conv_geometries
+from yolo_dms.core.model_io import load_supernet
 
 IMGSZ = (64, 64)
 
@@ -27,7 +28,7 @@ def first_input(supernet: Supernet) -> dict[str, torch.Tensor]:
 @pytest.fixture(scope="module")
 def reference() -> tuple[list, float]:
     """Geometries and GFLOPs of a float32 supernet on the CPU."""
-    supernet = Supernet.from_source("yolov8n.yaml", nc=3)
+    supernet = load_supernet("yolov8n.yaml", nc=3)
     return conv_geometries(supernet, IMGSZ), ResourceModel(supernet, IMGSZ).gflops().item()
 
 
@@ -36,7 +37,7 @@ def reference() -> tuple[list, float]:
     pytest.param("cuda", torch.float32, marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU")),
 ])
 def test_the_traced_pass_runs_where_the_parameters_are(reference, device, dtype):
-    supernet = Supernet.from_source("yolov8n.yaml", nc=3).to(device, dtype).train()
+    supernet = load_supernet("yolov8n.yaml", nc=3).to(device, dtype).train()
     seen = first_input(supernet)
     assert (seen["image"].device.type, seen["image"].dtype) == (device, dtype)
     assert seen["geometries"] == reference[0] and None not in seen["geometries"]

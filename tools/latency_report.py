@@ -20,11 +20,11 @@ import sys
 
 import torch
 
-from yolo_dms import Supernet
 from yolo_dms.cli import parse_arguments
 from yolo_dms.core.budget import structure_as
 from yolo_dms.core.latency import CALIBRATION_RANGE, resource_model, time_structure
 from yolo_dms.core.latency_backends import latency_backend
+from yolo_dms.core.model_io import load_supernet
 
 DEFAULTS = {"model": "yolov8n.yaml", "imgsz": 128, "structures": 6, "repeats": 5, "nc": 5, "seed": 1, "divisor": 8,
             "hidden_divisor": None, "latency_backend": "auto", "device": "cpu", "latency_refresh": False}
@@ -34,7 +34,7 @@ def main(argv: list[str]) -> None:
     options = {**DEFAULTS, **parse_arguments(argv, set(DEFAULTS))}
     divisor = options["divisor"]
     hidden = options["hidden_divisor"] or divisor  # as a latency search aligns them
-    supernet = Supernet.from_source(options["model"], nc=options["nc"], divisor=divisor, hidden_divisor=hidden)
+    supernet = load_supernet(options["model"], nc=options["nc"], divisor=divisor, hidden_divisor=hidden)
     imgsz = (options["imgsz"],) * 2
     backend = latency_backend(options["latency_backend"], options["device"])
     resources = resource_model(supernet, options["imgsz"], "latency", backend, options["latency_refresh"])

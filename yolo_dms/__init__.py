@@ -5,6 +5,7 @@ from importlib.metadata import PackageNotFoundError, version
 from yolo_dms.api import DMS, SearchResult
 from yolo_dms.core.errors import DMSError, ModelSourceError, UnsupportedModelError
 from yolo_dms.core.masks import DepthMask, DerivedWidthMask, WidthMask
+from yolo_dms.core.model_io import load_supernet
 from yolo_dms.core.prune import prune, searched_yaml
 from yolo_dms.core.resources import ResourceModel
 from yolo_dms.core.supernet import Supernet
@@ -27,6 +28,7 @@ __all__ = [
     "UnsupportedModelError",
     "WidthMask",
     "differentiable_topk",
+    "load_supernet",
     "prune",
     "searched_yaml",
 ]

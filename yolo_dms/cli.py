@@ -114,12 +114,12 @@ def expand(args: list[str]) -> None:
 def info(args: list[str]) -> None:
     """Print each layer's widths, depth, GFLOPs and parameters, and the model's totals."""
     from yolo_dms.core.latency_backends import latency_backend
+    from yolo_dms.core.model_io import load_supernet
     from yolo_dms.core.report import layer_table
-    from yolo_dms.core.supernet import Supernet
 
     options = parse_arguments(args, set(INFO))
     model = required(options, "model", "info", "model=yolov8s.yaml")
-    supernet = Supernet.from_source(str(model), nc=options.get("nc"))
+    supernet = load_supernet(str(model), nc=options.get("nc"))
     backend = None
     if options.get("latency", False):
         backend = latency_backend(str(options.get("latency_backend", "auto")), options.get("device", "cpu"))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from yolo_dms.core.errors import DMSError
 from yolo_dms.core.prune import searched_yaml
-from yolo_dms.core.supernet import Supernet
+from yolo_dms.core.model_io import load_supernet
 
 
 def expanded_yaml(source: str, width: float = 1.0, depth: float = 1.0, nc: int | None = None) -> dict:
@@ -12,7 +12,7 @@ def expanded_yaml(source: str, width: float = 1.0, depth: float = 1.0, nc: int |
     `depth` (rounded, at least one block where there was one); each layer's handler scales its own row."""
     if not width >= 1 or not depth >= 1:
         raise DMSError(f"width and depth must be at least 1 to expand a model, got width={width}, depth={depth}")
-    supernet = Supernet.from_source(source, nc=nc)
+    supernet = load_supernet(source, nc=nc)
     cfg = searched_yaml(supernet)  # the full model, written with explicit widths
     for handler, row in zip(supernet.handlers, cfg["backbone"] + cfg["head"]):
         handler.expand_row(row, width, depth, supernet.divisor)

@@ -241,6 +241,15 @@ def load_model(source: str | Path, nc: int | None = None) -> BaseModel:
         raise ModelSourceError(f"cannot build a model from '{source}': {e}") from None
 
 
+def load_supernet(source: str | Path | BaseModel, nc: int | None = None, **mask_args) -> Supernet:
+    """The supernet of a model YAML, a `.pt` checkpoint (a search checkpoint as it was saved) or a model object;
+    `mask_args` are `Supernet`'s (`divisor=`, `lam=`, ...)."""
+    if isinstance(source, BaseModel):
+        return source if isinstance(source, Supernet) else Supernet(source, **mask_args)
+    model = load_model(source, nc=nc)
+    return model if isinstance(model, Supernet) else Supernet(model, copy=False, **mask_args)
+
+
 def check_writable(directory: str | Path) -> None:
     """Refuse, before anything is written, a directory that cannot be created or written to: its nearest existing
     ancestor must be a directory in which a file can be made (the test file is removed again; nothing is created)."""

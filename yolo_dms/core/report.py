@@ -5,11 +5,10 @@ from __future__ import annotations
 import torch
 
 from yolo_dms.core.handlers import Space
-from yolo_dms.core.handlers.heads import channels_per_element
 from yolo_dms.core.imgsz import checked_imgsz, model_stride
 from yolo_dms.core.latency import resource_model
 from yolo_dms.core.latency_backends import LatencyBackend
-from yolo_dms.core.masks import DepthMask
+from yolo_dms.core.masks import DepthMask, channels_per_element
 from yolo_dms.core.resources import TRAINING_GRAPH
 from yolo_dms.core.supernet import Supernet
 

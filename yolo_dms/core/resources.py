@@ -31,8 +31,7 @@ from torch import nn
 from ultralytics.nn.tasks import DetectionModel
 
 from yolo_dms.core.handlers import Channels, Space
-from yolo_dms.core.handlers.heads import channels_per_element
-from yolo_dms.core.masks import DepthMask
+from yolo_dms.core.masks import DepthMask, channels_per_element
 from yolo_dms.core.supernet import Supernet
 
 

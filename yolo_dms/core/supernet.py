@@ -15,7 +15,7 @@ from copy import deepcopy
 
 import torch
 from torch import nn
-from ultralytics.nn.tasks import DetectionModel
+from ultralytics.nn.tasks import ClassificationModel, DetectionModel, OBBModel, PoseModel, SegmentationModel
 
 from yolo_dms.core.handlers import AttentionSite, ConvSite, LayerHandler, Layout, Space, Wiring, handlers_for
 from yolo_dms.core.handlers.base import OUTPUT_DIVISOR, default_hidden_divisor
@@ -28,7 +28,7 @@ class Supernet(DetectionModel):
     """A YOLO `DetectionModel` with DMS masks; it still trains, validates and saves as one.
 
     Build it with `Supernet(model)` from a `DetectionModel` (copied: the model given is left as it was) or with
-    `Supernet.from_source("yolov8s.yaml" | "weights.pt")`. Once `structure_frozen` is set (the search's refine
+    `model_io.load_supernet("yolov8s.yaml" | "weights.pt")`. Once `structure_frozen` is set (the search's refine
     phase) it trains at hard masks too: the weights then train exactly the structure that will be exported.
     """
 
@@ -36,12 +36,12 @@ class Supernet(DetectionModel):
     grad_scale: float | torch.Tensor = 1.0  # AMP's loss scale for the coming backward pass (a tensor: no host read)
 
     def __new__(cls, model: nn.Module | None = None, *args, **kwargs):
-        """`Supernet(model)` is the supernet of `model`'s task (`yolo_dms.core.tasks`): a segmentation model gets a
-        `SegmentationSupernet`, which trains with the segmentation loss. Unpickling passes no model."""
+        """`Supernet(model)` is the supernet of `model`'s task: a segmentation model gets a `SegmentationSupernet`
+        (the subclass over its exact stock class: a subclass such as `WorldModel` changes what it computes), which
+        trains with the segmentation loss; any other model gets `Supernet`, which names the layers it cannot
+        search. Unpickling passes no model."""
         if cls is Supernet and model is not None:
-            from yolo_dms.core.tasks import supernet_class  # tasks.py builds on this module
-
-            cls = supernet_class(model)
+            cls = next((task for task in Supernet.__subclasses__() if type(model) in task.__bases__), Supernet)
         return super().__new__(cls)
 
     def __init__(
@@ -71,16 +71,6 @@ class Supernet(DetectionModel):
         self.gated_convs: dict[str, Layout] = wiring.gated_convs  # Conv module path -> spaces of its output
         self.gated_csps: dict[str, str] = wiring.gated_csps  # depth-gated CSP layer path -> depth mask name
         self.to(next(model.parameters()).device)
-
-    @classmethod
-    def from_source(cls, source: str | DetectionModel, nc: int | None = None, **mask_args) -> Supernet:
-        """Supernet from a model YAML, a `.pt` checkpoint or a `DetectionModel`."""
-        from yolo_dms.core.model_io import load_model  # model_io.py builds on this module
-
-        if isinstance(source, DetectionModel):
-            return source if isinstance(source, Supernet) else cls(source, **mask_args)
-        model = load_model(source, nc=nc)
-        return model if isinstance(model, Supernet) else cls(model, copy=False, **mask_args)
 
     def layer_sites(self, index: int) -> list[ConvSite]:
         """The convolution sites of layer `index`."""
@@ -201,3 +191,26 @@ class Supernet(DetectionModel):
         """Keep BatchNorm unfused: fusing swaps each Conv's forward and would bypass the channel gates."""
         return self
 
+
+# A supernet trains, validates and saves as the model it wraps, so it must be that model's class: the task's loss
+# (`init_criterion`), and what trainers and validators look for. `Supernet` itself is the detection one;
+# segmentation, pose and oriented-box models subclass `DetectionModel` and combine with it directly. A
+# classification model does not, so `ClassificationSupernet` takes back the methods `DetectionModel` would
+# otherwise put ahead of `ClassificationModel`'s. The classes live at module level so that checkpoints unpickle.
+class SegmentationSupernet(Supernet, SegmentationModel):
+    """Supernet of a YOLO instance segmentation model (`Segment`, `Segment26` heads)."""
+
+
+class PoseSupernet(Supernet, PoseModel):
+    """Supernet of a YOLO pose model (`Pose`, `Pose26` heads)."""
+
+
+class OBBSupernet(Supernet, OBBModel):
+    """Supernet of a YOLO oriented-box model (`OBB`, `OBB26` heads)."""
+
+
+class ClassificationSupernet(Supernet, ClassificationModel):
+    """Supernet of a YOLO classification model (`Classify` head)."""
+
+    init_criterion = ClassificationModel.init_criterion
+    _predict_augment = ClassificationModel._predict_augment  # BaseModel's: single-scale, not Detect's flips

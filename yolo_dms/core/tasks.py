@@ -1,15 +1,10 @@
-"""The tasks DMS searches, in one table (`TASKS`), and one supernet class per task.
+"""The tasks DMS searches, in one table (`TASKS`).
 
 Each task's `TaskKind` says what every part of yolo-dms needs to know about it: the stock model class `yolo train`
 builds for it, its supernet class, the stock trainer its search trainer extends, the two scores it is judged by
 and the model the demo trains.
-
-A supernet trains, validates and saves as the model it wraps, so it must be that model's class: the task's
-loss (`init_criterion`), and what trainers and validators look for. `Supernet` itself is the detection one;
-segmentation, pose and oriented-box models subclass `DetectionModel` and combine with it directly. A
-classification model does not, so `ClassificationSupernet` takes back the methods `DetectionModel` would
-otherwise put ahead of `ClassificationModel`'s. `Supernet(model)` picks the class from the model's; the
-classes live at module level so that checkpoints unpickle.
+The supernet classes live in `core/supernet.py`; checkpoints saved when they lived here still unpickle, since
+this module names them.
 """
 
 from __future__ import annotations
@@ -29,26 +24,13 @@ from ultralytics.nn.tasks import (
 )
 
 from yolo_dms.core.errors import UnsupportedModelError
-from yolo_dms.core.supernet import Supernet
-
-
-class SegmentationSupernet(Supernet, SegmentationModel):
-    """Supernet of a YOLO instance segmentation model (`Segment`, `Segment26` heads)."""
-
-
-class PoseSupernet(Supernet, PoseModel):
-    """Supernet of a YOLO pose model (`Pose`, `Pose26` heads)."""
-
-
-class OBBSupernet(Supernet, OBBModel):
-    """Supernet of a YOLO oriented-box model (`OBB`, `OBB26` heads)."""
-
-
-class ClassificationSupernet(Supernet, ClassificationModel):
-    """Supernet of a YOLO classification model (`Classify` head)."""
-
-    init_criterion = ClassificationModel.init_criterion
-    _predict_augment = ClassificationModel._predict_augment  # BaseModel's: single-scale, not Detect's flips
+from yolo_dms.core.supernet import (
+    ClassificationSupernet,
+    OBBSupernet,
+    PoseSupernet,
+    SegmentationSupernet,
+    Supernet,
+)
 
 
 @dataclass(frozen=True)
@@ -105,12 +87,6 @@ def model_task(model: nn.Module) -> str:
     if task is None:
         raise UnsupportedModelError(f"{type(model).__name__} is no model of a task DMS searches ({', '.join(TASKS)})")
     return task
-
-
-def supernet_class(model: nn.Module) -> type[Supernet]:
-    """The supernet class for `model`, found by its exact stock class (a subclass such as `WorldModel` changes
-    what it computes); any other model gets `Supernet`, which names the layers it cannot search."""
-    return next((kind.supernet for kind in TASKS.values() if type(model) is kind.model), Supernet)
 
 
 def stock_model_class(supernet: Supernet) -> type[BaseModel]:

@@ -1,7 +1,7 @@
 """`HeadMask` at the path search checkpoints record it under: a checkpoint pickles its supernet, masks
-included, and unpickling imports each class from its recorded module. Both names are defined in `core/masks.py`.
+included, and unpickling imports each class from its recorded module. It is defined in `core/masks.py`.
 """
 
-from yolo_dms.core.masks import HeadMask, channels_per_element
+from yolo_dms.core.masks import HeadMask
 
-__all__ = ["HeadMask", "channels_per_element"]
+__all__ = ["HeadMask"]
