@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from functools import cached_property
 
 import thop
 import torch
@@ -255,94 +256,138 @@ class ResourceModel:
         gate = torch.cat([blocks, counts.new_ones(*batch, 1)], -1)
         return width, gate
 
-    def _conv_terms(self, width: torch.Tensor, gate: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Straight-through float64 vectors over the convolution sites: `kept` (the site exists and is
-        deployed), `macs` (with BatchNorm's, of the deployed sites), `outputs` (deployed output elements), and
-        for the figures: `saved_macs` and `saved_params` (pruned.pt as saved: every site that runs in an eval
-        forward, BatchNorm counted, and every site's parameters), `fused_macs` and `fused_params` (the fused
-        model: a BatchNorm folds into its convolution, no MACs of its own and one bias per channel for its two
-        parameters; training-only sites are gone).
-
-        A depthwise site costs its kernel once per channel; a site that is not `counted` (a training-only
-        branch) has parameters but no deployed MACs.
-        """
-        names = ("in_site", "in_channel", "in_scale", "in_gate", "out_site", "out_channel", "out_scale", "block")
-        idx = {k: getattr(self, k).to(width.device) for k in names}
-        # vectors, or [candidates, ...] rows of a batch: every index reads and adds along the last dimension
-        c_in = width.new_zeros(*width.shape[:-1], len(self.kernel)).index_add(
-            -1, idx["in_site"],
-            width.index_select(-1, idx["in_channel"]) * idx["in_scale"] * gate.index_select(-1, idx["in_gate"]),
-        )
-        c_out = torch.zeros_like(c_in).index_add(
-            -1, idx["out_site"], width.index_select(-1, idx["out_channel"]) * idx["out_scale"]
-        )
-        positions, kernel, bias, bn, depthwise, counted = (
-            getattr(self, k).to(width.device) for k in ("positions", "kernel", "bias", "bn", "depthwise", "counted")
-        )
-        keep = gate.index_select(-1, idx["block"])
-        weights = kernel * torch.where(depthwise, torch.ones_like(c_in), c_in) * c_out
-        conv_macs = keep * positions * weights  # zero for a site that does not run in an eval forward
-        saved_macs = conv_macs + keep * 4 * positions * c_out * bn
-        return {
-            "kept": counted * keep,
-            "macs": counted * saved_macs,
-            "outputs": counted * keep * positions * c_out,
-            "saved_macs": saved_macs,
-            "saved_params": keep * (weights + c_out * bias + 2 * c_out * bn),
-            "fused_macs": counted * conv_macs,
-            "fused_params": counted * keep * (weights + c_out * torch.maximum(bias, bn)),
-        }
-
-    def _site_costs(self, graph: str = "deployed", ratios: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def _site_figures(
+        self, graph: str = "deployed", ratios: torch.Tensor | None = None, macs: bool = True, params: bool = True
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """(MACs, parameters) of every convolution site, then of every attention's products, then of every module
         kept whole: of the deployed model (`deployed_model`: the fused one where `fused`, else pruned.pt as
         saved), or with `graph="saved"` of pruned.pt as saved (`training_graph`). Rows `[candidates, ...]` for a
-        batch of keep ratios `ratios`."""
+        batch of keep ratios `ratios`. Only the figures asked for are computed (None for the other): a GFLOPs
+        figure, evaluated every step and for every candidate of the projection, needs no parameter count."""
         width, gate = self._counts(ratios)
-        batch = width.shape[:-1]
-        conv = self._conv_terms(width, gate)
-        heads = width.index_select(-1, self.attention_heads.to(width.device))
-        blocks = gate.index_select(-1, self.attention_block.to(width.device))
-        attention = self.attention_macs.to(width.device) * heads * blocks
-        whole_macs = self.whole_macs.to(width.device).expand(*batch, -1)
-        whole_params = self.whole_params.to(width.device).expand(*batch, -1)
-        if self.fused and graph == "deployed":  # training-only sites and modules (those not run in eval) dropped
-            conv_macs, conv_params = conv["fused_macs"], conv["fused_params"]
-            whole_params = whole_params * self.whole_ran.to(width.device)
-        else:  # pruned.pt as saved (where nothing is fused, every site is `counted`: the deployed model too)
-            conv_macs, conv_params = conv["saved_macs"], conv["saved_params"]
-        macs = torch.cat([conv_macs, attention, whole_macs], -1)
-        return macs, torch.cat([conv_params, torch.zeros_like(attention), whole_params], -1)
+        batch, device = width.shape[:-1], width.device
+        conv = ConvTerms(self, width, gate)
+        fused = self.fused and graph == "deployed"  # training-only sites and modules (not run in eval) dropped
+        site_macs = site_params = None
+        if macs:
+            heads = width.index_select(-1, self.attention_heads.to(device))
+            blocks = gate.index_select(-1, self.attention_block.to(device))
+            attention = self.attention_macs.to(device) * heads * blocks
+            whole = self.whole_macs.to(device).expand(*batch, -1)
+            site_macs = torch.cat([conv.fused_macs if fused else conv.saved_macs, attention, whole], -1)
+        if params:
+            whole = self.whole_params.to(device).expand(*batch, -1)
+            whole = whole * self.whole_ran.to(device) if fused else whole
+            attention = width.new_zeros(*batch, len(self.attention_macs))  # products have no parameters
+            site_params = torch.cat([conv.fused_params if fused else conv.saved_params, attention, whole], -1)
+        return site_macs, site_params
 
     def conv_features(self, ratios: torch.Tensor | None = None) -> torch.Tensor:
         """Per convolution site, what a latency model weighs: (kept, MACs, output elements), differentiable;
         `[sites, 3]`, or `[candidates, sites, 3]` for a batch of keep ratios `ratios`."""
-        conv = self._conv_terms(*self._counts(ratios))
-        return torch.stack([conv["kept"], conv["macs"], conv["outputs"]], -1)
+        conv = ConvTerms(self, *self._counts(ratios))
+        return torch.stack([conv.kept, conv.macs, conv.outputs], -1)
 
     def gflops(self, ratios: torch.Tensor | None = None) -> torch.Tensor:
         """GFLOPs in Ultralytics' units, as deployed (`counted_as`); exact at hard masks, differentiable in the keep
         ratios."""
-        return 2 * self._site_costs(ratios=ratios)[0].sum(-1) / 1e9
+        return 2 * self._site_figures(ratios=ratios, params=False)[0].sum(-1) / 1e9
 
     def params(self, ratios: torch.Tensor | None = None) -> torch.Tensor:
         """Parameter count as deployed (`counted_as`); exact at hard masks, differentiable in the keep ratios."""
-        return self._site_costs(ratios=ratios)[1].sum(-1)
+        return self._site_figures(ratios=ratios, macs=False)[1].sum(-1)
 
     def training_graph(self) -> tuple[float, int]:
         """Hard (GFLOPs, parameters) of pruned.pt as saved: stock `get_flops` of the unfused pruned model and its
         parameter count, training-only layers included (`TRAINING_GRAPH`). Equal to `gflops()` and `params()`
         where nothing is fused (`not fused`)."""
         with torch.no_grad():
-            macs, params = self._site_costs("saved")
+            macs, params = self._site_figures("saved")
         return 2 * macs.sum().item() / 1e9, round(params.sum().item())
 
     def per_layer(self) -> dict[int, tuple[float, int]]:
         """Hard (GFLOPs, parameters) of each layer index, for reports."""
         table: dict[int, tuple[float, int]] = {}
         with torch.no_grad():
-            macs, params = self._site_costs()
+            macs, params = self._site_figures()
         for layer, m, p in zip(self.layer, macs.tolist(), params.tolist()):
             gflops, count = table.get(layer, (0.0, 0))
             table[layer] = (gflops + 2 * m / 1e9, count + round(p))
         return table
+
+
+class ConvTerms:
+    """Straight-through float64 vectors over a resource model's convolution sites (or `[candidates, sites]` rows
+    of a batch), each computed when first read, so a figure pays only for the terms it uses: `kept` (the site
+    exists and is deployed), `macs` (with BatchNorm's, of the deployed sites), `outputs` (deployed output
+    elements), and for the figures: `saved_macs` and `saved_params` (pruned.pt as saved: every site that runs
+    in an eval forward, BatchNorm counted, and every site's parameters), `fused_macs` and `fused_params` (the
+    fused model: a BatchNorm folds into its convolution, no MACs of its own and one bias per channel for its two
+    parameters; training-only sites are gone).
+
+    A depthwise site costs its kernel once per channel; a site that is not `counted` (a training-only branch) has
+    parameters but no deployed MACs.
+    """
+
+    def __init__(self, resources: ResourceModel, width: torch.Tensor, gate: torch.Tensor) -> None:
+        self.model, self.width, self.gate = resources, width, gate
+
+    def _index(self, name: str) -> torch.Tensor:
+        return getattr(self.model, name).to(self.width.device)
+
+    @cached_property
+    def c_in(self) -> torch.Tensor:  # every index reads and adds along the last dimension
+        width, gate = self.width, self.gate
+        return width.new_zeros(*width.shape[:-1], len(self.model.kernel)).index_add(
+            -1, self._index("in_site"),
+            width.index_select(-1, self._index("in_channel")) * self._index("in_scale")
+            * gate.index_select(-1, self._index("in_gate")),
+        )
+
+    @cached_property
+    def c_out(self) -> torch.Tensor:
+        return torch.zeros_like(self.c_in).index_add(
+            -1, self._index("out_site"), self.width.index_select(-1, self._index("out_channel")) * self._index("out_scale")
+        )
+
+    @cached_property
+    def keep(self) -> torch.Tensor:
+        return self.gate.index_select(-1, self._index("block"))
+
+    @cached_property
+    def weights(self) -> torch.Tensor:
+        return self._index("kernel") * torch.where(self._index("depthwise"), torch.ones_like(self.c_in), self.c_in) * self.c_out
+
+    @cached_property
+    def conv_macs(self) -> torch.Tensor:  # zero for a site that does not run in an eval forward
+        return self.keep * self._index("positions") * self.weights
+
+    @cached_property
+    def saved_macs(self) -> torch.Tensor:
+        return self.conv_macs + self.keep * 4 * self._index("positions") * self.c_out * self._index("bn")
+
+    @property
+    def kept(self) -> torch.Tensor:
+        return self._index("counted") * self.keep
+
+    @property
+    def macs(self) -> torch.Tensor:
+        return self._index("counted") * self.saved_macs
+
+    @property
+    def outputs(self) -> torch.Tensor:
+        return self._index("counted") * self.keep * self._index("positions") * self.c_out
+
+    @property
+    def saved_params(self) -> torch.Tensor:
+        c_out = self.c_out
+        return self.keep * (self.weights + c_out * self._index("bias") + 2 * c_out * self._index("bn"))
+
+    @property
+    def fused_macs(self) -> torch.Tensor:
+        return self._index("counted") * self.conv_macs
+
+    @property
+    def fused_params(self) -> torch.Tensor:
+        bias, bn = self._index("bias"), self._index("bn")
+        return self._index("counted") * self.keep * (self.weights + self.c_out * torch.maximum(bias, bn))
