@@ -426,7 +426,7 @@ def plot(rows: list[dict], path: Path) -> None:
         others = [(arm, point) for arm, point in points if not arm.startswith("stock_")]
         span = max((x for _, (x, _, _) in points), default=1.0) - min((x for _, (x, _, _) in points), default=0.0)
         for i, (arm, (x, y, spread)) in enumerate(others):
-            offset = (i - (len(others) - 1) / 2) * 0.01 * (span or x)
+            offset = (i - (len(others) - 1) / 2) * 0.004 * (span or x)
             ax.errorbar(x + offset, y, yerr=spread, fmt="o", capsize=3, label=arm)
         ax.set(xlabel=label, ylabel=score.label, title=f"Mean ± std over seeds, against {label.split(',')[0]}")
         ax.legend(fontsize=8)
