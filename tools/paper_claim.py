@@ -24,6 +24,7 @@ from pathlib import Path
 from ultralytics import YOLO
 
 from yolo_dms import DMS
+from yolo_dms.cli import UsageError, parse_arguments
 from yolo_dms.core.expand import expanded_yaml
 from yolo_dms.core.data import resolve_data
 from yolo_dms.core.model_io import build_task_model, write_model_yaml
@@ -92,16 +93,16 @@ def summarize(rows: list[dict]) -> str:
 
 
 def main(argv: list[str]) -> None:
-    args = dict(DEFAULTS)
-    for item in argv:
-        key, _, value = item.partition("=")
-        if key not in DEFAULTS:
-            sys.exit(f"unknown argument {key}; valid: {', '.join(DEFAULTS)}")
-        args[key] = type(DEFAULTS[key])(value)
+    try:
+        args = {**DEFAULTS, **parse_arguments(argv, set(DEFAULTS))}  # typed as `yolo-dms` types key=value pairs
+    except UsageError as e:
+        sys.exit(str(e))
     if not args["data"]:
         sys.exit("give data=<data.yaml>")
+    seeds = args["seeds"]  # "0,1" reads as a tuple, "0" as a number
+    seeds = [int(seed) for seed in (seeds if isinstance(seeds, tuple | list) else str(seeds).split(","))]
     Path(args["out"]).mkdir(parents=True, exist_ok=True)
-    rows = [row for seed in args["seeds"].split(",") for row in run_seed(int(seed), args)]
+    rows = [row for seed in seeds for row in run_seed(seed, args)]
     write_rows(rows, Path(args["out"]) / "paper_claim.csv")
     (Path(args["out"]) / "paper_claim.md").write_text(summarize(rows))
     print(summarize(rows))
