@@ -18,7 +18,7 @@ from yolo_dms.core.resources import ResourceModel
 from yolo_dms.core.supernet import Supernet
 
 FIT_TOLERANCE = 0.05  # a search that ends within this fraction of its budget (plus one step of its layers) reached it
-MEASURED_FIT_TRIES = 3  # a measured resource: refits to a budget lowered by the measured overshoot before giving up
+MEASURED_FIT_TRIES = 5  # a measured resource: refits to a budget lowered by the measured overshoot before giving up
 
 GRID = 256  # candidate factors per pass of the batched fit: one pass decides what 8 bisection steps did
 GRID_BITS = 8
