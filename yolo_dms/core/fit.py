@@ -28,7 +28,7 @@ def _owners(supernet: Supernet) -> tuple[list, torch.Tensor, torch.Tensor, torch
     """(keep ratio parameters, their stacked values, their floors, whether each is a depth mask), in the order
     `MaskBank.owner_ratios` stacks them, all on the keep ratios' device (cached there per supernet and device)."""
     bank, masks = supernet.mask_bank(), supernet.masks
-    params = [masks[n].keep_ratio for n in bank.order[: len(bank.owner_size)]]
+    params = bank.owner_parameters(masks)
     with torch.no_grad():
         ratios = torch.stack(params)  # one operation, not a detach per mask
 

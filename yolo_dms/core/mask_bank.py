@@ -154,9 +154,13 @@ class MaskBank:
         return self._on[what, device]
 
     # ------------------------------------------------------------------------------------------- one pass
+    def owner_parameters(self, masks: nn.ModuleDict) -> list[nn.Parameter]:
+        """The keep ratio parameter of every keep-ratio mask, in `order` (the first entries of the count vector)."""
+        return [masks[n].keep_ratio for n in self.order[: len(self.owner_size)]]
+
     def owner_ratios(self, masks: nn.ModuleDict) -> torch.Tensor:
-        """The keep ratio of every keep-ratio mask, in `order` (the first entries of the count vector), stacked."""
-        return torch.stack([masks[n].keep_ratio for n in self.order[: len(self.owner_size)]])
+        """The keep ratios of `owner_parameters`, stacked."""
+        return torch.stack(self.owner_parameters(masks))
 
     def counts(self, masks: nn.ModuleDict, ratios: torch.Tensor | None = None) -> torch.Tensor:
         """Straight-through count of every mask in `order` (float64): value the hard count

@@ -105,18 +105,18 @@ class StructureStep:
         keep ratios, the optimizer's state and the running norm are as before).
         """
         average_importance(self.supernet)  # every rank ranks channels alike (a no-op outside DDP)
-        params = self.supernet.structure_parameters()
+        params = self.supernet.mask_bank().owner_parameters(self.supernet.masks)
         task = torch.stack([(p.grad if p.grad is not None else torch.zeros_like(p)).float() for p in params])
         task = task / grad_scale
         for p in params:
             p.grad = None
         finite = torch.isfinite(task).all()
         task_norm = self._running_norm(task.norm(), finite).clamp(min=1e-12)
-        value = figure(self.resources, self.resource)
+        ratios = torch.stack(params)  # the resource gradient comes back stacked, not as one select per ratio
+        value = figure(self.resources, self.resource, ratios)
         log_ratio = torch.log(value / target)
         resource_loss = log_ratio.abs() if two_sided else log_ratio.clamp(min=0.0)
-        grads = torch.autograd.grad(log_ratio, params, allow_unused=True)  # used where the resource term is on
-        resource = torch.stack([g if g is not None else torch.zeros_like(p) for g, p in zip(grads, params)])
+        (resource,) = torch.autograd.grad(log_ratio, ratios)  # used where the resource term is on
         balance = task_norm / resource.norm().double().clamp(min=1e-12)
         on = log_ratio.detach() > 0 if not two_sided else torch.ones((), dtype=torch.bool, device=task.device)
         total = task + torch.where(on, self.weight * balance, torch.zeros_like(balance)).to(task.dtype) * resource
