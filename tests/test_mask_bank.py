@@ -107,3 +107,28 @@ def test_batched_step_keeps_the_same_keep_ratios_as_the_mask_by_mask_step():
     assert expected.min() < 0.9 and expected.max() - expected.min() > 0.1  # the structure moved, not uniformly
     for name, mask in batched.masks.items():
         assert torch.allclose(mask.importance, reference.masks[name].importance, rtol=1e-5, atol=0), name
+
+
+def test_gates_follow_importance_changed_in_place_or_replaced():
+    """The bank keeps each pass's channel ranking until an importance buffer changes: an in-place update and a
+    replaced buffer (a checkpoint load, a move) must both reorder which channels a gate keeps."""
+    supernet = load_supernet("yolov8n.yaml", nc=3).eval()
+    bank = supernet.mask_bank()
+    name = next(n for n, m in supernet.masks.items() if not isinstance(m, DepthMask) and m.size >= 32)
+    mask = supernet.masks[name]
+    with torch.no_grad():
+        mask.keep_ratio.fill_(0.5)
+
+    def kept() -> torch.Tensor:
+        counts = bank.counts(supernet.masks).detach()
+        return bank.masks_of(supernet.masks, (name,), counts)[: mask.size] > 0.5
+
+    with torch.no_grad():
+        mask.importance.copy_(torch.arange(mask.size, dtype=mask.importance.dtype))
+    first = kept()
+    assert first[mask.size // 2:].all() and not first[: mask.size // 2].any()  # the most important half
+    with torch.no_grad():
+        mask.importance.mul_(-1)  # in place: the other half is now the most important
+    assert torch.equal(kept(), ~first)
+    mask.importance = torch.arange(mask.size, dtype=mask.importance.dtype)  # a new buffer
+    assert torch.equal(kept(), first)

@@ -89,6 +89,7 @@ class MaskBank:
         self.block_sizes = [masks[name].size for name in gated_csps.values()]
         self._elements_of: dict[tuple[str, ...], _Elements] = {}  # some masks alone (the resource model's blocks)
         self._on: dict[tuple, object] = {}  # (what, device) -> its tensors there
+        self._rank_of: dict[int, tuple] = {}  # id of `_on`'s elements -> (importance buffers, their versions, ranks)
 
     def __reduce__(self):
         """Never saved nor copied: a supernet rebuilds its bank from its own masks where it needs one."""
@@ -211,8 +212,7 @@ class MaskBank:
         self, masks: nn.ModuleDict, elements: _Elements, counts: torch.Tensor, track: bool, grad_scale=1.0
     ) -> torch.Tensor:
         """The elements `elements.read` of the straight-through masks (flat), with the importance hook."""
-        importance = torch.cat([masks[n].importance.view(-1) for n in elements.names])
-        rank = segment_ranks(importance, elements.start, elements.row).double()
+        rank = self._ranks(masks, elements)
         removed = elements.size - counts.index_select(-1, elements.count)  # [..., elements] for batched counts
         st, relaxation = straight_through_mask(rank, removed, elements.lam)
         if track and torch.is_grad_enabled():
@@ -220,6 +220,19 @@ class MaskBank:
                 st.requires_grad_()
             st.register_hook(self._accumulate_taylor(masks, elements, relaxation.detach(), grad_scale))
         return st.index_select(-1, elements.read)
+
+    def _ranks(self, masks: nn.ModuleDict, elements: _Elements) -> torch.Tensor:
+        """Every element's rank by importance within its mask (float64), recomputed only when an importance buffer
+        changed since (a structure step evaluates the resource figure three times on the same importance)."""
+        buffers = [masks[n].importance for n in elements.names]
+        versions = [b._version for b in buffers]  # bumped by every in-place update; a host-side counter, no sync
+        cached = self._rank_of.get(id(elements))
+        if cached is not None and cached[1] == versions and all(a is b for a, b in zip(cached[0], buffers)):
+            return cached[2]
+        importance = torch.cat([b.view(-1) for b in buffers])
+        rank = segment_ranks(importance, elements.start, elements.row).double()
+        self._rank_of[id(elements)] = (buffers, versions, rank)  # holds the buffers: their ids stay theirs
+        return rank
 
     @staticmethod
     def _accumulate_taylor(masks: nn.ModuleDict, elements: _Elements, relaxation: torch.Tensor, grad_scale):
