@@ -3,7 +3,11 @@
 #   bash tools/gpu_check.sh              install, search-vs-plain step timing, two end-to-end searches, stock val
 #   bash tools/gpu_check.sh --tensorrt   then TensorRT FP16 engines of the supernet and of pruned.pt at 50% GFLOPs
 #                                        (divisor 8 and 32), timed at batch 1 and 32, speed-up beside GFLOPs ratio
+#   bash tools/gpu_check.sh --your-model issue 26's "your model" at 640 px: the third party's YOLOv8s
+#                                        (python tools/real_data.py first) fine-tuned on DATA= (default: generated
+#                                        data), then pruned to 50% by every arm of the benchmark, one seed
 #   bash tools/gpu_check.sh --cpu-smoke  the same steps at tiny sizes on the CPU, to check the script itself
+#                                        (with --your-model as a second argument: that protocol at tiny sizes)
 # Every figure is one line starting with 'GPU_CHECK'; the lines are also written to $OUT/gpu_check.txt (or
 # ./gpu_check.txt).
 set -euo pipefail
@@ -30,7 +34,27 @@ YOLO=.venv/bin/yolo
 $PY -c "import torch; print('GPU_CHECK device:', torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'CPU')" \
     | tee -a "$REPORT"
 WORK="$(mktemp -d)"
-DATA="$($PY tools/make_demo_data.py root="$WORK/data" n_train=$TRAIN n_val=$VAL imgsz=$SIZE | tail -1)"
+DATA="${DATA:-$($PY tools/make_demo_data.py root="$WORK/data" n_train=$TRAIN n_val=$VAL imgsz=$SIZE | tail -1)}"
+
+# "Your model": start from a model trained on the data, prune it to 50% with every arm (the fine-tune and each arm
+# get YM_EPOCHS epochs; the searching arms fix their structure after YM_SEARCH of them)
+if [[ "$MODE" == "--your-model" || "${2:-}" == "--your-model" ]]; then
+    [[ "$MODE" == "--cpu-smoke" ]] && YM_EPOCHS=1 YM_SEARCH=1 || YM_EPOCHS=${YM_EPOCHS:-20} YM_SEARCH=${YM_SEARCH:-5}
+    start=$SECONDS
+    $YOLO train model=datasets/real/fall_yolov8s.pt data="$DATA" epochs=$YM_EPOCHS imgsz=$SIZE batch=$S_BATCH \
+        device=$DEVICE amp=$AMP workers=4 seed=0 plots=False project="$WORK/runs" name=start > "$WORK/start.log" 2>&1 \
+        || { tail -20 "$WORK/start.log"; say "your model: starting fine-tune FAILED"; exit 1; }
+    say "your model: starting model fine-tuned in $((SECONDS - start)) s: $(grep -E '^\s+all ' "$WORK/start.log" | tail -1)"
+    start=$SECONDS
+    $YD benchmark model="$WORK/runs/start/weights/best.pt" data="$DATA" target=0.5 epochs=$YM_EPOCHS \
+        search_epochs=$YM_SEARCH imgsz=$SIZE batch=$S_BATCH seeds=0 device=$DEVICE workers=4 latency_runs=0 \
+        overhead=False arms=reference,dms,dms_kd,taylor_uniform,magnitude_uniform out="$WORK/your_model" \
+        > "$WORK/your_model.log" 2>&1 || { tail -20 "$WORK/your_model.log"; say "your model: benchmark FAILED"; exit 1; }
+    say "your model: benchmark in $((SECONDS - start)) s"
+    grep -E '^\| ' "$WORK/your_model/benchmark.md" | tee -a "$REPORT"
+    say "done"
+    exit 0
+fi
 
 # 1. One search step against one plain step of the same supernet, interleaved (median of ITERS)
 for args in "model=yolov8s.yaml batch=$S_BATCH" "model=yolov8n.yaml batch=$N_BATCH"; do
