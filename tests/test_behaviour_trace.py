@@ -29,7 +29,10 @@ CASES = {  # one detection and one segmentation search, each with a refine phase
     "segment": "yolov8n-seg.yaml",
 }
 VOLATILE = {"seconds", "save_dir", "date", "version", "weights", "yaml", "source"}  # paths, clocks, versions
-RTOL, ATOL = 1e-4, 1e-6
+# Float tolerance: the same code on another CPU (other SIMD summation orders) moves a keep ratio by up to 4.1e-4
+# relative over the segmentation trace (measured between two machines; counts, fit and structure identical), while
+# a change of behaviour moves them by percents
+RTOL, ATOL = 1e-3, 1e-6
 
 
 def _stable(value):
