@@ -40,7 +40,7 @@ def train(model: str, epochs: int, seed: int, args: dict, name: str) -> dict:
     yolo = YOLO(model)
     yolo.train(data=args["data"], epochs=epochs, imgsz=args["imgsz"], batch=args["batch"], seed=seed,
                workers=args["workers"], device=args["device"], project=args["out"], name=name, exist_ok=True,
-               plots=False, pretrained=False)
+               plots=False, pretrained=False, val=False)  # only the last weights are scored: no per-epoch val
     last = YOLO(str(Path(args["out"]) / name / "weights" / "last.pt"))
     metrics = last.val(data=args["data"], imgsz=args["imgsz"], batch=args["batch"], device=args["device"],
                        plots=False, project=args["out"], name=f"{name}_val", exist_ok=True)
@@ -59,7 +59,7 @@ def run_seed(seed: int, args: dict) -> list[dict]:
         search = DMS(str(supernet)).search(
             data=args["data"], gflops=budget, epochs=args["search_epochs"], imgsz=args["imgsz"], batch=args["batch"],
             seed=seed, workers=args["workers"], device=args["device"], project=str(out), name=f"search_{stock}_s{seed}",
-            exist_ok=True, plots=False)
+            exist_ok=True, plots=False, val=False)
         arms = {
             "searched": (str(search.searched_yaml), args["epochs"]),
             "stock": (f"{stock}.yaml", args["epochs"]),
