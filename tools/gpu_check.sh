@@ -39,7 +39,7 @@ DATA="${DATA:-$($PY tools/make_demo_data.py root="$WORK/data" n_train=$TRAIN n_v
 # "Your model": start from a model trained on the data, prune it to 50% with every arm (the fine-tune and each arm
 # get YM_EPOCHS epochs; the searching arms fix their structure after YM_SEARCH of them)
 if [[ "$MODE" == "--your-model" || "${2:-}" == "--your-model" ]]; then
-    [[ "$MODE" == "--cpu-smoke" ]] && YM_EPOCHS=1 YM_SEARCH=1 || YM_EPOCHS=${YM_EPOCHS:-20} YM_SEARCH=${YM_SEARCH:-5}
+    [[ "$MODE" == "--cpu-smoke" ]] && YM_EPOCHS=2 YM_SEARCH=1 || YM_EPOCHS=${YM_EPOCHS:-20} YM_SEARCH=${YM_SEARCH:-5}
     start=$SECONDS
     $YOLO train model=datasets/real/fall_yolov8s.pt data="$DATA" epochs=$YM_EPOCHS imgsz=$SIZE batch=$S_BATCH \
         device=$DEVICE amp=$AMP workers=4 seed=0 plots=False project="$WORK/runs" name=start > "$WORK/start.log" 2>&1 \
