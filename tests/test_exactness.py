@@ -177,17 +177,19 @@ FIT_CASE = "yolo26n.yaml@fit"  # yolo26n fitted under a GFLOPs budget (`fit_to_b
 
 STOCK_FIGURES = """
     import copy, json, sys
+    import thop, torch, ultralytics
     from ultralytics import YOLO
     from ultralytics.utils.torch_utils import get_flops
+
+    def counted(model):  # thop at the image size; get_flops counts the same, except 8.4.0's (a 32 px pass, scaled)
+        flops = thop.profile(copy.deepcopy(model), inputs=[torch.empty(1, 3, IMGSZ, IMGSZ)], verbose=False)[0] / 1e9 * 2
+        assert ultralytics.__version__ == "8.4.0" or get_flops(model, IMGSZ) == flops, (get_flops(model, IMGSZ), flops)
+        return [flops, sum(p.numel() for p in model.parameters())]
 
     figures = {}
     for name, path in json.loads(sys.argv[1]).items():
         model = YOLO(path).model.float().eval()
-        fused = copy.deepcopy(model).fuse(verbose=False)
-        figures[name] = {
-            "saved": [get_flops(model, IMGSZ), sum(p.numel() for p in model.parameters())],
-            "fused": [get_flops(fused, IMGSZ), sum(p.numel() for p in fused.parameters())],
-        }
+        figures[name] = {"saved": counted(model), "fused": counted(copy.deepcopy(model).fuse(verbose=False))}
     print("FIGURES", json.dumps(figures))
 """
 

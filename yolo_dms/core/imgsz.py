@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import ast
+
 from ultralytics.utils.checks import check_imgsz
 
 from yolo_dms.core.errors import DMSError, first_line
@@ -17,9 +19,15 @@ def model_stride(model) -> int:
 def checked_imgsz(imgsz, stride: int, square: bool = True) -> int | list[int]:
     """`imgsz` (a side, an [h, w] pair, or either as a string) rounded up as `yolo train` rounds it: one side, the
     longer, when `square` (training sizes), else [h, w]. Non-positive or malformed sizes raise `DMSError`."""
-    if isinstance(imgsz, str) and imgsz.strip().lstrip("-").isdigit():
-        imgsz = int(imgsz)
+    given = imgsz
+    if isinstance(imgsz, str):  # read here, not by check_imgsz: 8.4.0 lets literal_eval's own error through
+        try:
+            imgsz = ast.literal_eval(imgsz.strip())
+        except (ValueError, SyntaxError):
+            pass
     sides = imgsz if isinstance(imgsz, list | tuple) else [imgsz]
+    if not sides or not all(isinstance(side, int | float) for side in sides):
+        raise DMSError(f"imgsz={given} is not a valid image size: give a side in pixels, e.g. imgsz=640, or [h, w]")
     if any(isinstance(side, bool) or (isinstance(side, int | float) and side <= 0) for side in sides):
         raise DMSError(f"imgsz={imgsz} is not an image size: give a positive side in pixels, e.g. imgsz=640")
     try:
