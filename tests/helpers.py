@@ -10,12 +10,17 @@ import textwrap
 from pathlib import Path
 
 import torch
+import ultralytics
 from torch import nn
 
 from yolo_dms import DepthMask, Supernet
 
 
 # One model per task head and family, searched by the exactness tests of every task (tests/test_tasks.py)
+# The oldest Ultralytics pyproject.toml admits; its validator builds no COCO ground truth from the labels for
+# `save_json=True` (the benchmark's pycocotools column is NaN there)
+OLDEST_ULTRALYTICS = ultralytics.__version__ == "8.4.0"
+
 TASK_CASES = [
     f"{family}-{task}.yaml" for task in ("seg", "pose", "obb", "cls") for family in ("yolov8n", "yolo11n", "yolo26n")
 ]
@@ -79,6 +84,19 @@ def refused(proc: subprocess.CompletedProcess, *phrases: str) -> str:
     return errors[0]
 
 
+def stock_gflops(model: nn.Module, imgsz: int) -> float:
+    """Stock GFLOPs of `model`: THOP at the image size, which `get_flops` counts too, except 8.4.0's (it scales
+    a 32 px count)."""
+    import copy
+
+    import thop
+    from ultralytics.utils.torch_utils import get_flops
+
+    flops = thop.profile(copy.deepcopy(model), inputs=[torch.empty(1, 3, imgsz, imgsz)], verbose=False)[0] / 1e9 * 2
+    assert OLDEST_ULTRALYTICS or get_flops(model, imgsz) == flops, (get_flops(model, imgsz), flops)
+    return flops
+
+
 def assert_stock_trains_and_exports(run: Path, data: Path, imgsz: int, runs: Path, cwd: Path) -> None:
     """In a process without yolo_dms: stock `val` scores `run`'s pruned.pt with its task's metric, `yolo train`
     from it transfers every weight, from its searched.yaml trains from scratch, and the ONNX export of pruned.pt
@@ -113,4 +131,5 @@ def assert_stock_trains_and_exports(run: Path, data: Path, imgsz: int, runs: Pat
     assert transferred and transferred[0][0] == transferred[0][1], transferred
     assert re.search(r"VALIDATED [0-9.]", output), output[-3000:]
     assert (runs / "scratch" / "weights" / "last.pt").exists()
-    assert float(re.search(r"ONNX_DIFF ([0-9.eE+-]+)", output).group(1)) < 1e-3
+    if not (OLDEST_ULTRALYTICS and run.name.startswith("yolo26")):  # stock 8.4.0's YOLO26 ONNX differs by itself
+        assert float(re.search(r"ONNX_DIFF ([0-9.eE+-]+)", output).group(1)) < 1e-3

@@ -12,8 +12,11 @@ import pytest
 import yaml
 from ultralytics.nn.tasks import DetectionModel, yaml_model_load
 
+from helpers import OLDEST_ULTRALYTICS
+
 from yolo_dms.cli import main
 from yolo_dms.core.model_io import trained_on, write_checkpoint, write_model_yaml
+from yolo_dms.core.tasks import DISTILLATION
 from yolo_dms.tools.benchmark import ARMS, arm_points, columns, merge_results, plot, run_benchmark, summarize
 from yolo_dms.tools.demo_data import make_dataset
 
@@ -62,23 +65,26 @@ def benchmark_run(tmp_path_factory):
 
 def test_every_arm_fills_every_column_and_the_pruned_ones_meet_the_budget(benchmark_run):
     summary, rows, out = benchmark_run
-    assert [r["arm"] for r in rows] == [*ARMS[:-1], "stock_tinystock"]  # the stock arm: a row per stock model
+    arms = [arm for arm in ARMS[:-1] if arm != "dms_kd" or DISTILLATION]  # 8.4.0 cannot distil
+    assert [r["arm"] for r in rows] == [*arms, "stock_tinystock"]  # the stock arm: a row per stock model
     budget = float(rows[0]["budget"])
     for row in rows:
         assert all(value != "" for value in row.values()), row
         for key in ("gflops", "params", "map50_95", "map50", "coco_map50_95", "onnx_ms", "train_min", "eval_min"):
-            assert math.isfinite(float(row[key])), (row["arm"], key)
+            assert math.isfinite(float(row[key])) != (key == "coco_map50_95" and OLDEST_ULTRALYTICS), (row["arm"], key)
         assert float(row["onnx_ms"]) > 0 and float(row["train_min"]) > 0
         assert (float(row["structure_min"]) > 0) == (row["arm"] not in {"uniform", "reference", "stock_tinystock"})
         if row["arm"] in {"reference", "stock_tinystock"}:  # unpruned models (the stock one is the same tiny YOLOv8)
             assert float(row["gflops"]) > 1.5 * budget, row
         else:
             assert abs(float(row["gflops"]) - budget) <= 0.03 * budget, row
-    assert "| dms_kd |" in summary and (out / "map_vs_gflops.png").exists()
+    assert ("| dms_kd |" in summary) == DISTILLATION and (out / "map_vs_gflops.png").exists()
 
 
 def test_distillation_teacher_knows_the_data(benchmark_run):
     """The starting .pt was trained on other classes, so dms_kd distils from the reference arm's fine-tune."""
+    if not DISTILLATION:
+        pytest.skip("this Ultralytics has no distillation")
     _, _, out = benchmark_run
     args = yaml.safe_load((out / "seed0" / "dms_kd" / "args.yaml").read_text())
     assert Path(args["distill_model"]) == out / "seed0" / "reference" / "weights" / "last.pt"
@@ -87,6 +93,8 @@ def test_distillation_teacher_knows_the_data(benchmark_run):
 def test_pycocotools_scores_the_validators_own_ground_truth(benchmark_run):
     """Non-numeric names and the Roboflow layout reach pycocotools intact: where the model finds anything,
     both implementations see the same images and boxes, so their mAP50-95 are close."""
+    if OLDEST_ULTRALYTICS:
+        pytest.skip("Ultralytics 8.4.0 builds no ground truth from the labels")
     _, rows, _ = benchmark_run
     for row in rows:
         ultralytics_map, coco_map = float(row["map50_95"]), float(row["coco_map50_95"])

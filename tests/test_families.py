@@ -10,9 +10,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import assert_stock_trains_and_exports, yolo_dms
+from helpers import assert_stock_trains_and_exports, stock_gflops, yolo_dms
 from ultralytics.nn.tasks import DetectionModel
-from ultralytics.utils.torch_utils import get_flops
 
 from yolo_dms import ResourceModel, Supernet, prune
 from yolo_dms.core.model_io import load_checkpoint_model, load_supernet
@@ -76,9 +75,9 @@ def test_search_json_says_which_figure_and_gives_both(search_run):
     yolo26 = search_run.name.startswith("yolo26")
     deployed = copy.deepcopy(pruned).fuse(verbose=False) if yolo26 else pruned
     assert final["counted_as"] == (FUSED if yolo26 else AS_SAVED)
-    assert final["gflops"] == pytest.approx(get_flops(deployed, IMGSZ), rel=1e-9, abs=0)
+    assert final["gflops"] == pytest.approx(stock_gflops(deployed, IMGSZ), rel=1e-9, abs=0)
     assert final["params"] == sum(p.numel() for p in deployed.parameters())
-    assert final["gflops_training_graph"] == pytest.approx(get_flops(pruned, IMGSZ), rel=1e-9, abs=0)
+    assert final["gflops_training_graph"] == pytest.approx(stock_gflops(pruned, IMGSZ), rel=1e-9, abs=0)
     assert final["params_training_graph"] == sum(p.numel() for p in pruned.parameters())
     assert (final["gflops_training_graph"] > final["gflops"]) == yolo26
 

@@ -23,6 +23,8 @@ from ultralytics.nn.tasks import (
     SegmentationModel,
 )
 
+from ultralytics.utils import DEFAULT_CFG_DICT
+
 from yolo_dms.core.errors import UnsupportedModelError
 from yolo_dms.core.supernet import (
     ClassificationSupernet,
@@ -62,6 +64,9 @@ def _map_metrics(kind: str, suffix: str) -> tuple[Metric, Metric]:
     return (Metric("map50_95", f"{prefix}mAP50-95", f"metrics/mAP50-95({suffix})"),
             Metric("map50", f"{prefix}mAP50", f"metrics/mAP50({suffix})"))
 
+
+# Whether this Ultralytics distils (`distill_model=`, `dis=`; through the Detect head): 8.4.0 does not
+DISTILLATION = "distill_model" in DEFAULT_CFG_DICT
 
 TASKS: dict[str, TaskKind] = {
     kind.name: kind

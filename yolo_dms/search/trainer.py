@@ -55,7 +55,7 @@ from yolo_dms.core.prune import prune
 from yolo_dms.core.resource_registry import RESOURCES
 from yolo_dms.core.resources import FUSED
 from yolo_dms.core.supernet import Supernet
-from yolo_dms.core.tasks import TASKS
+from yolo_dms.core.tasks import DISTILLATION, TASKS
 from yolo_dms.search.session import SearchSession, as_stored, sync_structure, wrap_supernet
 from yolo_dms.search.settings import SearchSettings, load_defaults
 
@@ -338,8 +338,8 @@ def search_done(trainer: SearchTrainer) -> str:
         f"pruned.pt and searched.yaml are taken from the last EMA weights (epoch {trainer.epoch + 1}).\n"
         f"Retrain from scratch:  yolo train model={q(result.yaml_path)} data={data}\n"
         f"Fine-tune:             yolo train model={weights} data={data}\n"
-        f"Fine-tune, distilled:  {distilled}\n"
-        f"Export:                yolo export model={weights} format=onnx"
+        + (f"Fine-tune, distilled:  {distilled}\n" if DISTILLATION else "")
+        + f"Export:                yolo export model={weights} format=onnx"
         + (f"\nONNX, as timed:        {trainer.save_dir / latency['onnx']}" if "onnx" in latency else "")
     )
 

@@ -46,6 +46,7 @@ from pathlib import Path
 import torch
 from torch import nn
 from ultralytics import YOLO
+from ultralytics import __version__ as ULTRALYTICS_VERSION
 from ultralytics.nn.modules import C2f, Conv, Detect
 from ultralytics.nn.modules.block import Attention
 from ultralytics.nn.tasks import BaseModel
@@ -64,7 +65,7 @@ from yolo_dms.core.model_io import (
     write_model_yaml,
 )
 from yolo_dms.core.resources import deployed_gflops
-from yolo_dms.core.tasks import TASKS, model_task
+from yolo_dms.core.tasks import DISTILLATION, TASKS, model_task
 from yolo_dms.search.run import run_search
 from yolo_dms.tools.demo_data import make_dataset
 from yolo_dms.tools.evaluation import onnx_report, validate
@@ -199,7 +200,9 @@ def output_layers(head: nn.Module) -> list[nn.Module]:
 def unavailable_arms(network: BaseModel, model: str) -> dict[str, str]:
     """The arms `network` (built from `model`) cannot run, each with the one-line reason."""
     cannot = {}
-    if not isinstance(network.model[-1], Detect):
+    if not DISTILLATION:
+        cannot["dms_kd"] = f"Ultralytics {ULTRALYTICS_VERSION} has no knowledge distillation (distill_model=)"
+    elif not isinstance(network.model[-1], Detect):
         cannot["dms_kd"] = (f"Ultralytics distils through the Detect head (DistillationModel.get_distill_layers), "
                             f"which a {model_task(network)} model does not have")
     if attention := attention_layers(network):

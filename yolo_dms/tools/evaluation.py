@@ -10,6 +10,7 @@ its data loader read. Nothing is inferred from file names or folder layout here.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,10 +33,15 @@ class CocoCheckValidator(DetectionValidator):
     def coco_evaluate(
         self, stats: dict, pred_json: str | Path | list, anno_json: str | Path | dict, iou_types="bbox", suffix="Box"
     ) -> dict:
-        """Score `pred_json` against `anno_json`, as Ultralytics' `eval_json` prepared them, with pycocotools."""
+        """Score `pred_json` against `anno_json`, as Ultralytics' `eval_json` prepared them, with pycocotools.
+        Ultralytics 8.4.0 builds no ground truth from the labels: there, data without COCO's annotation file is
+        not checked (NaN)."""
         from pycocotools.coco import COCO
         from pycocotools.cocoeval import COCOeval
 
+        if not isinstance(anno_json, dict) and not Path(anno_json).is_file():
+            self.coco_map50_95 = math.nan
+            return stats
         ground_truth = COCO()
         ground_truth.dataset = anno_json if isinstance(anno_json, dict) else json.loads(Path(anno_json).read_text())
         ground_truth.createIndex()
@@ -65,13 +71,13 @@ def validate(weights: Path, data: Path, imgsz: int, device=None, **val_args) -> 
         **model.overrides, "rect": True, "data": str(data), "imgsz": imgsz, "batch": 16, "workers": 0,
         "device": device, "plots": False, "verbose": False, **val_args, "mode": "val",
     })
-    validator(model=model.model)
-    results = validator.metrics.results_dict
-    scores = {
+    counts = {  # before validation: Ultralytics 8.4.0's validator fuses the model it is given in place
         "gflops": deployed_gflops(model.model, imgsz),
         "params": sum(p.numel() for p in model.model.parameters()),
-        **{metric.key: float(results[metric.result_key]) for metric in TASKS[model.task].metrics},
     }
+    validator(model=model.model)
+    results = validator.metrics.results_dict
+    scores = {**counts, **{metric.key: float(results[metric.result_key]) for metric in TASKS[model.task].metrics}}
     if isinstance(validator, CocoCheckValidator) and validator.args.save_json:
         scores["coco_map50_95"] = validator.coco_map50_95
     return scores, Path(validator.save_dir)
