@@ -209,7 +209,7 @@ def test_odd_imgsz_is_rounded_as_yolo_train_rounds_it_and_a_run_too_short_to_ref
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "updating to [96]" in output
     assert "no refine phase: refine=0.2 of 1 batches is less than one batch" in output, output[-3000:]
-    (run,) = (place / "runs").rglob("rounded")
+    (run,) = place.rglob("rounded")
     assert json.loads((run / "search.json").read_text())["budget"]["imgsz"] == 96
 
 
@@ -229,14 +229,14 @@ def test_ctrl_c_says_where_last_pt_is_and_export_of_it_writes_what_a_search_writ
     proc = subprocess.Popen([str(exe), *args], cwd=place, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     deadline = time.time() + 300
-    while not list((place / "runs").rglob("interrupted/weights/last.pt")) and time.time() < deadline:
+    while not list(place.rglob("interrupted/weights/last.pt")) and time.time() < deadline:
         assert proc.poll() is None, proc.communicate()[1][-3000:]
         time.sleep(0.5)
     proc.send_signal(signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, stderr[-3000:]
     assert "Traceback" not in stdout + stderr
-    (last,) = (place / "runs").rglob("interrupted/weights/last.pt")
+    (last,) = place.rglob("interrupted/weights/last.pt")
     line = stderr.strip().splitlines()[-1]
     assert f"resume={last}" in line and f"export model={last}" in line, line
     exported = yolo_dms("export", f"model={last}", cwd=place, env=env)  # what the line offers, as the search writes

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import ultralytics
 from ultralytics.nn.tasks import yaml_model_load
 
 from yolo_dms.core.errors import DMSError
@@ -68,8 +69,8 @@ def test_every_arm_reports_the_tasks_scores_at_the_budget(task, arms, tmp_path):
 @pytest.mark.parametrize("model, arms, message", [
     ("yolo11n-seg.yaml", "magnitude_global", "arm magnitude_global cannot run: Torch-Pruning cannot prune the "
                                             "attention in layer(s) 10 (C2PSA)"),
-    ("yolov8n-cls.yaml", "dms_kd", "arm dms_kd cannot run: " + (
-        "Ultralytics distils through the Detect head" if DISTILLATION else "has no knowledge distillation")),
+    ("yolov8n-cls.yaml", "dms_kd", "arm dms_kd cannot run: Ultralytics " + ("distils through the Detect head"
+                                   if DISTILLATION else f"{ultralytics.__version__} has no knowledge distillation")),
 ])
 def test_an_arm_the_model_cannot_run_is_refused_in_one_line(model, arms, message, tmp_path):
     with pytest.raises(DMSError) as error:
