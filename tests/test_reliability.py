@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import run_without_yolo_dms
+from helpers import OLDEST_ULTRALYTICS, run_without_yolo_dms
 from ultralytics.nn.tasks import DetectionModel
 
 import yolo_dms.search.session as session_module
@@ -121,6 +121,7 @@ def test_kill_inside_refine_then_resume_keeps_the_fitted_structure_and_stale_tem
     assert isinstance(load_checkpoint_model(weights / "best.pt"), DetectionModel)  # the pruned model, whole
 
 
+@pytest.mark.skipif(OLDEST_ULTRALYTICS, reason="8.4.0 goes on to the next epoch after a NaN loss, not rerunning it")
 def test_nan_loss_in_the_epoch_that_fixed_the_structure_is_recovered_with_the_search_state(tiny_data, tmp_path):
     """Ultralytics reloads last.pt after a non-finite loss and reruns the epoch; the fit made inside that epoch
     is undone with it and made again, so the exported model is under the budget."""
@@ -185,6 +186,7 @@ def test_same_seed_gives_the_same_structure(tiny_data, tmp_path):
     assert yamls[0] == yamls[1]
 
 
+@pytest.mark.skipif(OLDEST_ULTRALYTICS, reason="8.4.0 does not retry an epoch after an out-of-memory error")
 def test_batch_halved_after_out_of_memory_resizes_the_schedule(tiny_data, tmp_path, monkeypatch):
     """Ultralytics halves the batch after an out-of-memory error in the first epoch and reruns it: twice the
     batches, so the schedule and the search clock follow; the structure optimizer and its state survive (every
