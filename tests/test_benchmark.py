@@ -10,9 +10,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from ultralytics.nn.tasks import DetectionModel, yaml_model_load
-
 from helpers import OLDEST_ULTRALYTICS
+from ultralytics.nn.tasks import DetectionModel, yaml_model_load
 
 from yolo_dms.cli import main
 from yolo_dms.core.model_io import trained_on, write_checkpoint, write_model_yaml

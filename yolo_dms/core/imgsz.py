@@ -28,7 +28,7 @@ def checked_imgsz(imgsz, stride: int, square: bool = True) -> int | list[int]:
     sides = imgsz if isinstance(imgsz, list | tuple) else [imgsz]
     if not sides or not all(isinstance(side, int | float) for side in sides):
         raise DMSError(f"imgsz={given} is not a valid image size: give a side in pixels, e.g. imgsz=640, or [h, w]")
-    if any(isinstance(side, bool) or (isinstance(side, int | float) and side <= 0) for side in sides):
+    if any(isinstance(side, bool) or side <= 0 for side in sides):
         raise DMSError(f"imgsz={imgsz} is not an image size: give a positive side in pixels, e.g. imgsz=640")
     try:
         size = check_imgsz(imgsz, stride=stride, min_dim=1 if square else 2, max_dim=1 if square else 2, floor=stride)

@@ -22,7 +22,6 @@ from ultralytics.nn.tasks import (
     PoseModel,
     SegmentationModel,
 )
-
 from ultralytics.utils import DEFAULT_CFG_DICT
 
 from yolo_dms.core.errors import UnsupportedModelError
