@@ -8,10 +8,14 @@ Arms, per seed and per stock model (`stocks`, default yolov8n and yolo11n):
   under `gflops=` the stock model's GFLOPs at `imgsz` for `search_epochs`, then `searched.yaml` trained from
   scratch for `epochs` (the paper's protocol: the same retraining epochs as the stock model);
 - `stock`: the stock YAML from scratch for `epochs`;
-- `stock_long`: the stock YAML from scratch for `epochs + search_epochs` (equal total training epochs).
+- `stock_long`: the stock YAML from scratch for `epochs + search_epochs` (equal total training epochs);
+- `finetuned`: the search's own `pruned.pt` (its supernet weights at the searched structure) fine-tuned for
+  `epochs` by `yolo train`: what `yolo-dms` hands a user, at the same total epochs as `stock_long`.
 
 Every model is scored by stock Ultralytics validation of its final weights on the data's val split. Writes
 `paper_claim.csv` (one row per arm, stock model and seed) and `paper_claim.md` (mean and std over seeds) in `out`.
+Rerun with the same `out` to go on after an interruption: a finished search and the arms already in a seed's
+`paper_claim_s<seed>.csv` are kept, not run again.
 """
 
 from __future__ import annotations
@@ -36,11 +40,12 @@ DEFAULTS = {"data": "", "imgsz": 128, "epochs": 30, "search_epochs": 15, "seeds"
 
 
 def train(model: str, epochs: int, seed: int, args: dict, name: str) -> dict:
-    """Train `model` from scratch as `yolo train` does and score its last weights: GFLOPs and mAP50-95."""
+    """Train `model` as `yolo train` does (a YAML from scratch, a .pt from its weights) and score its last
+    weights: GFLOPs and mAP50-95."""
     yolo = YOLO(model)
     yolo.train(data=args["data"], epochs=epochs, imgsz=args["imgsz"], batch=args["batch"], seed=seed,
                workers=args["workers"], device=args["device"], project=args["out"], name=name, exist_ok=True,
-               plots=False, pretrained=False, val=False)  # only the last weights are scored: no per-epoch val
+               plots=False, pretrained=model.endswith(".pt"), val=False)  # only the last weights are scored
     last = YOLO(str(Path(args["out"]) / name / "weights" / "last.pt"))
     metrics = last.val(data=args["data"], imgsz=args["imgsz"], batch=args["batch"], device=args["device"],
                        plots=False, project=args["out"], name=f"{name}_val", exist_ok=True)
@@ -53,23 +58,37 @@ def run_seed(seed: int, args: dict) -> list[dict]:
     out = Path(args["out"])
     supernet = write_model_yaml(expanded_yaml(args["supernet"], args["width"], args["depth"]),
                                 out / "supernet.yaml", f"{args['supernet']} x{args['width']} wide, x{args['depth']} deep")
-    rows, nc = [], resolve_data(args["data"], "detect")["nc"]
+    rows, nc = read_rows(out / f"paper_claim_s{seed}.csv"), resolve_data(args["data"], "detect")["nc"]
     for stock in args["stocks"].split(","):
-        budget = deployed_gflops(build_task_model(f"{stock}.yaml", nc), args["imgsz"])  # at the data's classes
-        search = DMS(str(supernet)).search(
-            data=args["data"], gflops=budget, epochs=args["search_epochs"], imgsz=args["imgsz"], batch=args["batch"],
-            seed=seed, workers=args["workers"], device=args["device"], project=str(out), name=f"search_{stock}_s{seed}",
-            exist_ok=True, plots=False, val=False)
+        search = out / f"search_{stock}_s{seed}"
+        if not (search / "pruned.pt").is_file():
+            budget = deployed_gflops(build_task_model(f"{stock}.yaml", nc), args["imgsz"])  # at the data's classes
+            DMS(str(supernet)).search(
+                data=args["data"], gflops=budget, epochs=args["search_epochs"], imgsz=args["imgsz"],
+                batch=args["batch"], seed=seed, workers=args["workers"], device=args["device"], project=str(out),
+                name=search.name, exist_ok=True, plots=False, val=False)
         arms = {
-            "searched": (str(search.searched_yaml), args["epochs"]),
+            "searched": (str(search / "searched.yaml"), args["epochs"]),
             "stock": (f"{stock}.yaml", args["epochs"]),
             "stock_long": (f"{stock}.yaml", args["epochs"] + args["search_epochs"]),
+            "finetuned": (str(search / "pruned.pt"), args["epochs"]),
         }
+        done = {row["arm"] for row in rows if row["stock"] == stock}
         for arm, (model, epochs) in arms.items():
-            scores = train(model, epochs, seed, args, f"{arm}_{stock}_s{seed}")
-            rows.append({"arm": arm, "stock": stock, "seed": seed, "epochs": epochs, **scores})
-            write_rows(rows, out / f"paper_claim_s{seed}.csv")
+            if arm not in done:
+                scores = train(model, epochs, seed, args, f"{arm}_{stock}_s{seed}")
+                rows.append({"arm": arm, "stock": stock, "seed": seed, "epochs": epochs, **scores})
+                write_rows(rows, out / f"paper_claim_s{seed}.csv")
     return rows
+
+
+def read_rows(path: Path) -> list[dict]:
+    """A seed's rows written before an interruption, numbers as numbers."""
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        return [{**row, "seed": int(row["seed"]), "epochs": int(row["epochs"]),
+                 **{key: float(row[key]) for key in ("gflops", "map50_95", "map50")}} for row in csv.DictReader(f)]
 
 
 def write_rows(rows: list[dict], path: Path) -> None:
