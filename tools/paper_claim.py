@@ -46,7 +46,12 @@ def train(model: str, epochs: int, seed: int, args: dict, name: str) -> dict:
     yolo.train(data=args["data"], epochs=epochs, imgsz=args["imgsz"], batch=args["batch"], seed=seed,
                workers=args["workers"], device=args["device"], project=args["out"], name=name, exist_ok=True,
                plots=False, pretrained=model.endswith(".pt"), val=False)  # only the last weights are scored
-    last = YOLO(str(Path(args["out"]) / name / "weights" / "last.pt"))
+    return score(Path(args["out"]) / name / "weights" / "last.pt", args, name)
+
+
+def score(weights: Path, args: dict, name: str) -> dict:
+    """GFLOPs at `imgsz` and stock validation's mAP50-95 and mAP50 of `weights` on the data's val split."""
+    last = YOLO(str(weights))
     metrics = last.val(data=args["data"], imgsz=args["imgsz"], batch=args["batch"], device=args["device"],
                        plots=False, project=args["out"], name=f"{name}_val", exist_ok=True)
     return {"gflops": deployed_gflops(last.model, args["imgsz"]), "map50_95": metrics.box.map,
