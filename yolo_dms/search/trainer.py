@@ -336,9 +336,9 @@ def search_done(trainer: SearchTrainer) -> str:
         f"(budget {session.describe(session.budget)}, supernet {session.describe(session.full)}), "
         f"{metrics_line(metrics)} (pruned.pt, stock validator)\n"
         f"pruned.pt and searched.yaml are taken from the last EMA weights (epoch {trainer.epoch + 1}).\n"
-        f"Retrain from scratch:  yolo train model={q(result.yaml_path)} data={data}\n"
         f"Fine-tune:             yolo train model={weights} data={data}\n"
         + (f"Fine-tune, distilled:  {distilled}\n" if DISTILLATION else "")
+        + f"Retrain from scratch:  yolo train model={q(result.yaml_path)} data={data}\n"
         + f"Export:                yolo export model={weights} format=onnx"
         + (f"\nONNX, as timed:        {trainer.save_dir / latency['onnx']}" if "onnx" in latency else "")
     )
