@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from importlib.metadata import version
 from pathlib import Path
 
@@ -14,7 +16,7 @@ from ultralytics.cfg import DEFAULT_CFG_PATH
 from ultralytics.nn.tasks import DetectionModel
 from ultralytics.utils.torch_utils import get_flops
 
-from yolo_dms.cli import COMMANDS, main
+from yolo_dms.cli import COMMANDS, listed, main
 from yolo_dms.search.settings import DEFAULTS_FILE, SearchSettings
 from yolo_dms.usage import (
     BENCHMARK,
@@ -88,3 +90,21 @@ def test_readme_table_gives_the_meanings_help_prints():
     rows = dict(re.findall(r"^\| `(\w+)` \| [^|]* \| (.*) \|$", readme, re.MULTILINE))
     documented = {a.name: a.meaning for a in documented_arguments(DEFAULTS_FILE) if a.section == "dms"}
     assert {name: rows.get(name) for name in documented} == documented
+
+
+@pytest.mark.parametrize("script, argv, message", [
+    ("paper_claim.py", [], "give data=<data.yaml>"),
+    ("finetune_rate.py", ["data=d.yaml"], "give benchmark=<a finished benchmark's out> and model=<its starting .pt>"),
+    ("plot_against_stock.py", ["benchmark=b.csv", "colour=red"], "unknown argument 'colour'"),
+])
+def test_measurement_scripts_refuse_bad_arguments_in_one_line(script, argv, message):
+    """The `tools/` scripts behind docs/BENCHMARKS.md answer a missing or unknown argument as `yolo-dms` does."""
+    proc = subprocess.run([sys.executable, str(Path(__file__).parents[1] / "tools" / script), *argv],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_listed_reads_one_value_or_several():
+    assert listed("yolov8n,yolo11n") == ["yolov8n", "yolo11n"]
+    assert listed((0, 1)) == ["0", "1"] and listed(2) == ["2"]

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from ultralytics import YOLO
 
-from yolo_dms.cli import UsageError, parse_arguments
+from yolo_dms.cli import listed, script_arguments
 from yolo_dms.tools.evaluation import validate
 
 DEFAULTS = {"benchmark": "", "model": "", "data": "", "epochs": 20, "search_epochs": 8, "imgsz": 128, "batch": 16,
@@ -66,14 +66,8 @@ def summarize(rows: list[dict], stock: dict[tuple[str, int], float]) -> str:
 
 
 def main(argv: list[str]) -> None:
-    try:
-        args = {**DEFAULTS, **parse_arguments(argv, set(DEFAULTS))}  # typed as `yolo-dms` types key=value pairs
-    except UsageError as e:
-        sys.exit(str(e))
-    if not (args["benchmark"] and args["model"] and args["data"]):
-        sys.exit("give benchmark=<a finished benchmark's out>, model=<its starting .pt> and data=<data.yaml>")
-    seeds, arms = (value if isinstance(value, tuple | list) else str(value).split(",")
-                   for value in (args["seeds"], args["arms"]))
+    args = script_arguments(argv, DEFAULTS, {"benchmark": "a finished benchmark's out", "model": "its starting .pt",
+                                             "data": "data.yaml"})
     out = Path(args["out"])
     out.mkdir(parents=True, exist_ok=True)
     table = out / "finetune_rate.csv"
@@ -82,8 +76,8 @@ def main(argv: list[str]) -> None:
         with open(table, newline="") as f:
             rows = [{**row, "seed": int(row["seed"]), **{k: float(row[k]) for k in ("lr0", "map50_95", "map50")}}
                     for row in csv.DictReader(f)]
-    for seed in (int(s) for s in seeds):
-        for arm in arms:
+    for seed in (int(s) for s in listed(args["seeds"])):
+        for arm in listed(args["arms"]):
             if not any(row["arm"] == arm and row["seed"] == seed for row in rows):
                 rows.append(fine_tune(arm, seed, args))
                 with open(table, "w", newline="") as f:

@@ -20,7 +20,7 @@ import sys
 
 import torch
 
-from yolo_dms.cli import parse_arguments
+from yolo_dms.cli import script_arguments
 from yolo_dms.core.budget import structure_as
 from yolo_dms.core.latency import CALIBRATION_RANGE, resource_model, time_structure
 from yolo_dms.core.latency_backends import latency_backend
@@ -31,7 +31,7 @@ DEFAULTS = {"model": "yolov8n.yaml", "imgsz": 128, "structures": 6, "repeats": 5
 
 
 def main(argv: list[str]) -> None:
-    options = {**DEFAULTS, **parse_arguments(argv, set(DEFAULTS))}
+    options = script_arguments(argv, DEFAULTS)
     divisor = options["divisor"]
     hidden = options["hidden_divisor"] or divisor  # as a latency search aligns them
     supernet = load_supernet(options["model"], nc=options["nc"], divisor=divisor, hidden_divisor=hidden)

@@ -28,9 +28,9 @@ from pathlib import Path
 from ultralytics import YOLO
 
 from yolo_dms import DMS
-from yolo_dms.cli import UsageError, parse_arguments
-from yolo_dms.core.expand import expanded_yaml
+from yolo_dms.cli import listed, script_arguments
 from yolo_dms.core.data import resolve_data
+from yolo_dms.core.expand import expanded_yaml
 from yolo_dms.core.model_io import build_task_model, write_model_yaml
 from yolo_dms.core.resources import deployed_gflops
 
@@ -64,7 +64,7 @@ def run_seed(seed: int, args: dict) -> list[dict]:
     supernet = write_model_yaml(expanded_yaml(args["supernet"], args["width"], args["depth"]),
                                 out / "supernet.yaml", f"{args['supernet']} x{args['width']} wide, x{args['depth']} deep")
     rows, nc = read_rows(out / f"paper_claim_s{seed}.csv"), resolve_data(args["data"], "detect")["nc"]
-    for stock in args["stocks"].split(","):
+    for stock in listed(args["stocks"]):
         search = out / f"search_{stock}_s{seed}"
         if not (search / "pruned.pt").is_file():
             budget = deployed_gflops(build_task_model(f"{stock}.yaml", nc), args["imgsz"])  # at the data's classes
@@ -117,16 +117,9 @@ def summarize(rows: list[dict]) -> str:
 
 
 def main(argv: list[str]) -> None:
-    try:
-        args = {**DEFAULTS, **parse_arguments(argv, set(DEFAULTS))}  # typed as `yolo-dms` types key=value pairs
-    except UsageError as e:
-        sys.exit(str(e))
-    if not args["data"]:
-        sys.exit("give data=<data.yaml>")
-    seeds = args["seeds"]  # "0,1" reads as a tuple, "0" as a number
-    seeds = [int(seed) for seed in (seeds if isinstance(seeds, tuple | list) else str(seeds).split(","))]
+    args = script_arguments(argv, DEFAULTS, {"data": "data.yaml"})
     Path(args["out"]).mkdir(parents=True, exist_ok=True)
-    rows = [row for seed in seeds for row in run_seed(seed, args)]
+    rows = [row for seed in listed(args["seeds"]) for row in run_seed(int(seed), args)]
     write_rows(rows, Path(args["out"]) / "paper_claim.csv")
     (Path(args["out"]) / "paper_claim.md").write_text(summarize(rows))
     print(summarize(rows))

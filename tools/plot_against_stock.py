@@ -15,7 +15,7 @@ import math
 import sys
 from pathlib import Path
 
-from yolo_dms.cli import UsageError, parse_arguments
+from yolo_dms.cli import script_arguments
 from yolo_dms.tools.benchmark import plot
 
 DEFAULTS = {"benchmark": "", "paper_claim": "", "arm": "stock_long", "out": "map_vs_gflops_stock.png"}
@@ -30,12 +30,7 @@ def stock_rows(paper_claim: Path, arm: str) -> list[dict]:
 
 
 def main(argv: list[str]) -> None:
-    try:
-        args = {**DEFAULTS, **parse_arguments(argv, set(DEFAULTS))}  # typed as `yolo-dms` types key=value pairs
-    except UsageError as e:
-        sys.exit(str(e))
-    if not (args["benchmark"] and args["paper_claim"]):
-        sys.exit("give benchmark=<benchmark.csv> and paper_claim=<paper_claim.csv>")
+    args = script_arguments(argv, DEFAULTS, {"benchmark": "benchmark.csv", "paper_claim": "paper_claim.csv"})
     with open(args["benchmark"], newline="") as f:
         rows = [{**row, "onnx_ms": math.nan} for row in csv.DictReader(f)]  # on GFLOPs only: no stock timing
     stock = stock_rows(Path(args["paper_claim"]), args["arm"])

@@ -46,6 +46,23 @@ def parse_arguments(pairs: list[str], allowed: set[str] | None = None) -> dict[s
     return parsed
 
 
+def script_arguments(argv: list[str], defaults: dict, needs: dict[str, str] | None = None) -> dict:
+    """A measurement script's (`tools/*.py`) `key=value` arguments over its `defaults`, typed as `yolo-dms` types
+    them; a usage error, or a missing one of `needs` (key -> what to give), exits with one line."""
+    try:
+        args = {**defaults, **parse_arguments(argv, set(defaults))}
+    except UsageError as e:
+        sys.exit(str(e))
+    if missing := [f"{key}=<{what}>" for key, what in (needs or {}).items() if not args[key]]:
+        sys.exit(f"give {' and '.join(missing)}")
+    return args
+
+
+def listed(value: object) -> list[str]:
+    """A comma-separated argument as a list: `seeds=0,1` reads as a tuple, `seeds=0` as a number."""
+    return [str(item) for item in value] if isinstance(value, tuple | list) else str(value).split(",")
+
+
 def required(options: dict, key: str, mode: str, example: str) -> object:
     if key not in options:
         raise UsageError(f"{mode} needs {key}=, e.g. {example}")
