@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import re
@@ -101,8 +102,10 @@ def stock_gflops(model: nn.Module, imgsz: int) -> float:
 
 def assert_stock_trains_and_exports(run: Path, data: Path, imgsz: int, runs: Path, cwd: Path) -> None:
     """In a process without yolo_dms: stock `val` scores `run`'s pruned.pt with its task's metric, `yolo train`
-    from it transfers every weight, from its searched.yaml trains from scratch, and the ONNX export of pruned.pt
-    matches PyTorch within 1e-3."""
+    from it with the arguments search.json recommends transfers every weight, from its searched.yaml trains from
+    scratch, and the ONNX export of pruned.pt matches PyTorch within 1e-3."""
+    finetune = json.loads((run / "search.json").read_text())["finetune"] or {}
+    recommended = " ".join(f"{key}={value}" for key, value in finetune.items())
     code = f"""
         import numpy as np, onnxruntime as ort, torch
         from ultralytics import YOLO
@@ -111,7 +114,7 @@ def assert_stock_trains_and_exports(run: Path, data: Path, imgsz: int, runs: Pat
                                                         device="cpu", plots=False, project={str(runs)!r}, name="val")
         print("VALIDATED", metrics.fitness)
         common = "data={data} epochs=1 imgsz={imgsz} batch=8 workers=0 device=cpu plots=False val=False"
-        entrypoint(f"yolo train model={run / 'pruned.pt'} {{common}} project={runs} name=finetune")
+        entrypoint(f"yolo train model={run / 'pruned.pt'} {{common}} {recommended} project={runs} name=finetune")
         entrypoint(f"yolo train model={run / 'searched.yaml'} {{common}} project={runs} name=scratch")
         onnx_path = YOLO({str(run / 'pruned.pt')!r}).export(format="onnx", imgsz={imgsz})
         x = np.random.default_rng(0).random((1, 3, {imgsz}, {imgsz}), dtype=np.float32)
@@ -129,6 +132,8 @@ def assert_stock_trains_and_exports(run: Path, data: Path, imgsz: int, runs: Pat
     assert proc.returncode == 0, output[-4000:]
     transferred = re.findall(r"Transferred (\d+)/(\d+) items", output)
     assert transferred and transferred[0][0] == transferred[0][1], transferred
+    if finetune:  # stock training took the recommended optimizer and rate
+        assert f"{finetune['optimizer']}(lr={finetune['lr0']}," in output, output[-3000:]
     assert re.search(r"VALIDATED [0-9.]", output), output[-3000:]
     assert (runs / "scratch" / "weights" / "last.pt").exists()
     assert_onnx_matches(output, end_to_end=bool(yaml.safe_load((run / "searched.yaml").read_text()).get("end2end")))

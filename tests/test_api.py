@@ -51,6 +51,7 @@ def test_search_returns_its_outputs_figures_and_a_stock_model(searched, tiny_dat
         summary["budget"]["value"], summary["final"]["gflops"], summary["final"]["params"]
     )
     assert result.fit_factor == summary["fit_factor"] and result.resource == "gflops"
+    assert result.finetune_args == summary["finetune"] and set(result.finetune_args) == {"optimizer", "lr0"}
     assert result.gflops <= result.budget < result.supernet_gflops
     model = result.model
     assert isinstance(model, YOLO) and sum(p.numel() for p in model.model.parameters()) == result.params

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import csv
+import json
 import re
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from helpers import OLDEST_ULTRALYTICS, assert_stock_trains_and_exports, run_without_yolo_dms, stock_gflops, yolo_dms
 from ultralytics.nn.tasks import DetectionModel
 
@@ -92,6 +94,14 @@ def test_last_search_validation_equals_stock_val_of_pruned(search_run, tiny_data
         pytest.skip("on 8.4.0 the tiny baseline's short training detects nothing: the comparison would prove nothing")
     assert stock_map > 0, "the tiny baseline should detect something, or this comparison proves nothing"
     assert abs(stock_map - searched_map) <= 0.005
+
+
+def test_search_json_recommends_fine_tuning_at_a_tenth_of_the_search_rate(search_run, tiny_data):
+    """A 2-epoch run is short, so optimizer=auto picked AdamW (MuSGD on 8.4.0) at 0.002 * 5 / (4 + nc)."""
+    nc = len(yaml.safe_load(tiny_data.read_text())["names"])
+    finetune = json.loads((search_run / "search.json").read_text())["finetune"]
+    assert finetune["optimizer"] in {"AdamW", "MuSGD"}
+    assert finetune["lr0"] == pytest.approx(0.1 * round(0.002 * 5 / (4 + nc), 6), rel=1e-2)
 
 
 def test_stock_ultralytics_trains_from_both_outputs_and_exports_onnx(search_run, tiny_data, workdir):

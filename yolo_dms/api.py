@@ -39,6 +39,8 @@ class SearchResult:
     supernet_params: int
     fit_factor: float  # 1.0 when the search itself landed on the budget
     metrics: dict[str, float] = field(default_factory=dict)
+    # `yolo train` arguments for fine-tuning pruned.pt, as `result.model.train(data=..., **result.finetune_args)`
+    finetune_args: dict[str, object] = field(default_factory=dict)
 
     @classmethod
     def from_dir(cls, save_dir: str | Path, metrics: dict[str, float] | None = None) -> SearchResult:
@@ -55,6 +57,7 @@ class SearchResult:
             supernet_params=summary["supernet"]["params"],
             fit_factor=summary["fit_factor"],
             metrics=dict(metrics or {}),
+            finetune_args=summary.get("finetune") or {},  # none in a search.json written before it was recorded
         )
 
     @property

@@ -231,9 +231,11 @@ class SearchSession:
         self.fit = state.get("fit", {})
         self.supernet.structure_frozen = bool(self.fit)
 
-    def export(self, ema: Supernet, save_dir: Path, imgsz: int, source: str) -> ExportResult:
+    def export(self, ema: Supernet, save_dir: Path, imgsz: int, source: str,
+               finetune: dict | None = None) -> ExportResult:
         """Write searched.yaml, pruned.pt, search.json and the plots from the EMA weights in the half precision
-        last.pt stores them; a structure never fitted (early stop, `time=`) is fitted now by the same rule."""
+        last.pt stores them; a structure never fitted (early stop, `time=`) is fitted now by the same rule.
+        `finetune`: the `yolo train` arguments search.json recommends for fine-tuning pruned.pt."""
         supernet = as_stored(ema)
         resources = same_resources(self.resources, supernet)
         if not self.fit:
@@ -242,5 +244,5 @@ class SearchSession:
         self.export_result = export_searched(supernet, save_dir, imgsz)
         self.summary = write_search_outputs(save_dir, supernet, resources, self.settings, self.budget,
                                             self.export_result, self.fit, source, self.schedule.total_steps,
-                                            self.structure_lr)
+                                            self.structure_lr, finetune)
         return self.export_result

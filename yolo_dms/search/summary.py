@@ -46,11 +46,13 @@ def write_search_outputs(
     source: str,
     total_iterations: int | None = None,
     structure_lr: float | None = None,
+    finetune: dict | None = None,
 ) -> dict:
     """Write `search.json` (returned as a dict) and the plots for the exported structure of `supernet` (its
     current one, at `resources`' image size): `budget` in the resource's unit, `fit` the fit's record (its factor
     and the figure before it; empty when the search reached the budget without one). `search.png` needs the
-    search's `search.csv` in `save_dir`."""
+    search's `search.csv` in `save_dir`. `finetune`: the `yolo train` arguments recommended for fine-tuning
+    pruned.pt (the search's optimizer at a tenth of its rate), null when not known (`yolo-dms export` of a checkpoint)."""
     save_dir = Path(save_dir)
     unit = RESOURCES[settings.resource]
     with structure_as(supernet, dict.fromkeys(supernet.keep_ratio_masks(), 1.0)):
@@ -68,6 +70,7 @@ def write_search_outputs(
         "total_iterations": total_iterations,
         "structure_lr": structure_lr,
         "source": source,
+        "finetune": finetune or None,
     }
     if resources.latency is not None:  # pruned.pt timed end to end (a warning when over the budget)
         summary["latency"] = final_latency(resources.latency, result.weights_path, resources.imgsz, budget,

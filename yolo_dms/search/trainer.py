@@ -92,6 +92,10 @@ CALLBACKS = {
 }
 
 
+# fine-tuning pruned.pt at a tenth of the search's weight rate: +2.2 mAP50-95 for the searched model on the
+# trees, +0.9 on the fashion set, against stock fine-tuning's full rate (docs/BENCHMARKS.md, "the hand-off")
+FINETUNE_RATE = 0.1
+
 UNSUPPORTED = {  # train arguments the search refuses, and what to do instead
     "distill_model": "distillation belongs to fine-tuning: search without it, then "
     "'yolo train model=<run>/pruned.pt distill_model=<teacher.pt>'",
@@ -137,6 +141,7 @@ class SearchTrainer:
         super().__init__(cfg, overrides, _callbacks)
         self.settings = settings  # of a new supernet; None: taken from the supernet (resume, DDP workers)
         self.session = session or SearchSession()  # prepared by the preflight, or here at the start
+        self.weight_optimizer: tuple[str, float] | None = None  # its class name and base rate, once built
         for event, callback in CALLBACKS.items():
             if callback not in self.callbacks[event]:  # DDP workers inherit the parent's callbacks
                 self.add_callback(event, callback)
@@ -190,7 +195,18 @@ class SearchTrainer:
         structure = {id(p) for p in self.supernet.structure_parameters()}
         for group in optimizer.param_groups:
             group["params"] = [p for p in group["params"] if id(p) not in structure]
+        # as optimizer=auto resolved it (8.4.0 leaves args at "auto"); MuSGD gives some groups 3x the base rate
+        self.weight_optimizer = (type(optimizer).__name__, min(group["lr"] for group in optimizer.param_groups))
         return optimizer
+
+    def finetune_arguments(self) -> dict[str, object]:
+        """`yolo train` arguments for fine-tuning pruned.pt: the search's weight optimizer at `FINETUNE_RATE` of
+        its rate. Its weights are already trained at the exported structure; a stock fine-tune restarts at
+        optimizer=auto's full rate and undoes part of that (docs/BENCHMARKS.md, "the hand-off")."""
+        if self.weight_optimizer is None:
+            return {}
+        name, rate = self.weight_optimizer
+        return {"optimizer": name, "lr0": float(f"{rate * FINETUNE_RATE:.3g}")}
 
     def _setup_train(self):
         """Stock set-up, then the search starts on the model on its device (a resumed one where it stopped)."""
@@ -294,7 +310,8 @@ class SearchTrainer:
         best.pt is pruned.pt when nothing was validated since the structure was fixed."""
         if self.last.exists():
             strip_optimizer(self.last)
-        result = self.session.export(self.ema.ema, self.save_dir, self.args.imgsz, self.search_source())
+        result = self.session.export(self.ema.ema, self.save_dir, self.args.imgsz, self.search_source(),
+                                     self.finetune_arguments())
         if not self.best.exists():
             shutil.copyfile(result.weights_path, self.best)
 
@@ -324,11 +341,12 @@ def search_done(trainer: SearchTrainer) -> str:
     metrics, source = trainer.metrics, trainer.search_source()
     weights = q(result.weights_path)
     latency = session.summary.get("latency", {})
+    finetune = "".join(f" {key}={value}" for key, value in (session.summary.get("finetune") or {}).items())
     if is_checkpoint(source) and trained_on(source, trainer.data["names"]):  # a teacher must know the data
-        distilled = f"yolo train model={weights} data={data} distill_model={q(source)}"
+        distilled = f"yolo train model={weights} data={data}{finetune} distill_model={q(source)}"
     else:
         distilled = (f"train the teacher first, the unpruned model on this data: yolo train model={q(source)} "
-                     f"data={data} epochs={trainer.epochs}; then yolo train model={weights} data={data} "
+                     f"data={data} epochs={trainer.epochs}; then yolo train model={weights} data={data}{finetune} "
                      f"distill_model=<that run's weights/last.pt>")
     return (
         f"\n{colorstr('DMS search done:')} {result.gflops:.4g} GFLOPs at imgsz={trainer.args.imgsz}, "
@@ -336,7 +354,7 @@ def search_done(trainer: SearchTrainer) -> str:
         f"(budget {session.describe(session.budget)}, supernet {session.describe(session.full)}), "
         f"{metrics_line(metrics)} (pruned.pt, stock validator)\n"
         f"pruned.pt and searched.yaml are taken from the last EMA weights (epoch {trainer.epoch + 1}).\n"
-        f"Fine-tune:             yolo train model={weights} data={data}\n"
+        f"Fine-tune:             yolo train model={weights} data={data}{finetune}\n"
         + (f"Fine-tune, distilled:  {distilled}\n" if DISTILLATION else "")
         + f"Retrain from scratch:  yolo train model={q(result.yaml_path)} data={data}\n"
         + f"Export:                yolo export model={weights} format=onnx"

@@ -5,7 +5,9 @@ Every arm ends at the budget (`target` times the model's GFLOPs at `imgsz`, with
 total epochs `E`; `S` of them (`search_epochs`) are spent before the structure is fixed. From a `.pt`, every
 arm but the from-scratch ones starts from its weights.
 
-- `dms`: `yolo-dms search` of the model for S epochs, then stock fine-tuning of `pruned.pt` for E - S;
+- `dms`: `yolo-dms search` of the model for S epochs, then stock fine-tuning of `pruned.pt` for E - S with the
+  arguments its `search.json` recommends (the search's optimizer at a tenth of its rate), as every arm that
+  starts from a search's `pruned.pt` (`dms_kd`, `dms_sgd`, `taylor_uniform`);
 - `dms_kd`: the same search, then stock fine-tuning with Ultralytics' distillation (`distill_model=`, `dis` at
   its default), for E - S, from a teacher that knows the data: `teacher=` when given (`{seed}` in it becomes the
   seed), else the starting `.pt` when its class names are the data's, else the `reference` arm's model (trained
@@ -37,6 +39,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import json
 import math
 import statistics
 import time
@@ -315,11 +318,12 @@ def run_seed(
         pruned, search_min = once(name, lambda: search(model, data, budget, seed, out, name, options, **settings))
         if arm == "dms_scratch":
             return lambda: train(pruned.parent / "searched.yaml", data, rest, seed, out, arm, options), search_min
+        finetune = json.loads((pruned.parent / "search.json").read_text())["finetune"] or {}  # as the search says
         if arm == "dms_kd":
             distill_model, teacher_min = teacher()
-            return (lambda: train(pruned, data, rest, seed, out, arm, options, distill_model=distill_model),
-                    search_min + teacher_min)
-        return lambda: train(pruned, data, rest, seed, out, arm, options), search_min
+            return (lambda: train(pruned, data, rest, seed, out, arm, options, distill_model=distill_model,
+                                  **finetune), search_min + teacher_min)
+        return lambda: train(pruned, data, rest, seed, out, arm, options, **finetune), search_min
 
     def score(weights: Path, arm: str) -> dict:
         """GFLOPs, params, the task's two scores (and pycocotools' mAP50-95 for detection) and ONNX Runtime
