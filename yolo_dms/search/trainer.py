@@ -93,7 +93,7 @@ CALLBACKS = {
 
 
 # fine-tuning pruned.pt at a tenth of the search's weight rate: +2.2 mAP50-95 for the searched model on the
-# trees, +0.9 on the fashion set, against stock fine-tuning's full rate (docs/BENCHMARKS.md, "the hand-off")
+# trees, +0.7 on the fashion set, against stock fine-tuning's full rate (docs/BENCHMARKS.md, "The hand-off")
 FINETUNE_RATE = 0.1
 
 UNSUPPORTED = {  # train arguments the search refuses, and what to do instead
@@ -202,7 +202,7 @@ class SearchTrainer:
     def finetune_arguments(self) -> dict[str, object]:
         """`yolo train` arguments for fine-tuning pruned.pt: the search's weight optimizer at `FINETUNE_RATE` of
         its rate. Its weights are already trained at the exported structure; a stock fine-tune restarts at
-        optimizer=auto's full rate and undoes part of that (docs/BENCHMARKS.md, "the hand-off")."""
+        optimizer=auto's full rate and undoes part of that (docs/BENCHMARKS.md, "The hand-off")."""
         if self.weight_optimizer is None:
             return {}
         name, rate = self.weight_optimizer
