@@ -52,7 +52,8 @@ def write_search_outputs(
     current one, at `resources`' image size): `budget` in the resource's unit, `fit` the fit's record (its factor
     and the figure before it; empty when the search reached the budget without one). `search.png` needs the
     search's `search.csv` in `save_dir`. `finetune`: the `yolo train` arguments recommended for fine-tuning
-    pruned.pt (the search's optimizer at a tenth of its rate), null when not known (`yolo-dms export` of a checkpoint)."""
+    pruned.pt (the search's optimizer at a tenth of its rate), null when not known (`yolo-dms export` of a
+    checkpoint)."""
     save_dir = Path(save_dir)
     unit = RESOURCES[settings.resource]
     with structure_as(supernet, dict.fromkeys(supernet.keep_ratio_masks(), 1.0)):

@@ -141,7 +141,6 @@ class SearchTrainer:
         super().__init__(cfg, overrides, _callbacks)
         self.settings = settings  # of a new supernet; None: taken from the supernet (resume, DDP workers)
         self.session = session or SearchSession()  # prepared by the preflight, or here at the start
-        self.weight_optimizer: tuple[str, float] | None = None  # its class name and base rate, once built
         for event, callback in CALLBACKS.items():
             if callback not in self.callbacks[event]:  # DDP workers inherit the parent's callbacks
                 self.add_callback(event, callback)
@@ -195,18 +194,19 @@ class SearchTrainer:
         structure = {id(p) for p in self.supernet.structure_parameters()}
         for group in optimizer.param_groups:
             group["params"] = [p for p in group["params"] if id(p) not in structure]
-        # as optimizer=auto resolved it (8.4.0 leaves args at "auto"); MuSGD gives some groups 3x the base rate
-        self.weight_optimizer = (type(optimizer).__name__, min(group["lr"] for group in optimizer.param_groups))
         return optimizer
 
     def finetune_arguments(self) -> dict[str, object]:
         """`yolo train` arguments for fine-tuning pruned.pt: the search's weight optimizer at `FINETUNE_RATE` of
         its rate. Its weights are already trained at the exported structure; a stock fine-tune restarts at
-        optimizer=auto's full rate and undoes part of that (docs/BENCHMARKS.md, "The hand-off")."""
-        if self.weight_optimizer is None:
+        optimizer=auto's full rate and undoes part of that (docs/BENCHMARKS.md, "The hand-off").
+
+        Read from the optimizer as optimizer=auto resolved it (8.4.0 leaves args at "auto"): its class and base
+        rate, the groups' `initial_lr` that the warmup also reads (MuSGD gives some groups 3x the base rate)."""
+        if getattr(self, "optimizer", None) is None:
             return {}
-        name, rate = self.weight_optimizer
-        return {"optimizer": name, "lr0": float(f"{rate * FINETUNE_RATE:.3g}")}
+        rate = min(group["initial_lr"] for group in self.optimizer.param_groups)
+        return {"optimizer": type(self.optimizer).__name__, "lr0": float(f"{rate * FINETUNE_RATE:.3g}")}
 
     def _setup_train(self):
         """Stock set-up, then the search starts on the model on its device (a resumed one where it stopped)."""
