@@ -20,6 +20,7 @@ from ultralytics.utils import callbacks
 
 from yolo_dms.core.errors import DMSError
 from yolo_dms.core.model_io import check_model_source
+from yolo_dms.search.summary import recommended_finetune
 
 if TYPE_CHECKING:
     from ultralytics import YOLO
@@ -57,7 +58,7 @@ class SearchResult:
             supernet_params=summary["supernet"]["params"],
             fit_factor=summary["fit_factor"],
             metrics=dict(metrics or {}),
-            finetune_args=summary.get("finetune") or {},  # none in a search.json written before it was recorded
+            finetune_args=recommended_finetune(save_dir),
         )
 
     @property

@@ -35,6 +35,13 @@ def final_figures(resources: ResourceModel, result: ExportResult) -> dict:
     }
 
 
+def recommended_finetune(save_dir: str | Path) -> dict[str, object]:
+    """The `yolo train` arguments the search in `save_dir` recommends for fine-tuning its pruned.pt (its
+    `search.json`'s `finetune`); none for a search.json written by `yolo-dms export` or before they were
+    recorded."""
+    return json.loads((Path(save_dir) / "search.json").read_text()).get("finetune") or {}
+
+
 def write_search_outputs(
     save_dir: str | Path,
     supernet: Supernet,
