@@ -13,9 +13,9 @@ from pathlib import Path
 from yolo_dms.core.budget import hard_figure, hard_gflops, structure_as
 from yolo_dms.core.export import ExportResult
 from yolo_dms.core.latency import final_latency
+from yolo_dms.core.resource_registry import RESOURCES
 from yolo_dms.core.resources import ResourceModel
 from yolo_dms.core.supernet import Supernet
-from yolo_dms.core.resource_registry import RESOURCES
 from yolo_dms.search.search_log import plot_search, plot_structure
 from yolo_dms.search.settings import SearchSettings
 

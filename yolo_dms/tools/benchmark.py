@@ -335,7 +335,7 @@ def run_seed(
         return {**scores, "onnx_ms": onnx_report(weights, imgsz, runs).latency_ms if runs else math.nan}
 
     rows = []
-    for arm in (row for arm in arms for row in (stock_arms(options) if arm == "stock" else [arm])):
+    for arm in (row for name in arms for row in (stock_arms(options) if name == "stock" else [name])):
         final_training, structure_min = structure(arm)
         weights, train_min = timed(final_training)
         scores, eval_min = timed(lambda: score(weights, arm))
