@@ -16,7 +16,16 @@ from ultralytics.nn.tasks import DetectionModel, yaml_model_load
 from yolo_dms.cli import main
 from yolo_dms.core.model_io import trained_on, write_checkpoint, write_model_yaml
 from yolo_dms.core.tasks import DISTILLATION
-from yolo_dms.tools.benchmark import ARMS, arm_points, columns, merge_results, plot, run_benchmark, summarize
+from yolo_dms.tools.benchmark import (
+    ARMS,
+    arm_points,
+    columns,
+    merge_results,
+    plot,
+    run_benchmark,
+    summarize,
+    x_window,
+)
 from yolo_dms.tools.demo_data import make_dataset
 
 
@@ -129,6 +138,13 @@ def test_the_plot_shows_each_arms_mean_and_spread_and_the_stock_curve(tmp_path):
     assert "dms (0.5)" in two_targets and "dms (0.3)" in two_targets
     plot(rows, tmp_path / "map_vs_gflops.png")
     assert (tmp_path / "map_vs_gflops.png").stat().st_size > 10_000
+
+
+def test_arms_at_one_budget_read_as_one_x_value():
+    low, high = x_window([0.3426, 0.3428])  # equal-budget arms: no axis zoomed into 0.06%
+    assert high - low == pytest.approx(0.24 * 0.3428) and low < 0.3426 < 0.3428 < high
+    low, high = x_window([0.33, 1.15])  # a wide spread keeps a 10% margin on each side
+    assert (low, high) == pytest.approx((0.33 - 0.082, 1.15 + 0.082))
 
 
 def test_skipped_onnx_timing_reads_as_a_dash():

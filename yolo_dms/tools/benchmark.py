@@ -431,14 +431,26 @@ def plot(rows: list[dict], path: Path) -> None:
         if stock:
             ax.plot([x for x, *_ in stock], [y for _, y, _ in stock], "k-o", label="stock models", zorder=1)
         others = [(arm, point) for arm, point in points if not arm.startswith("stock_")]
-        span = max((x for _, (x, _, _) in points), default=1.0) - min((x for _, (x, _, _) in points), default=0.0)
-        for i, (arm, (x, y, spread)) in enumerate(others):
-            offset = (i - (len(others) - 1) / 2) * 0.004 * (span or x)
+        low, high = x_window([x for _, (x, _, _) in points])
+        for arm, (x, y, spread) in others:  # spread over x each group of arms that would hide each other
+            group = [name for name, (other, _, _) in others if abs(other - x) < 0.04 * (high - low)]
+            offset = (group.index(arm) - (len(group) - 1) / 2) * 0.008 * (high - low)
             ax.errorbar(x + offset, y, yerr=spread, fmt="o", capsize=3, label=arm)
+        ax.set_xlim(low, high)
         ax.set(xlabel=label, ylabel=score.label, title=f"Mean ± std over seeds, against {label.split(',')[0]}")
         ax.legend(fontsize=8)
     fig.savefig(path, dpi=150)
     plt.close(fig)
+
+
+def x_window(xs: list[float]) -> tuple[float, float]:
+    """The x range a plot shows around points at `xs`: their span with a 10% margin, and at least 24% of the
+    largest x, because the arms at one budget differ by a fraction of a percent and must read as one x value
+    rather than as an axis zoomed into a difference that is not there."""
+    xs = xs or [1.0]
+    width = max(max(xs) - min(xs), 0.2 * max(xs))
+    centre = (max(xs) + min(xs)) / 2
+    return centre - 0.6 * width, centre + 0.6 * width
 
 
 def arm_points(rows: list[dict], x_key: str, y_key: str) -> list[tuple[str, tuple[float, float, float]]]:
