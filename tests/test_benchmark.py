@@ -142,7 +142,7 @@ def test_the_plot_shows_each_arms_mean_and_spread_and_the_stock_curve(tmp_path):
 
 def test_arms_at_one_budget_read_as_one_x_value():
     low, high = x_window([0.3426, 0.3428])  # equal-budget arms: no axis zoomed into 0.06%
-    assert high - low == pytest.approx(0.24 * 0.3428) and low < 0.3426 < 0.3428 < high
+    assert high - low == pytest.approx(0.24 * 0.3428) and low < 0.3426 and high > 0.3428
     low, high = x_window([0.33, 1.15])  # a wide spread keeps a 10% margin on each side
     assert (low, high) == pytest.approx((0.33 - 0.082, 1.15 + 0.082))
 
