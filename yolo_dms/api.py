@@ -10,7 +10,6 @@ arguments as keywords, and raises `DMSError` with the line the command line prin
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -20,7 +19,7 @@ from ultralytics.utils import callbacks
 
 from yolo_dms.core.errors import DMSError
 from yolo_dms.core.model_io import check_model_source
-from yolo_dms.search.summary import recommended_finetune
+from yolo_dms.search.summary import read_summary, recommended_finetune
 
 if TYPE_CHECKING:
     from ultralytics import YOLO
@@ -47,7 +46,7 @@ class SearchResult:
     def from_dir(cls, save_dir: str | Path, metrics: dict[str, float] | None = None) -> SearchResult:
         """The result of the search whose run directory is `save_dir` (`runs/detect/dms/<name>`)."""
         save_dir = Path(save_dir)
-        summary = json.loads((save_dir / "search.json").read_text())
+        summary = read_summary(save_dir)
         return cls(
             save_dir=save_dir,
             resource=summary["budget"]["resource"],
@@ -58,7 +57,7 @@ class SearchResult:
             supernet_params=summary["supernet"]["params"],
             fit_factor=summary["fit_factor"],
             metrics=dict(metrics or {}),
-            finetune_args=recommended_finetune(save_dir),
+            finetune_args=recommended_finetune(summary),
         )
 
     @property

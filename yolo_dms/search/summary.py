@@ -35,11 +35,15 @@ def final_figures(resources: ResourceModel, result: ExportResult) -> dict:
     }
 
 
-def recommended_finetune(save_dir: str | Path) -> dict[str, object]:
-    """The `yolo train` arguments the search in `save_dir` recommends for fine-tuning its pruned.pt (its
-    `search.json`'s `finetune`); none for a search.json written by `yolo-dms export` or before they were
-    recorded."""
-    return json.loads((Path(save_dir) / "search.json").read_text()).get("finetune") or {}
+def read_summary(save_dir: str | Path) -> dict:
+    """The `search.json` of the search whose run directory is `save_dir`."""
+    return json.loads((Path(save_dir) / "search.json").read_text())
+
+
+def recommended_finetune(summary: dict) -> dict[str, object]:
+    """The `yolo train` arguments a search's `summary` recommends for fine-tuning its pruned.pt (`finetune`);
+    none for a search.json written by `yolo-dms export` or before they were recorded."""
+    return summary.get("finetune") or {}
 
 
 def write_search_outputs(

@@ -69,7 +69,7 @@ from yolo_dms.core.model_io import (
 from yolo_dms.core.resources import deployed_gflops
 from yolo_dms.core.tasks import DISTILLATION, TASKS, model_task
 from yolo_dms.search.run import run_search
-from yolo_dms.search.summary import recommended_finetune
+from yolo_dms.search.summary import read_summary, recommended_finetune
 from yolo_dms.tools.demo_data import make_dataset
 from yolo_dms.tools.evaluation import onnx_report, validate
 from yolo_dms.tools.overhead import measure_overhead
@@ -318,7 +318,7 @@ def run_seed(
         pruned, search_min = once(name, lambda: search(model, data, budget, seed, out, name, options, **settings))
         if arm == "dms_scratch":
             return lambda: train(pruned.parent / "searched.yaml", data, rest, seed, out, arm, options), search_min
-        finetune = recommended_finetune(pruned.parent)
+        finetune = recommended_finetune(read_summary(pruned.parent))
         if arm == "dms_kd":
             distill_model, teacher_min = teacher()
             return (lambda: train(pruned, data, rest, seed, out, arm, options, distill_model=distill_model,
